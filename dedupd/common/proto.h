@@ -1,0 +1,170 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * dedupd wire protocol: AF_UNIX SOCK_SEQPACKET, one message per packet.
+ *
+ * Every message starts with struct dd_msg_hdr. A connection's first message says
+ * what it is:
+ *   HELLO        a client's control connection (libdedup); carries the client's
+ *                userfaultfd as SCM_RIGHTS. Followed by REGISTER/UNREGISTER,
+ *                each answered by RESULT.
+ *   AGENT_HELLO  the same client's agent connection (client id + token from
+ *                HELLO_OK). The daemon then sends STORE, REMAP and ZAP on it
+ *                and the agent answers each REMAP/ZAP with AGENT_REPLY.
+ *   ADMIN        dedupctl: a text command; answered by RESULT whose text is JSON.
+ * Integers are host-endian (the peers share one host). Sizes are checked on
+ * receipt: a packet whose length disagrees with its header or its type is
+ * refused with -EBADMSG and the connection closed.
+ */
+#ifndef DD_PROTO_H
+#define DD_PROTO_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define DD_PROTO_MAGIC 0x50554444u /* "DDUP" */
+#define DD_PROTO_VERSION 1
+#define DD_MSG_MAX (64 * 1024)
+#define DD_DEFAULT_SOCKET "/run/dedupd/dedupd.sock"
+/* Entries per REMAP/ZAP: bounded so that a message fits DD_MSG_MAX. */
+#define DD_BATCH_MAX 1024
+
+enum dd_msg_type {
+	DD_MSG_HELLO = 1,
+	DD_MSG_HELLO_OK,
+	DD_MSG_AGENT_HELLO,
+	DD_MSG_REGISTER,
+	DD_MSG_UNREGISTER,
+	DD_MSG_RESULT,
+	DD_MSG_STORE,
+	DD_MSG_REMAP,
+	DD_MSG_ZAP,
+	DD_MSG_AGENT_REPLY,
+	DD_MSG_ADMIN,
+	DD_MSG_TYPE_MAX,
+};
+
+struct dd_msg_hdr {
+	uint32_t magic;
+	uint16_t version;
+	uint16_t type;
+	uint32_t len; /* whole message, header included */
+	uint32_t seq;
+};
+
+/* Share-domain policies (DESIGN.md §5). */
+enum dd_domain_policy {
+	DD_DOMAIN_DEFAULT = 0, /* the daemon's configured policy */
+	DD_DOMAIN_ALL,
+	DD_DOMAIN_UID,
+	DD_DOMAIN_CLIENT,
+	DD_DOMAIN_SALT,
+};
+
+struct dd_msg_hello { /* + SCM_RIGHTS: uffd */
+	struct dd_msg_hdr h;
+	uint32_t flags;
+	uint32_t uffd_features;
+};
+
+struct dd_msg_hello_ok {
+	struct dd_msg_hdr h;
+	uint64_t client_id;
+	uint64_t token;
+};
+
+struct dd_msg_agent_hello {
+	struct dd_msg_hdr h;
+	uint64_t client_id;
+	uint64_t token;
+};
+
+struct dd_msg_register {
+	struct dd_msg_hdr h;
+	uint64_t addr;
+	uint64_t len;
+	uint32_t policy; /* enum dd_domain_policy */
+	uint32_t flags;
+	uint64_t salt;
+	uint64_t min_bytes;
+	uint32_t shares;
+	uint32_t pad;
+};
+
+struct dd_msg_unregister {
+	struct dd_msg_hdr h;
+	uint64_t addr;
+	uint64_t len;
+};
+
+#define DD_TEXT_MAX (DD_MSG_MAX - 64)
+struct dd_msg_result {
+	struct dd_msg_hdr h;
+	int32_t status; /* 0 or -errno */
+	uint32_t text_len;
+	uint64_t value;
+	char text[]; /* text_len bytes, not NUL-terminated on the wire */
+};
+
+struct dd_msg_store { /* + SCM_RIGHTS: the domain's store memfd */
+	struct dd_msg_hdr h;
+	uint32_t domain;
+	uint32_t pad;
+};
+
+struct dd_remap_entry {
+	uint64_t addr;
+	uint64_t store_off; /* ignored for ZAP */
+	uint32_t npages;
+	uint32_t domain; /* ignored for ZAP */
+};
+
+struct dd_msg_batch { /* REMAP and ZAP */
+	struct dd_msg_hdr h;
+	uint32_t n;
+	uint32_t pad;
+	struct dd_remap_entry e[];
+};
+
+struct dd_msg_agent_reply {
+	struct dd_msg_hdr h;
+	uint32_t n;
+	uint32_t pad;
+	int32_t res[]; /* per entry: 0 or -errno */
+};
+
+struct dd_msg_admin {
+	struct dd_msg_hdr h;
+	uint32_t text_len;
+	uint32_t pad;
+	char text[];
+};
+
+/*
+ * All functions return 0 (or a byte count) on success and -errno on failure;
+ * none of them logs.
+ */
+void dd_msg_init(struct dd_msg_hdr *h, enum dd_msg_type type, size_t len, uint32_t seq);
+
+/* Send one message, with fd (or -1) attached as SCM_RIGHTS. */
+int dd_msg_send(int sock, const void *msg, size_t len, int fd);
+
+/*
+ * Receive one message into buf (cap bytes). Returns its length, 0 on orderly
+ * close, -EBADMSG if it is malformed (bad magic/version/type, length that
+ * disagrees with the header or is shorter than the type needs, truncated),
+ * -EMSGSIZE if it is larger than cap. A received fd is stored in *fd (else -1);
+ * the caller owns it. timeout_ms < 0 waits forever.
+ */
+ssize_t dd_msg_recv(int sock, void *buf, size_t cap, int *fd, int timeout_ms);
+
+/* The smallest valid length of a message of this type; 0 for an unknown type. */
+size_t dd_msg_min_len(uint16_t type);
+
+/* Send a RESULT with status, value and text (may be NULL). */
+int dd_msg_send_result(int sock, uint32_t seq, int status, uint64_t value, const char *text);
+
+/* Connect a SEQPACKET socket to path. */
+int dd_sock_connect(const char *path);
+
+#endif

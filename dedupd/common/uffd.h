@@ -1,0 +1,42 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * userfaultfd names that Debian 12's <linux/userfaultfd.h> (from 6.1) lacks; the
+ * values are the kernel's (include/uapi/linux/userfaultfd.h), which 6.18 has.
+ */
+#ifndef DD_UFFD_H
+#define DD_UFFD_H
+
+#include <linux/userfaultfd.h>
+
+#ifndef UFFD_FEATURE_WP_UNPOPULATED
+#define UFFD_FEATURE_WP_UNPOPULATED (1 << 13)
+#endif
+#ifndef UFFD_FEATURE_POISON
+#define UFFD_FEATURE_POISON (1 << 14)
+#endif
+#ifndef UFFD_FEATURE_WP_ASYNC
+#define UFFD_FEATURE_WP_ASYNC (1 << 15)
+#endif
+#ifndef UFFD_FEATURE_MOVE
+#define UFFD_FEATURE_MOVE (1 << 16)
+#endif
+#ifndef UFFD_USER_MODE_ONLY
+#define UFFD_USER_MODE_ONLY 1
+#endif
+
+/* What libdedup asks for: write-protect faults (also on the remapped store
+ * pages, which are shmem), and the events that tell dedupd of unmaps. */
+#define DD_UFFD_FEATURES                                                                  \
+	(UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_HUGETLBFS_SHMEM |               \
+	 UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_REMAP |  \
+	 UFFD_FEATURE_THREAD_ID)
+
+/* /proc/PID/pagemap bits (Documentation/admin-guide/mm/pagemap.rst). */
+#define DD_PM_PRESENT (1ULL << 63)
+#define DD_PM_SWAP (1ULL << 62)
+#define DD_PM_FILE (1ULL << 61)
+#define DD_PM_EXCLUSIVE (1ULL << 56)
+#define DD_PM_UFFD_WP (1ULL << 57)
+#define DD_PM_PFN_MASK ((1ULL << 55) - 1)
+
+#endif

@@ -1,0 +1,201 @@
+// SPDX-License-Identifier: MIT
+/*
+ * dedupctl's requests. Commands:
+ *   stats              KSM-named counters and the net saving
+ *   status             version, uptime, socket and the scan knobs
+ *   regions            one object per registered region
+ *   set KEY=VALUE      change a scan knob at run time (root only)
+ * Every answer is JSON; errors are a RESULT with -errno and a sentence.
+ */
+#include "dedupd/daemon/admin.h"
+
+#include <errno.h>
+#include <json-c/json.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define DEDUPD_VERSION "0.1.0"
+
+static int reply_json(int fd, uint32_t seq, struct json_object *o)
+{
+	const char *s = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN);
+	int r = dd_msg_send_result(fd, seq, 0, 0, s);
+
+	json_object_put(o);
+	return r;
+}
+
+#define ADD_U64(o, name, v) json_object_object_add(o, name, json_object_new_uint64(v))
+
+static struct json_object *stats_json(struct dd_scanner *s)
+{
+	struct json_object *o = json_object_new_object();
+	struct dd_scan_stats st;
+
+	dd_scanner_stats(s, &st);
+	ADD_U64(o, "pages_registered", st.pages_registered);
+	ADD_U64(o, "pages_scanned", st.pages_scanned);
+	ADD_U64(o, "pages_shared", st.pages_shared);
+	ADD_U64(o, "pages_sharing", st.pages_sharing);
+	ADD_U64(o, "pages_unshared", st.pages_unshared);
+	ADD_U64(o, "pages_volatile", st.pages_volatile);
+	ADD_U64(o, "zero_pages", st.zero_pages);
+	ADD_U64(o, "full_scans", st.full_scans);
+	ADD_U64(o, "clients", st.clients);
+	ADD_U64(o, "regions", st.regions);
+	ADD_U64(o, "merges", st.merges);
+	ADD_U64(o, "merge_failed", st.merge_failed);
+	ADD_U64(o, "cow_breaks", st.cow_breaks);
+	ADD_U64(o, "store_pages", st.store_pages);
+	ADD_U64(o, "store_pages_freed", st.store_freed);
+	ADD_U64(o, "vmas", st.vmas);
+	ADD_U64(o, "vmas_added", st.vmas_added);
+	ADD_U64(o, "wp_faults", st.faults);
+	ADD_U64(o, "metadata_bytes", st.meta_bytes);
+	json_object_object_add(o, "bytes_saved_net", json_object_new_int64(st.bytes_saved_net));
+	ADD_U64(o, "scan_cpu_ns", st.scan_cpu_ns);
+	ADD_U64(o, "last_pass_ms", st.last_pass_ms);
+	return o;
+}
+
+static struct json_object *knobs_json(const struct dd_scan_knobs *k)
+{
+	struct json_object *o = json_object_new_object();
+
+	ADD_U64(o, "pages_to_scan", k->pages_to_scan);
+	ADD_U64(o, "sleep_millisecs", k->sleep_millisecs);
+	ADD_U64(o, "merge_batch_pages", k->merge_batch_pages);
+	ADD_U64(o, "max_vmas_per_client", k->max_vmas_per_client);
+	json_object_object_add(o, "zero_pages", json_object_new_boolean(k->zero_pages));
+	return o;
+}
+
+static void region_cb(const struct dd_region_info *ri, void *arg)
+{
+	struct json_object *o = json_object_new_object();
+	char comm[64] = "", path[64];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/comm", (int)ri->pid);
+	f = fopen(path, "re");
+	if (f) {
+		if (fgets(comm, sizeof(comm), f))
+			comm[strcspn(comm, "\n")] = 0;
+		fclose(f);
+	}
+	json_object_object_add(o, "pid", json_object_new_int(ri->pid));
+	json_object_object_add(o, "command", json_object_new_string(comm));
+	ADD_U64(o, "client_id", ri->client_id);
+	ADD_U64(o, "start", ri->start);
+	ADD_U64(o, "pages", ri->pages);
+	ADD_U64(o, "domain", ri->domain);
+	ADD_U64(o, "pages_sharing", ri->merged);
+	ADD_U64(o, "zero_pages", ri->zero);
+	ADD_U64(o, "vmas", ri->vmas);
+	json_object_array_add(arg, o);
+}
+
+/* Parse an unsigned decimal within [lo, hi]. */
+static int parse_u32(const char *v, uint32_t lo, uint32_t hi, uint32_t *out)
+{
+	char *end;
+	unsigned long long x;
+
+	errno = 0;
+	if (!*v || *v == '-')
+		return -EINVAL;
+	x = strtoull(v, &end, 10);
+	if (errno || *end || x < lo || x > hi)
+		return -ERANGE;
+	*out = (uint32_t)x;
+	return 0;
+}
+
+static int do_set(struct admin_ctx *a, int fd, uint32_t seq, uid_t uid, char *arg)
+{
+	static const struct {
+		const char *key;
+		uint32_t lo, hi;
+		size_t off;
+	} keys[] = {
+		{ "pages_to_scan", 1, 10000000, offsetof(struct dd_scan_knobs, pages_to_scan) },
+		{ "sleep_millisecs", 0, 60000, offsetof(struct dd_scan_knobs, sleep_millisecs) },
+		{ "merge_batch_pages", 1, 1024, offsetof(struct dd_scan_knobs, merge_batch_pages) },
+		{ "max_vmas_per_client", 0, 100000000,
+		  offsetof(struct dd_scan_knobs, max_vmas_per_client) },
+	};
+	struct dd_scan_knobs k;
+	char msg[256], *eq = arg ? strchr(arg, '=') : NULL;
+	uint32_t v;
+
+	if (uid != 0)
+		return dd_msg_send_result(fd, seq, -EPERM, 0, "set: only root may change dedupd");
+	if (!eq)
+		return dd_msg_send_result(fd, seq, -EINVAL, 0, "set: expected KEY=VALUE");
+	*eq = 0;
+	dd_scanner_get_knobs(a->scanner, &k);
+	if (!strcmp(arg, "zero_pages")) {
+		if (strcmp(eq + 1, "0") && strcmp(eq + 1, "1"))
+			return dd_msg_send_result(fd, seq, -EINVAL, 0,
+						  "set: zero_pages takes 0 or 1");
+		k.zero_pages = eq[1] == '1';
+		dd_scanner_set_knobs(a->scanner, &k);
+		return reply_json(fd, seq, knobs_json(&k));
+	}
+	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+		if (strcmp(arg, keys[i].key))
+			continue;
+		if (parse_u32(eq + 1, keys[i].lo, keys[i].hi, &v) < 0) {
+			snprintf(msg, sizeof(msg), "set: bad value '%s' for %s: expected an integer "
+				 "from %u to %u", eq + 1, arg, keys[i].lo, keys[i].hi);
+			return dd_msg_send_result(fd, seq, -ERANGE, 0, msg);
+		}
+		memcpy((char *)&k + keys[i].off, &v, sizeof(v));
+		dd_scanner_set_knobs(a->scanner, &k);
+		return reply_json(fd, seq, knobs_json(&k));
+	}
+	snprintf(msg, sizeof(msg), "set: unknown key '%s' (known: pages_to_scan, sleep_millisecs, "
+		 "merge_batch_pages, max_vmas_per_client, zero_pages)", arg);
+	return dd_msg_send_result(fd, seq, -ENOENT, 0, msg);
+}
+
+int dd_admin_handle(struct admin_ctx *a, int fd, uid_t uid, const struct dd_msg_admin *m)
+{
+	char cmd[1024], msg[1200], *arg;
+	struct dd_scan_knobs k;
+	struct json_object *o;
+
+	if (m->text_len == 0 || m->text_len >= sizeof(cmd))
+		return dd_msg_send_result(fd, m->h.seq, -EINVAL, 0, "empty or overlong command");
+	memcpy(cmd, m->text, m->text_len);
+	cmd[m->text_len] = 0;
+	arg = strchr(cmd, ' ');
+	if (arg)
+		*arg++ = 0;
+	if (!strcmp(cmd, "stats"))
+		return reply_json(fd, m->h.seq, stats_json(a->scanner));
+	if (!strcmp(cmd, "status")) {
+		if (!a->started)
+			a->started = time(NULL);
+		o = json_object_new_object();
+		dd_scanner_get_knobs(a->scanner, &k);
+		json_object_object_add(o, "version", json_object_new_string(DEDUPD_VERSION));
+		json_object_object_add(o, "pid", json_object_new_int(getpid()));
+		json_object_object_add(o, "socket", json_object_new_string(a->socket_path));
+		json_object_object_add(o, "knobs", knobs_json(&k));
+		json_object_object_add(o, "stats", stats_json(a->scanner));
+		return reply_json(fd, m->h.seq, o);
+	}
+	if (!strcmp(cmd, "regions")) {
+		o = json_object_new_array();
+		dd_scanner_regions(a->scanner, region_cb, o);
+		return reply_json(fd, m->h.seq, o);
+	}
+	if (!strcmp(cmd, "set"))
+		return do_set(a, fd, m->h.seq, uid, arg);
+	snprintf(msg, sizeof(msg), "unknown command '%.1000s' (known: stats, status, regions, "
+		 "set KEY=VALUE)", cmd);
+	return dd_msg_send_result(fd, m->h.seq, -EINVAL, 0, msg);
+}

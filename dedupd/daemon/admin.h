@@ -1,0 +1,25 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Admin requests from dedupctl: a text command in, a RESULT whose text is a
+ * JSON object out. Read-only commands are open to every local user; commands
+ * that change the daemon need root.
+ */
+#ifndef DD_ADMIN_H
+#define DD_ADMIN_H
+
+#include <sys/types.h>
+#include <time.h>
+
+#include "dedupd/common/proto.h"
+#include "scanner/scanner.h"
+
+struct admin_ctx {
+	struct dd_scanner *scanner;
+	const char *socket_path;
+	time_t started;
+};
+
+/* Answer one ADMIN message on fd. 0, or -errno if the answer could not be sent. */
+int dd_admin_handle(struct admin_ctx *a, int fd, uid_t uid, const struct dd_msg_admin *m);
+
+#endif

@@ -1,0 +1,492 @@
+// SPDX-License-Identifier: MIT
+/*
+ * dedupd's main loop. One epoll set holds the listening socket, a signalfd and
+ * every connection that is not an agent channel. A connection's first message
+ * says what it is (proto.h): a client (HELLO, with its userfaultfd), a
+ * client's agent (AGENT_HELLO: taken out of the loop and given to the scanner,
+ * which alone talks on it, under the client's lock), or dedupctl (ADMIN,
+ * answered with JSON). Anything malformed gets an error RESULT and the
+ * connection is closed; nothing a peer sends can stop the loop.
+ */
+#include "dedupd/daemon/server.h"
+#include "dedupd/daemon/admin.h"
+#include "dedupd/daemon/log.h"
+#include "dedupd/common/proto.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/random.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define MAX_CONNS 4096
+
+enum conn_kind { CONN_NEW, CONN_CLIENT, CONN_ADMIN };
+
+struct agent_chan {
+	int fd;
+	int timeout_ms;
+	uint32_t seq;
+	pthread_mutex_t lock;
+};
+
+struct conn {
+	int fd;
+	enum conn_kind kind;
+	pid_t pid;
+	uid_t uid;
+	gid_t gid;
+	uint64_t token;
+	struct dd_sclient *sc;
+	struct agent_chan *agent;
+	struct conn *next;
+};
+
+struct dd_server {
+	struct dd_server_opts o;
+	char *socket_path;
+	int lfd, sfd, ep;
+	struct dd_scanner *scanner;
+	struct conn *conns;
+	unsigned int nconns;
+	struct admin_ctx admin;
+};
+
+/* ---- agent channel (runs on the scan thread) ---------------------------- */
+
+static int agent_batch(void *p, bool zap, const struct dd_remap_entry *e, uint32_t n,
+		       int32_t *res)
+{
+	struct agent_chan *a = p;
+	size_t len = sizeof(struct dd_msg_batch) + n * sizeof(*e);
+	union {
+		char raw[DD_MSG_MAX];
+		struct dd_msg_batch b;
+		struct dd_msg_agent_reply r;
+	} u;
+	ssize_t got;
+	int r;
+
+	if (n > DD_BATCH_MAX)
+		return -E2BIG;
+	pthread_mutex_lock(&a->lock);
+	dd_msg_init(&u.b.h, zap ? DD_MSG_ZAP : DD_MSG_REMAP, len, ++a->seq);
+	u.b.n = n;
+	u.b.pad = 0;
+	memcpy(u.b.e, e, n * sizeof(*e));
+	r = dd_msg_send(a->fd, &u.b, len, -1);
+	while (r == 0) {
+		got = dd_msg_recv(a->fd, u.raw, sizeof(u.raw), NULL, a->timeout_ms);
+		if (got <= 0) {
+			r = got == 0 ? -ECONNRESET : (int)got;
+			break;
+		}
+		if (u.r.h.type != DD_MSG_AGENT_REPLY || u.r.h.seq != a->seq)
+			continue; /* a late answer to a batch that timed out */
+		if (u.r.n != n) {
+			r = -EBADMSG;
+			break;
+		}
+		memcpy(res, u.r.res, n * sizeof(*res));
+		break;
+	}
+	pthread_mutex_unlock(&a->lock);
+	return r;
+}
+
+static int agent_send_store(void *p, uint32_t domain, int memfd)
+{
+	struct agent_chan *a = p;
+	struct dd_msg_store m = { .domain = domain };
+	int r;
+
+	pthread_mutex_lock(&a->lock);
+	dd_msg_init(&m.h, DD_MSG_STORE, sizeof(m), ++a->seq);
+	r = dd_msg_send(a->fd, &m, sizeof(m), memfd);
+	pthread_mutex_unlock(&a->lock);
+	return r;
+}
+
+static void agent_free(struct agent_chan *a)
+{
+	if (!a)
+		return;
+	close(a->fd);
+	pthread_mutex_destroy(&a->lock);
+	free(a);
+}
+
+/* ---- connections --------------------------------------------------------- */
+
+static void conn_close(struct dd_server *srv, struct conn *c)
+{
+	struct conn **pp;
+
+	for (pp = &srv->conns; *pp; pp = &(*pp)->next)
+		if (*pp == c) {
+			*pp = c->next;
+			break;
+		}
+	srv->nconns--;
+	if (c->sc) {
+		log_info("client %d (id %llu) disconnected", (int)c->pid,
+			 (unsigned long long)dd_sclient_id(c->sc));
+		dd_scanner_remove_client(srv->scanner, c->sc); /* waits out a merge */
+	}
+	agent_free(c->agent);
+	epoll_ctl(srv->ep, EPOLL_CTL_DEL, c->fd, NULL);
+	close(c->fd);
+	free(c);
+}
+
+static bool is_userfaultfd(int fd)
+{
+	char path[64], target[64];
+	ssize_t n;
+
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+	n = readlink(path, target, sizeof(target) - 1);
+	if (n < 0)
+		return false;
+	target[n] = 0;
+	return !strcmp(target, "anon_inode:[userfaultfd]");
+}
+
+static int on_hello(struct dd_server *srv, struct conn *c, const struct dd_msg_hello *m, int fd)
+{
+	struct dd_msg_hello_ok ok = { 0 };
+
+	if (c->kind != CONN_NEW)
+		return dd_msg_send_result(c->fd, m->h.seq, -EPROTO, 0, "HELLO sent twice");
+	if (fd < 0 || !is_userfaultfd(fd)) {
+		if (fd >= 0)
+			close(fd);
+		return dd_msg_send_result(c->fd, m->h.seq, -EBADF, 0,
+					  "HELLO must carry the client's userfaultfd");
+	}
+	c->sc = dd_scanner_add_client(srv->scanner, c->pid, c->uid, fd, NULL);
+	if (!c->sc) {
+		int e = errno;
+		close(fd);
+		return dd_msg_send_result(c->fd, m->h.seq, -e, 0, "cannot track this process");
+	}
+	c->kind = CONN_CLIENT;
+	if (getrandom(&c->token, sizeof(c->token), 0) != sizeof(c->token))
+		c->token = ((uint64_t)rand() << 32) ^ (uint64_t)rand();
+	ok.client_id = dd_sclient_id(c->sc);
+	ok.token = c->token;
+	dd_msg_init(&ok.h, DD_MSG_HELLO_OK, sizeof(ok), m->h.seq);
+	log_info("client %d (uid %u) connected as id %llu", (int)c->pid, (unsigned)c->uid,
+		 (unsigned long long)ok.client_id);
+	return dd_msg_send(c->fd, &ok, sizeof(ok), -1);
+}
+
+/* The agent connection of a client: hand it to the scanner. 1 if taken. */
+static int on_agent_hello(struct dd_server *srv, struct conn *c,
+			  const struct dd_msg_agent_hello *m)
+{
+	struct conn *owner;
+	struct agent_chan *a;
+
+	for (owner = srv->conns; owner; owner = owner->next)
+		if (owner->kind == CONN_CLIENT && owner->sc &&
+		    dd_sclient_id(owner->sc) == m->client_id)
+			break;
+	if (c->kind != CONN_NEW || !owner || owner->token != m->token || owner->pid != c->pid ||
+	    owner->agent) {
+		dd_msg_send_result(c->fd, m->h.seq, -EPERM, 0,
+				   "AGENT_HELLO does not match a client of this process");
+		return -EPERM;
+	}
+	a = calloc(1, sizeof(*a));
+	if (!a)
+		return -ENOMEM;
+	pthread_mutex_init(&a->lock, NULL);
+	a->fd = c->fd;
+	a->timeout_ms = srv->o.agent_timeout_ms;
+	if (dd_msg_send_result(c->fd, m->h.seq, 0, 0, NULL) < 0) {
+		pthread_mutex_destroy(&a->lock);
+		free(a);
+		return -EPIPE;
+	}
+	epoll_ctl(srv->ep, EPOLL_CTL_DEL, c->fd, NULL);
+	c->fd = -1; /* now owned by the channel */
+	owner->agent = a;
+	dd_scanner_set_agent(srv->scanner, owner->sc, a);
+	return 1;
+}
+
+static int on_register(struct dd_server *srv, struct conn *c, const struct dd_msg_register *m)
+{
+	char err[512] = "";
+	int r;
+
+	if (c->kind != CONN_CLIENT)
+		return dd_msg_send_result(c->fd, m->h.seq, -EPROTO, 0, "REGISTER before HELLO");
+	if (!c->agent)
+		return dd_msg_send_result(c->fd, m->h.seq, -ENOTCONN, 0,
+					  "the client's agent is not connected");
+	r = dd_scanner_register(srv->scanner, c->sc, m->addr, m->len, m->policy, m->salt, err,
+				sizeof(err));
+	if (r < 0)
+		log_info("client %d: register refused: %s", (int)c->pid, err);
+	else
+		log_debug("client %d registered %#llx+%#llx", (int)c->pid,
+			  (unsigned long long)m->addr, (unsigned long long)m->len);
+	return dd_msg_send_result(c->fd, m->h.seq, r, 0, r < 0 ? err : NULL);
+}
+
+static int on_unregister(struct dd_server *srv, struct conn *c,
+			 const struct dd_msg_unregister *m)
+{
+	char err[256] = "";
+	int r;
+
+	if (c->kind != CONN_CLIENT)
+		return dd_msg_send_result(c->fd, m->h.seq, -EPROTO, 0, "UNREGISTER before HELLO");
+	r = dd_scanner_unregister(srv->scanner, c->sc, m->addr, m->len, err, sizeof(err));
+	return dd_msg_send_result(c->fd, m->h.seq, r, 0, r < 0 ? err : NULL);
+}
+
+/* One message on a connection. <0: close it. */
+static int on_message(struct dd_server *srv, struct conn *c)
+{
+	static char buf[DD_MSG_MAX];
+	const struct dd_msg_hdr *h = (const void *)buf;
+	int fd = -1, r;
+	ssize_t n;
+
+	n = dd_msg_recv(c->fd, buf, sizeof(buf), &fd, 0);
+	if (n == 0)
+		return -ECONNRESET;
+	if (n < 0) {
+		if (n == -EAGAIN || n == -ETIMEDOUT)
+			return 0;
+		log_info("peer %d sent a malformed message (%s), closing", (int)c->pid,
+			 strerror((int)-n));
+		dd_msg_send_result(c->fd, 0, (int)n, 0, "malformed message");
+		return (int)n;
+	}
+	if (fd >= 0 && h->type != DD_MSG_HELLO) {
+		close(fd);
+		fd = -1;
+	}
+	switch (h->type) {
+	case DD_MSG_HELLO:
+		r = on_hello(srv, c, (const void *)buf, fd);
+		break;
+	case DD_MSG_AGENT_HELLO:
+		r = on_agent_hello(srv, c, (const void *)buf);
+		break;
+	case DD_MSG_REGISTER:
+		r = on_register(srv, c, (const void *)buf);
+		break;
+	case DD_MSG_UNREGISTER:
+		r = on_unregister(srv, c, (const void *)buf);
+		break;
+	case DD_MSG_ADMIN:
+		if (c->kind == CONN_NEW)
+			c->kind = CONN_ADMIN;
+		r = dd_admin_handle(&srv->admin, c->fd, c->uid, (const void *)buf);
+		break;
+	default:
+		dd_msg_send_result(c->fd, h->seq, -EPROTO, 0, "unexpected message type");
+		r = -EPROTO;
+	}
+	return r;
+}
+
+static void on_accept(struct dd_server *srv)
+{
+	struct epoll_event ev = { .events = EPOLLIN };
+	struct ucred cred;
+	socklen_t cl = sizeof(cred);
+	struct conn *c;
+	int fd;
+
+	fd = accept4(srv->lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+	if (fd < 0)
+		return;
+	if (srv->nconns >= MAX_CONNS || getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0 ||
+	    !(c = calloc(1, sizeof(*c)))) {
+		dd_msg_send_result(fd, 0, -EMFILE, 0, "too many connections");
+		close(fd);
+		return;
+	}
+	c->fd = fd;
+	c->pid = cred.pid;
+	c->uid = cred.uid;
+	c->gid = cred.gid;
+	c->next = srv->conns;
+	srv->conns = c;
+	srv->nconns++;
+	ev.data.ptr = c;
+	epoll_ctl(srv->ep, EPOLL_CTL_ADD, fd, &ev);
+}
+
+/* ---- socket ---------------------------------------------------------------- */
+
+static int make_parent_dir(const char *path)
+{
+	char dir[PATH_MAX];
+	char *slash;
+
+	snprintf(dir, sizeof(dir), "%s", path);
+	slash = strrchr(dir, '/');
+	if (!slash || slash == dir)
+		return 0;
+	*slash = 0;
+	if (mkdir(dir, 0755) < 0 && errno != EEXIST)
+		return -errno;
+	return 0;
+}
+
+static int listen_on(const char *path, mode_t mode)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int fd, r;
+
+	if (strlen(path) >= sizeof(sa.sun_path))
+		return dd_log_errno(DD_LOG_ERR, -ENAMETOOLONG, "socket path %s", path);
+	r = dd_sock_connect(path);
+	if (r >= 0) {
+		close(r);
+		log_error("another dedupd is already listening on %s", path);
+		return -EADDRINUSE;
+	}
+	r = make_parent_dir(path);
+	if (r < 0)
+		return dd_log_errno(DD_LOG_ERR, r, "cannot create the directory of %s", path);
+	unlink(path); /* a stale socket: nobody answered on it */
+	strcpy(sa.sun_path, path);
+	fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0)
+		return dd_log_errno(DD_LOG_ERR, -errno, "socket");
+	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || chmod(path, mode) < 0 ||
+	    listen(fd, 128) < 0) {
+		r = -errno;
+		close(fd);
+		return dd_log_errno(DD_LOG_ERR, r, "cannot listen on %s", path);
+	}
+	return fd;
+}
+
+struct dd_server *dd_server_new(const struct dd_server_opts *o)
+{
+	struct dd_scan_ops ops = { .batch = agent_batch, .send_store = agent_send_store };
+	struct epoll_event ev = { .events = EPOLLIN };
+	struct dd_server *srv = calloc(1, sizeof(*srv));
+	sigset_t mask;
+	int r;
+
+	if (!srv)
+		return NULL;
+	srv->o = *o;
+	srv->lfd = srv->sfd = srv->ep = -1;
+	srv->socket_path = strdup(o->socket_path);
+	sigemptyset(&mask);
+	sigaddset(&mask, SIGTERM);
+	sigaddset(&mask, SIGINT);
+	sigaddset(&mask, SIGHUP);
+	sigaddset(&mask, SIGPIPE);
+	pthread_sigmask(SIG_BLOCK, &mask, NULL); /* before any thread starts */
+	srv->sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+	srv->ep = epoll_create1(EPOLL_CLOEXEC);
+	if (!srv->socket_path || srv->sfd < 0 || srv->ep < 0) {
+		log_error("cannot set up the event loop: %s", strerror(errno));
+		goto fail;
+	}
+	srv->scanner = dd_scanner_new(&o->knobs, &ops);
+	if (!srv->scanner) {
+		log_error("cannot create the scanner: %s", strerror(errno));
+		goto fail;
+	}
+	srv->lfd = listen_on(srv->socket_path, o->socket_mode);
+	if (srv->lfd < 0)
+		goto fail;
+	ev.data.ptr = &srv->lfd;
+	epoll_ctl(srv->ep, EPOLL_CTL_ADD, srv->lfd, &ev);
+	ev.data.ptr = &srv->sfd;
+	epoll_ctl(srv->ep, EPOLL_CTL_ADD, srv->sfd, &ev);
+	srv->admin.scanner = srv->scanner;
+	srv->admin.socket_path = srv->socket_path;
+	r = dd_scanner_start(srv->scanner);
+	if (r < 0) {
+		dd_log_errno(DD_LOG_ERR, r, "cannot start the scanner threads");
+		goto fail;
+	}
+	log_info("listening on %s (pages_to_scan %u, sleep_millisecs %u)", srv->socket_path,
+		 o->knobs.pages_to_scan, o->knobs.sleep_millisecs);
+	return srv;
+fail:
+	dd_server_free(srv);
+	return NULL;
+}
+
+int dd_server_run(struct dd_server *srv)
+{
+	struct epoll_event ev[64];
+
+	for (;;) {
+		int n = epoll_wait(srv->ep, ev, 64, -1);
+
+		if (n < 0 && errno != EINTR)
+			return dd_log_errno(DD_LOG_ERR, -errno, "epoll_wait");
+		for (int i = 0; i < n; i++) {
+			void *p = ev[i].data.ptr;
+
+			if (p == &srv->lfd) {
+				on_accept(srv);
+			} else if (p == &srv->sfd) {
+				struct signalfd_siginfo si;
+
+				while (read(srv->sfd, &si, sizeof(si)) == sizeof(si)) {
+					if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
+						log_info("signal %d: shutting down", si.ssi_signo);
+						return 0;
+					}
+					if (si.ssi_signo == SIGHUP)
+						log_info("SIGHUP: no configuration file to reload");
+				}
+			} else {
+				struct conn *c = p;
+
+				if (on_message(srv, c) < 0)
+					conn_close(srv, c);
+				else if (c->fd < 0) /* became an agent channel */
+					conn_close(srv, c);
+			}
+		}
+	}
+}
+
+void dd_server_free(struct dd_server *srv)
+{
+	if (!srv)
+		return;
+	if (srv->scanner)
+		dd_scanner_stop(srv->scanner); /* no merge in flight after this */
+	while (srv->conns)
+		conn_close(srv, srv->conns);
+	dd_scanner_free(srv->scanner);
+	if (srv->lfd >= 0) {
+		close(srv->lfd);
+		unlink(srv->socket_path);
+	}
+	if (srv->sfd >= 0)
+		close(srv->sfd);
+	if (srv->ep >= 0)
+		close(srv->ep);
+	free(srv->socket_path);
+	free(srv);
+}

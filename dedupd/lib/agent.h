@@ -1,0 +1,28 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The agent thread libdedup runs in each client: it performs the two operations
+ * only the owner of an address space can do (DESIGN.md §1) — remap a frozen
+ * page onto a page of the daemon's store, and zap an all-zero page.
+ */
+#ifndef DD_AGENT_H
+#define DD_AGENT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+struct dd_agent;
+
+/* Connect the agent channel and start the thread. 0 or -errno. */
+int dd_agent_start(const char *sock_path, uint64_t client_id, uint64_t token,
+		   struct dd_agent **out);
+
+/* Stop the thread and close its connection; NULL-safe. */
+void dd_agent_stop(struct dd_agent *a);
+
+/* After fork(): drop the parent's agent without touching its thread. */
+void dd_agent_forget(struct dd_agent *a);
+
+/* false once the daemon has gone away (or a is NULL). */
+bool dd_agent_alive(const struct dd_agent *a);
+
+#endif

@@ -1,0 +1,247 @@
+// SPDX-License-Identifier: MIT
+/*
+ * libdedup client: the connection to dedupd and the public API (dedup.h).
+ *
+ * A process has one control connection (REGISTER/UNREGISTER, serialised by
+ * g.lock) and one agent connection served by the agent thread (agent.c). The
+ * userfaultfd is created here, handed to dedupd in HELLO and closed: only the
+ * daemon holds it, so if dedupd dies the kernel releases it and wakes every
+ * writer that was frozen (DESIGN.md §4). Registered ranges are remembered so
+ * that a reconnect after a daemon restart can offer them again.
+ */
+#include "dedupd/lib/dedup.h"
+#include "dedupd/lib/agent.h"
+#include "dedupd/common/proto.h"
+#include "dedupd/common/uffd.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define REQUEST_TIMEOUT_MS 30000
+
+static struct {
+	pthread_mutex_t lock;
+	int ctl;
+	uint32_t seq;
+	struct dd_agent *agent;
+	bool atfork_done;
+} g = { .lock = PTHREAD_MUTEX_INITIALIZER, .ctl = -1 };
+
+static __thread char errbuf[512];
+
+__attribute__((format(printf, 1, 2))) static void set_err(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(errbuf, sizeof(errbuf), fmt, ap);
+	va_end(ap);
+}
+
+const char *dedup_strerror(void)
+{
+	return errbuf;
+}
+
+static const char *socket_path(void)
+{
+	const char *p = getenv("DEDUPD_SOCKET");
+
+	return p && *p ? p : DD_DEFAULT_SOCKET;
+}
+
+/* Create the userfaultfd that dedupd will hold (README: Unprivileged clients). */
+static int uffd_create(void)
+{
+	struct uffdio_api api = { .api = UFFD_API, .features = DD_UFFD_FEATURES };
+	int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+	const char *umo;
+
+	if (fd < 0 && (errno == EPERM || errno == EACCES)) {
+		int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+
+		if (dev >= 0) {
+			fd = ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
+			close(dev);
+		}
+		umo = getenv("DEDUP_UFFD_USER_MODE_ONLY");
+		if (fd < 0 && umo && !strcmp(umo, "1"))
+			fd = (int)syscall(SYS_userfaultfd,
+					  O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
+		if (fd < 0)
+			errno = EPERM;
+	}
+	if (fd < 0)
+		return -errno;
+	if (ioctl(fd, UFFDIO_API, &api) < 0) {
+		int e = -errno;
+		close(fd);
+		return e;
+	}
+	return fd;
+}
+
+/* Send a request on the control connection and wait for its RESULT. */
+static int request(const void *msg, size_t len, int fd, uint64_t *value)
+{
+	char buf[DD_MSG_MAX];
+	const struct dd_msg_result *res = (const void *)buf;
+	const struct dd_msg_hdr *h = msg;
+	ssize_t n;
+	int r;
+
+	r = dd_msg_send(g.ctl, msg, len, fd);
+	if (r < 0)
+		return r;
+	for (;;) {
+		n = dd_msg_recv(g.ctl, buf, sizeof(buf), NULL, REQUEST_TIMEOUT_MS);
+		if (n == 0)
+			return -ECONNRESET;
+		if (n < 0)
+			return (int)n;
+		if (res->h.seq == h->seq)
+			break;
+	}
+	if (res->h.type == DD_MSG_HELLO_OK) {
+		const struct dd_msg_hello_ok *ok = (const void *)buf;
+		value[0] = ok->client_id;
+		value[1] = ok->token;
+		return 0;
+	}
+	if (res->h.type != DD_MSG_RESULT)
+		return -EBADMSG;
+	if (res->text_len)
+		snprintf(errbuf, sizeof(errbuf), "%.*s", (int)res->text_len, res->text);
+	if (value)
+		*value = res->value;
+	return res->status;
+}
+
+static void disconnect_locked(void)
+{
+	if (g.ctl >= 0)
+		close(g.ctl);
+	g.ctl = -1;
+	dd_agent_stop(g.agent);
+	g.agent = NULL;
+}
+
+static void atfork_child(void)
+{
+	/* The child has no agent thread and must not talk on the parent's
+	 * connection: forget it (the parent's stays open). */
+	if (g.ctl >= 0)
+		close(g.ctl);
+	g.ctl = -1;
+	dd_agent_forget(g.agent);
+	g.agent = NULL;
+	pthread_mutex_init(&g.lock, NULL);
+}
+
+static int connect_locked(void)
+{
+	struct dd_msg_hello hello = { .uffd_features = DD_UFFD_FEATURES };
+	uint64_t idtok[2] = { 0, 0 };
+	int uffd, r;
+
+	if (g.ctl >= 0 && dd_agent_alive(g.agent))
+		return 0;
+	disconnect_locked();
+	if (!g.atfork_done) {
+		pthread_atfork(NULL, NULL, atfork_child);
+		g.atfork_done = true;
+	}
+	r = dd_sock_connect(socket_path());
+	if (r < 0) {
+		set_err("cannot connect to dedupd at %s: %s", socket_path(), strerror(-r));
+		return r;
+	}
+	g.ctl = r;
+	uffd = uffd_create();
+	if (uffd < 0) {
+		set_err("cannot create a userfaultfd: %s (need root, CAP_SYS_PTRACE or "
+			"access to /dev/userfaultfd)", strerror(-uffd));
+		disconnect_locked();
+		return uffd;
+	}
+	dd_msg_init(&hello.h, DD_MSG_HELLO, sizeof(hello), ++g.seq);
+	r = request(&hello, sizeof(hello), uffd, idtok);
+	close(uffd); /* only dedupd holds it from now on */
+	if (r < 0)
+		goto fail;
+	r = dd_agent_start(socket_path(), idtok[0], idtok[1], &g.agent);
+	if (r < 0) {
+		set_err("cannot start the dedup agent: %s", strerror(-r));
+		goto fail;
+	}
+	return 0;
+fail:
+	disconnect_locked();
+	return r;
+}
+
+int dedup_register(void *addr, size_t len, const struct dedup_opts *opts)
+{
+	struct dd_msg_register m = { .addr = (uintptr_t)addr, .len = len };
+	int r;
+
+	errbuf[0] = 0;
+	if (opts) {
+		m.policy = opts->domain;
+		m.salt = opts->salt;
+		m.min_bytes = opts->min_bytes;
+		m.shares = opts->shares;
+	}
+	pthread_mutex_lock(&g.lock);
+	r = connect_locked();
+	if (r == 0) {
+		dd_msg_init(&m.h, DD_MSG_REGISTER, sizeof(m), ++g.seq);
+		r = request(&m, sizeof(m), -1, NULL);
+		if (r == -ECONNRESET || r == -EPIPE || r == -ETIMEDOUT)
+			disconnect_locked();
+	}
+	pthread_mutex_unlock(&g.lock);
+	return r;
+}
+
+int dedup_unregister(void *addr, size_t len)
+{
+	struct dd_msg_unregister m = { .addr = (uintptr_t)addr, .len = len };
+	int r = -ENOTCONN;
+
+	errbuf[0] = 0;
+	pthread_mutex_lock(&g.lock);
+	if (g.ctl >= 0) {
+		dd_msg_init(&m.h, DD_MSG_UNREGISTER, sizeof(m), ++g.seq);
+		r = request(&m, sizeof(m), -1, NULL);
+		if (r == -ECONNRESET || r == -EPIPE || r == -ETIMEDOUT)
+			disconnect_locked();
+	}
+	pthread_mutex_unlock(&g.lock);
+	return r;
+}
+
+int dedup_connected(void)
+{
+	int c;
+
+	pthread_mutex_lock(&g.lock);
+	c = g.ctl >= 0 && dd_agent_alive(g.agent);
+	pthread_mutex_unlock(&g.lock);
+	return c;
+}
+
+void dedup_shutdown(void)
+{
+	pthread_mutex_lock(&g.lock);
+	disconnect_locked();
+	pthread_mutex_unlock(&g.lock);
+}

@@ -1,0 +1,66 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * libdedup — offer memory to the dedupd page-sharing daemon.
+ *
+ * dedup_register() is dedupd's analogue of madvise(MADV_MERGEABLE): identical
+ * pages of the range (within this process and across processes of the same
+ * share domain) may be merged copy-on-write. Reads and writes behave exactly
+ * as before; a write to a merged page gets a private copy from the kernel.
+ *
+ * The first call connects to dedupd ($DEDUPD_SOCKET, default
+ * /run/dedupd/dedupd.sock), hands it a userfaultfd of this process and starts
+ * one small agent thread that maps shared pages on the daemon's request.
+ * Creating the userfaultfd needs root or CAP_SYS_PTRACE, or read-write access to
+ * /dev/userfaultfd; see README "Unprivileged clients".
+ *
+ * The range must be private anonymous, readable and writable memory of this
+ * process (mmap(MAP_PRIVATE|MAP_ANONYMOUS) or malloc'ed pages), page aligned.
+ * All functions are thread-safe and return 0 or -errno; on failure
+ * dedup_strerror() gives the daemon's explanation. If dedupd is unreachable
+ * they fail with -ECONNREFUSED or -ENOENT and the memory is left as it was.
+ */
+#ifndef DEDUP_H
+#define DEDUP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Share domains: pages only merge within one domain. */
+enum dedup_domain {
+	DEDUP_DOMAIN_DEFAULT = 0, /* the daemon's policy (default: per user) */
+	DEDUP_DOMAIN_ALL = 1,     /* every client of every user */
+	DEDUP_DOMAIN_UID = 2,     /* processes of the same user */
+	DEDUP_DOMAIN_CLIENT = 3,  /* this process only */
+	DEDUP_DOMAIN_SALT = 4,    /* same user and the same salt */
+};
+
+struct dedup_opts {
+	uint32_t domain;    /* enum dedup_domain */
+	uint32_t shares;    /* allocation shares under pressure; 0 = default */
+	uint64_t salt;      /* with DEDUP_DOMAIN_SALT */
+	uint64_t min_bytes; /* admission reservation; 0 = none */
+};
+
+/* Offer [addr, addr+len) for merging. opts may be NULL (defaults). */
+int dedup_register(void *addr, size_t len, const struct dedup_opts *opts);
+
+/* Withdraw [addr, addr+len); merged pages stay shared until written. */
+int dedup_unregister(void *addr, size_t len);
+
+/* The daemon's last error message for this thread, or "" . */
+const char *dedup_strerror(void);
+
+/* 1 if this process is connected to dedupd, else 0. */
+int dedup_connected(void);
+
+/* Disconnect from dedupd and stop the agent thread (also done at exit). */
+void dedup_shutdown(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

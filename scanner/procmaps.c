@@ -1,0 +1,101 @@
+// SPDX-License-Identifier: MIT
+/*
+ * /proc/PID/maps parsing for the scanner. Registration accepts only memory a
+ * merge may replace: private anonymous read-write pages (or pages that already
+ * are dedupd store mappings). Shared mappings, files, and locked memory are
+ * refused (DESIGN.md §4: MAP_SHARED and mlocked ranges are never merged).
+ */
+#include "scanner/procmaps.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+__attribute__((format(printf, 4, 5))) static int bad(char *err, size_t errlen, int e,
+						      const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(err, errlen, fmt, ap);
+	va_end(ap);
+	return e;
+}
+
+int dd_maps_check_range(const char *maps_path, uint64_t addr, uint64_t len, char *err,
+			size_t errlen)
+{
+	uint64_t end = addr + len, at = addr;
+	char line[4096];
+	FILE *f = fopen(maps_path, "re");
+	int r = 0;
+
+	if (!f) {
+		snprintf(err, errlen, "cannot read %s: %s", maps_path, strerror(errno));
+		return -errno;
+	}
+	while (at < end && fgets(line, sizeof(line), f)) {
+		unsigned long long lo, hi, ino;
+		char perms[8], path[4096] = "";
+		int n;
+
+		n = sscanf(line, "%llx-%llx %7s %*x %*x:%*x %llu %4095[^\n]", &lo, &hi, perms, &ino,
+			   path);
+		if (n < 4 || hi <= at)
+			continue;
+		if (lo > at) {
+			r = bad(err, errlen, -EFAULT,
+				"range %#llx-%#llx is not mapped by this process",
+				(unsigned long long)at, lo);
+			break;
+		}
+		if (perms[0] != 'r' || perms[1] != 'w' || perms[3] != 'p') {
+			r = bad(err, errlen, -EINVAL,
+				"memory at %#llx-%#llx is %s: only private read-write memory can be "
+				"shared", lo, hi, perms[3] == 's' ? "a shared mapping" : "not read-write");
+			break;
+		}
+		if (ino != 0 && !strstr(path, "dedupd-store")) {
+			r = bad(err, errlen, -EINVAL,
+				"memory at %#llx-%#llx maps a file (%s): only anonymous memory can be "
+				"shared", lo, hi, path);
+			break;
+		}
+		at = hi;
+	}
+	if (!r && at < end)
+		r = bad(err, errlen, -EFAULT, "range %#llx-%#llx is not mapped by this process",
+			(unsigned long long)at, (unsigned long long)end);
+	fclose(f);
+	return r;
+}
+
+long dd_maps_count(const char *maps_path)
+{
+	char buf[65536];
+	long lines = 0;
+	size_t n;
+	FILE *f = fopen(maps_path, "re");
+
+	if (!f)
+		return -errno;
+	while ((n = fread(buf, 1, sizeof(buf), f)) > 0)
+		for (size_t i = 0; i < n; i++)
+			lines += buf[i] == '\n';
+	fclose(f);
+	return lines;
+}
+
+long dd_max_map_count(void)
+{
+	long v = 65530;
+	FILE *f = fopen("/proc/sys/vm/max_map_count", "re");
+
+	if (f) {
+		if (fscanf(f, "%ld", &v) != 1)
+			v = 65530;
+		fclose(f);
+	}
+	return v;
+}

@@ -1,0 +1,25 @@
+/* SPDX-License-Identifier: MIT */
+/* Reading /proc/PID/maps: which memory may be registered, and VMA counts. */
+#ifndef DD_PROCMAPS_H
+#define DD_PROCMAPS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/*
+ * Check that [addr, addr+len) of pid is wholly mapped by private, readable and
+ * writable VMAs that are anonymous or dedupd store mappings. 0, or -EFAULT
+ * (a hole), -EINVAL (shared, file-backed, read-only or locked memory) or
+ * -errno, with a sentence in err.
+ */
+int dd_maps_check_range(const char *maps_path, uint64_t addr, uint64_t len, char *err,
+			size_t errlen);
+
+/* Number of VMAs of pid (lines of its maps file), or -errno. */
+long dd_maps_count(const char *maps_path);
+
+/* vm.max_map_count, or 65530 if unreadable. */
+long dd_max_map_count(void);
+
+#endif

@@ -1,0 +1,1459 @@
+// SPDX-License-Identifier: MIT
+/*
+ * The scanner (see scanner.h). Data structures, KSM-style:
+ *
+ *   struct dd_sclient   one client process: its uffd (held only by us), pagemap
+ *                       fd, agent handle, regions, the pages frozen right now
+ *                       (inflight, read by the fault thread), unmap events
+ *                       from the fault thread, and merges queued on it by
+ *                       other clients' scans (pend).
+ *   struct dd_region    one registered range: start, pages, share domain, and
+ *                       a 16-byte struct dd_page record per page.
+ *   struct dd_domain    a share domain (policy key) and its stable store.
+ *   stable table        (domain, csum) -> store slot, all live slots.
+ *   unstable table      (domain, csum) -> one page seen twice with that csum
+ *                       this pass but not merged yet; emptied every pass.
+ *
+ * Page life cycle: NEW -hash-> CHECKED -same csum next pass-> candidate:
+ * stable hit (byte-equal) -> merge onto that slot; unstable hit (byte-equal)
+ * -> new slot, both pages merge onto it; else -> UNSTABLE (in the table).
+ * All-zero candidates are zapped. A MERGED page whose pagemap entry turns
+ * anonymous was written (COW break): uncounted, back to CHECKED.
+ *
+ * Locking: c->lock covers a client's regions and records and is held by the
+ * scan thread for one chunk, agent round trip included. c->fault_lock covers
+ * inflight and events and is only ever held briefly, so the fault thread never
+ * waits behind a merge. s->lock covers the client list and the domains.
+ */
+#include "scanner/scanner.h"
+#include "scanner/procmaps.h"
+#include "scanner/store.h"
+#include "hash/pagehash.h"
+#include "hash/table.h"
+#include "dedupd/common/uffd.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+#include <urcu.h>
+
+#define MAX_DOMAINS 1024
+#define READ_BATCH 64     /* pages per pagemap read and process_vm_readv */
+#define MAX_MERGE 1024    /* merges per flush */
+#define MAX_EVENTS 256    /* queued unmap events per client before a full reset */
+
+enum pg_state { PG_NEW, PG_CHECKED, PG_UNSTABLE, PG_MERGED, PG_ZERO, PG_GONE };
+#define PGF_REMAPPED 1 /* the page lies in a VMA we remapped: never zap it */
+
+struct dd_page { /* 16 bytes per registered page */
+	uint64_t csum;
+	uint32_t slot;
+	uint8_t state;
+	uint8_t flags;
+	uint16_t gen; /* pass number (low bits) in which it went UNSTABLE */
+};
+_Static_assert(sizeof(struct dd_page) == 16, "page record must stay 16 bytes");
+
+struct dd_domain {
+	uint32_t id;
+	uint32_t policy;
+	uint64_t key;
+	uint64_t salt;
+	struct dd_store *store;
+};
+
+struct dd_region {
+	uint64_t id;
+	uint64_t start;
+	uint32_t npages;
+	bool dead;
+	atomic_int refs;
+	struct dd_domain *dom;
+	struct dd_sclient *c;
+	struct dd_page *pages;
+	uint64_t merged, zero;
+	struct dd_region *next;
+};
+
+struct range {
+	uint64_t start, end;
+};
+
+struct uevent {
+	uint8_t type;
+	uint64_t start, end;
+};
+
+struct pend {
+	struct dd_region *r;
+	uint32_t idx;
+	uint32_t slot;
+};
+
+struct dd_sclient {
+	uint64_t id;
+	pid_t pid;
+	uid_t uid;
+	int uffd;
+	int pagemap;
+	char maps_path[32];
+	void *agent;
+	atomic_int refs;
+	bool dead;
+	pthread_mutex_t lock;
+	struct dd_region *regions;
+	uint64_t next_region_id;
+	uint32_t stores_sent[MAX_DOMAINS / 32];
+	long vmas, vmas_base, vma_budget;
+	/* fault_lock */
+	pthread_mutex_t fault_lock;
+	struct range *inflight;
+	size_t ninflight;
+	struct range *expect; /* unmap/remove events our own remaps cause */
+	size_t nexpect;
+	struct uevent events[MAX_EVENTS];
+	size_t nevents;
+	bool events_lost;
+	/* pend_lock */
+	pthread_mutex_t pend_lock;
+	struct pend *pend;
+	size_t npend, cappend;
+	struct dd_sclient *next;
+};
+
+struct dd_unstable {
+	struct dd_table_node tn;
+	struct dd_region *r;
+	uint32_t idx;
+};
+
+struct merge {
+	struct dd_region *r;
+	uint32_t idx;
+	int64_t slot; /* -1: zap */
+	int res;
+	bool ref; /* holds a region reference (queued from another scan) */
+};
+
+struct dd_scanner {
+	pthread_mutex_t lock;
+	struct dd_scan_knobs knobs;
+	struct dd_scan_ops ops;
+	struct dd_table *stable, *unstable;
+	struct dd_sclient *clients;
+	uint64_t next_client_id;
+	struct dd_domain domains[MAX_DOMAINS];
+	uint32_t ndomains;
+	pthread_t scan_thread, fault_thread;
+	bool running;
+	atomic_bool stop;
+	int wake_fd;    /* eventfd: wakes the scan thread (stop, knobs changed) */
+	int fault_wake; /* eventfd in fault_ep: stop, or a sync request */
+	int fault_ep;   /* epoll over the clients' uffds + fault_wake */
+	uint64_t last_gc_ms;
+	/* scan thread private */
+	uint8_t *buf;      /* READ_BATCH pages */
+	uint8_t *vbuf;     /* MAX_MERGE pages, verify copies */
+	uint8_t *obuf;     /* one page, the other candidate */
+	struct merge *mq;
+	size_t nmq;
+	uint64_t cur_client, cur_region;
+	uint32_t cur_idx;
+	uint64_t pass_volatile;
+	struct timespec pass_start;
+	/* statistics */
+	atomic_uint_fast64_t pages_scanned, full_scans, merges, merge_failed, cow_breaks,
+		pages_volatile, zero_pages, faults, vmas_added, unstable_count, last_pass_ms,
+		scan_cpu_ns, registered, nregions;
+};
+
+static uint64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+void dd_scan_knobs_default(struct dd_scan_knobs *k)
+{
+	/* 4096 pages / 20 ms caps the scan at ~800 MB/s: a trickle for a
+	 * 1.3 GB/s-per-core hash loop, yet 10x KSM's fastest common setting. */
+	*k = (struct dd_scan_knobs){
+		.pages_to_scan = 4096,
+		.sleep_millisecs = 20,
+		.merge_batch_pages = 512,
+		.max_vmas_per_client = 0,
+		.share_domain = DD_DOMAIN_UID,
+		.zero_pages = true,
+	};
+}
+
+static void fault_sync(struct dd_scanner *s);
+
+/* ---- clients and regions ---------------------------------------------- */
+
+static void region_put(struct dd_region *r)
+{
+	if (atomic_fetch_sub(&r->refs, 1) == 1) {
+		free(r->pages);
+		free(r);
+	}
+}
+
+static void client_put(struct dd_sclient *c)
+{
+	if (atomic_fetch_sub(&c->refs, 1) != 1)
+		return;
+	if (c->uffd >= 0)
+		close(c->uffd);
+	if (c->pagemap >= 0)
+		close(c->pagemap);
+	free(c->inflight);
+	free(c->expect);
+	free(c->pend);
+	pthread_mutex_destroy(&c->lock);
+	pthread_mutex_destroy(&c->fault_lock);
+	pthread_mutex_destroy(&c->pend_lock);
+	free(c);
+}
+
+uint64_t dd_sclient_id(const struct dd_sclient *c)
+{
+	return c->id;
+}
+
+/* Drop a region's hold on store slots and mark it dead (c->lock held). */
+static void region_kill(struct dd_scanner *s, struct dd_region *r)
+{
+	for (uint32_t i = 0; i < r->npages; i++) {
+		struct dd_page *p = &r->pages[i];
+
+		if (p->state == PG_MERGED)
+			dd_store_unshare(r->dom->store, p->slot);
+		else if (p->state == PG_ZERO)
+			atomic_fetch_sub(&s->zero_pages, 1);
+		p->state = PG_GONE;
+	}
+	atomic_fetch_sub(&s->registered, r->npages);
+	atomic_fetch_sub(&s->nregions, 1);
+	r->dead = true;
+}
+
+struct dd_sclient *dd_scanner_add_client(struct dd_scanner *s, pid_t pid, uid_t uid, int uffd,
+					 void *agent)
+{
+	struct dd_sclient *c = calloc(1, sizeof(*c));
+	struct epoll_event ev = { .events = EPOLLIN };
+	char path[48];
+	long max;
+
+	if (!c)
+		return NULL;
+	pthread_mutex_init(&c->lock, NULL);
+	pthread_mutex_init(&c->fault_lock, NULL);
+	pthread_mutex_init(&c->pend_lock, NULL);
+	atomic_init(&c->refs, 1);
+	c->pid = pid;
+	c->uid = uid;
+	c->uffd = uffd;
+	c->agent = agent;
+	snprintf(c->maps_path, sizeof(c->maps_path), "/proc/%d/maps", (int)pid);
+	snprintf(path, sizeof(path), "/proc/%d/pagemap", (int)pid);
+	c->pagemap = open(path, O_RDONLY | O_CLOEXEC);
+	if (c->pagemap < 0 || fcntl(uffd, F_SETFL, O_NONBLOCK) < 0) {
+		int e = errno;
+		client_put(c);
+		errno = e;
+		return NULL;
+	}
+	max = dd_max_map_count();
+	c->vmas = dd_maps_count(c->maps_path);
+	if (c->vmas < 0)
+		c->vmas = 0;
+	c->vmas_base = c->vmas;
+	pthread_mutex_lock(&s->lock);
+	c->vma_budget = s->knobs.max_vmas_per_client ? (long)s->knobs.max_vmas_per_client
+						     : max / 2 - c->vmas;
+	c->id = ++s->next_client_id;
+	c->next = NULL;
+	/* Keep the list in id order: the scan cursor walks it by id. */
+	struct dd_sclient **pp = &s->clients;
+	while (*pp)
+		pp = &(*pp)->next;
+	*pp = c;
+	pthread_mutex_unlock(&s->lock);
+	atomic_fetch_add(&c->refs, 1); /* the fault thread's epoll reference */
+	ev.data.ptr = c;
+	if (epoll_ctl(s->fault_ep, EPOLL_CTL_ADD, uffd, &ev) < 0)
+		atomic_fetch_sub(&c->refs, 1);
+	return c;
+}
+
+void dd_scanner_set_agent(struct dd_scanner *s, struct dd_sclient *c, void *agent)
+{
+	pthread_mutex_lock(&c->lock);
+	c->agent = agent;
+	memset(c->stores_sent, 0, sizeof(c->stores_sent));
+	pthread_mutex_unlock(&c->lock);
+}
+
+void dd_scanner_remove_client(struct dd_scanner *s, struct dd_sclient *c)
+{
+	struct dd_sclient **pp;
+	struct dd_region *r, *n;
+
+	pthread_mutex_lock(&c->lock); /* waits for a merge in progress to end */
+	c->dead = true;
+	c->agent = NULL;
+	for (r = c->regions; r; r = n) {
+		n = r->next;
+		region_kill(s, r);
+		region_put(r);
+	}
+	c->regions = NULL;
+	pthread_mutex_unlock(&c->lock);
+	pthread_mutex_lock(&c->pend_lock);
+	for (size_t i = 0; i < c->npend; i++) {
+		dd_store_pend_done(c->pend[i].r->dom->store, c->pend[i].slot, false);
+		region_put(c->pend[i].r);
+	}
+	c->npend = 0;
+	pthread_mutex_unlock(&c->pend_lock);
+	pthread_mutex_lock(&s->lock);
+	for (pp = &s->clients; *pp; pp = &(*pp)->next)
+		if (*pp == c) {
+			*pp = c->next;
+			break;
+		}
+	pthread_mutex_unlock(&s->lock);
+	if (epoll_ctl(s->fault_ep, EPOLL_CTL_DEL, c->uffd, NULL) == 0) {
+		fault_sync(s); /* the fault thread may hold c from its last wait */
+		client_put(c);
+	}
+	client_put(c);
+}
+
+static struct dd_domain *domain_get(struct dd_scanner *s, uint32_t policy, uint64_t key,
+				    uint64_t salt)
+{
+	struct dd_domain *d = NULL;
+
+	pthread_mutex_lock(&s->lock);
+	for (uint32_t i = 0; i < s->ndomains; i++)
+		if (s->domains[i].policy == policy && s->domains[i].key == key &&
+		    s->domains[i].salt == salt)
+			d = &s->domains[i];
+	if (!d && s->ndomains < MAX_DOMAINS) {
+		d = &s->domains[s->ndomains];
+		d->store = dd_store_new(s->ndomains, s->stable);
+		if (d->store) {
+			d->id = s->ndomains++;
+			d->policy = policy;
+			d->key = key;
+			d->salt = salt;
+		} else {
+			d = NULL;
+		}
+	}
+	pthread_mutex_unlock(&s->lock);
+	return d;
+}
+
+static int ensure_store_sent(struct dd_scanner *s, struct dd_sclient *c, struct dd_domain *d)
+{
+	int r;
+
+	if (c->stores_sent[d->id / 32] & (1u << (d->id % 32)))
+		return 0;
+	if (!c->agent)
+		return -ENOTCONN;
+	r = s->ops.send_store(c->agent, d->id, dd_store_memfd(d->store));
+	if (r == 0)
+		c->stores_sent[d->id / 32] |= 1u << (d->id % 32);
+	return r;
+}
+
+int dd_scanner_register(struct dd_scanner *s, struct dd_sclient *c, uint64_t addr, uint64_t len,
+			uint32_t policy, uint64_t salt, char *err, size_t errlen)
+{
+	struct uffdio_register reg = { .range = { .start = addr, .len = len },
+				       .mode = UFFDIO_REGISTER_MODE_WP };
+	struct dd_region *r, **pp;
+	struct dd_domain *d;
+	uint64_t key;
+	int rc;
+
+	if (!len || addr % DD_PAGE_SIZE || len % DD_PAGE_SIZE || addr + len < addr ||
+	    len / DD_PAGE_SIZE > UINT32_MAX) {
+		snprintf(err, errlen, "bad range %#llx+%#llx: address and length must be "
+			 "non-zero multiples of 4096", (unsigned long long)addr,
+			 (unsigned long long)len);
+		return -EINVAL;
+	}
+	if (policy == DD_DOMAIN_DEFAULT)
+		policy = s->knobs.share_domain;
+	if (policy < DD_DOMAIN_ALL || policy > DD_DOMAIN_SALT) {
+		snprintf(err, errlen, "unknown share domain policy %u", policy);
+		return -EINVAL;
+	}
+	key = policy == DD_DOMAIN_ALL ? 0 : policy == DD_DOMAIN_CLIENT ? c->id : c->uid;
+	if (policy != DD_DOMAIN_SALT)
+		salt = 0;
+	pthread_mutex_lock(&c->lock);
+	for (r = c->regions; r; r = r->next)
+		if (addr < r->start + (uint64_t)r->npages * DD_PAGE_SIZE && r->start < addr + len) {
+			snprintf(err, errlen, "range %#llx+%#llx overlaps the registered region at "
+				 "%#llx", (unsigned long long)addr, (unsigned long long)len,
+				 (unsigned long long)r->start);
+			rc = -EEXIST;
+			goto out;
+		}
+	rc = dd_maps_check_range(c->maps_path, addr, len, err, errlen);
+	if (rc < 0)
+		goto out;
+	if (ioctl(c->uffd, UFFDIO_REGISTER, &reg) < 0) {
+		rc = -errno;
+		snprintf(err, errlen, "cannot write-protect-register %#llx+%#llx: %s",
+			 (unsigned long long)addr, (unsigned long long)len, strerror(errno));
+		goto out;
+	}
+	d = domain_get(s, policy, key, salt);
+	if (!d) {
+		rc = -ENOMEM;
+		snprintf(err, errlen, "cannot create a share domain store: %s", strerror(errno));
+		goto out;
+	}
+	rc = ensure_store_sent(s, c, d);
+	if (rc < 0) {
+		snprintf(err, errlen, "cannot hand the store to the agent: %s", strerror(-rc));
+		goto out;
+	}
+	r = calloc(1, sizeof(*r));
+	if (r)
+		r->pages = calloc(len / DD_PAGE_SIZE, sizeof(*r->pages));
+	if (!r || !r->pages) {
+		free(r);
+		rc = -ENOMEM;
+		snprintf(err, errlen, "out of memory for %llu page records",
+			 (unsigned long long)(len / DD_PAGE_SIZE));
+		goto out;
+	}
+	r->id = ++c->next_region_id;
+	r->start = addr;
+	r->npages = (uint32_t)(len / DD_PAGE_SIZE);
+	r->dom = d;
+	r->c = c;
+	atomic_init(&r->refs, 1);
+	for (pp = &c->regions; *pp; pp = &(*pp)->next)
+		;
+	*pp = r;
+	atomic_fetch_add(&s->registered, r->npages);
+	atomic_fetch_add(&s->nregions, 1);
+	rc = 0;
+out:
+	pthread_mutex_unlock(&c->lock);
+	return rc;
+}
+
+int dd_scanner_unregister(struct dd_scanner *s, struct dd_sclient *c, uint64_t addr,
+			  uint64_t len, char *err, size_t errlen)
+{
+	struct uffdio_range rg = { .start = addr, .len = len };
+	struct dd_region **pp, *r;
+	int rc = -ENOENT;
+
+	pthread_mutex_lock(&c->lock);
+	for (pp = &c->regions; (r = *pp); pp = &r->next)
+		if (r->start == addr && (uint64_t)r->npages * DD_PAGE_SIZE == len) {
+			*pp = r->next;
+			region_kill(s, r);
+			/* Merged pages stay shared until written; stop tracking faults. */
+			ioctl(c->uffd, UFFDIO_UNREGISTER, &rg);
+			region_put(r);
+			rc = 0;
+			break;
+		}
+	pthread_mutex_unlock(&c->lock);
+	if (rc)
+		snprintf(err, errlen, "no registered region is exactly %#llx+%#llx",
+			 (unsigned long long)addr, (unsigned long long)len);
+	return rc;
+}
+
+/* ---- the fault thread ------------------------------------------------- */
+
+static bool ranges_hit(const struct range *v, size_t n, uint64_t a)
+{
+	for (size_t i = 0; i < n; i++)
+		if (a >= v[i].start && a < v[i].end)
+			return true;
+	return false;
+}
+
+static void wp_off(int uffd, uint64_t start, uint64_t len)
+{
+	struct uffdio_writeprotect wp = { .range = { .start = start, .len = len }, .mode = 0 };
+	struct uffdio_range rg = { .start = start, .len = len };
+
+	/* Unprotecting wakes the waiters; where the page is no longer in a
+	 * registered VMA (it was remapped or unmapped) just wake them. */
+	if (ioctl(uffd, UFFDIO_WRITEPROTECT, &wp) < 0)
+		ioctl(uffd, UFFDIO_WAKE, &rg);
+}
+
+static void on_event(struct dd_sclient *c, uint8_t type, uint64_t start, uint64_t end)
+{
+	pthread_mutex_lock(&c->fault_lock);
+	for (size_t i = 0; i < c->nexpect; i++)
+		if (c->expect[i].start == start && c->expect[i].end == end) {
+			c->expect[i] = c->expect[--c->nexpect]; /* our own remap or zap */
+			pthread_mutex_unlock(&c->fault_lock);
+			return;
+		}
+	if (c->nevents < MAX_EVENTS)
+		c->events[c->nevents++] = (struct uevent){ type, start, end };
+	else
+		c->events_lost = true;
+	pthread_mutex_unlock(&c->fault_lock);
+}
+
+static void handle_uffd(struct dd_scanner *s, struct dd_sclient *c)
+{
+	struct uffd_msg msg[32];
+	ssize_t n;
+
+	while ((n = read(c->uffd, msg, sizeof(msg))) > 0) {
+		for (size_t i = 0; i < (size_t)n / sizeof(msg[0]); i++) {
+			struct uffd_msg *m = &msg[i];
+
+			switch (m->event) {
+			case UFFD_EVENT_PAGEFAULT: {
+				uint64_t a = m->arg.pagefault.address & ~(uint64_t)(DD_PAGE_SIZE - 1);
+
+				/* Under fault_lock, so a merge cannot freeze the page
+				 * between our check and our unprotect. */
+				pthread_mutex_lock(&c->fault_lock);
+				if (!ranges_hit(c->inflight, c->ninflight, a))
+					wp_off(c->uffd, a, DD_PAGE_SIZE);
+				pthread_mutex_unlock(&c->fault_lock);
+				atomic_fetch_add(&s->faults, 1);
+				break;
+			}
+			case UFFD_EVENT_UNMAP:
+			case UFFD_EVENT_REMOVE:
+				on_event(c, m->event, m->arg.remove.start, m->arg.remove.end);
+				break;
+			case UFFD_EVENT_REMAP:
+				on_event(c, m->event, m->arg.remap.from,
+					 m->arg.remap.from + m->arg.remap.len);
+				break;
+			default:
+				break;
+			}
+		}
+	}
+}
+
+static pthread_mutex_t fault_mx = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t fault_cv = PTHREAD_COND_INITIALIZER;
+static uint64_t fault_gen;
+
+static void *fault_main(void *arg)
+{
+	struct dd_scanner *s = arg;
+	struct epoll_event ev[32];
+
+	while (!atomic_load(&s->stop)) {
+		int n = epoll_wait(s->fault_ep, ev, 32, 1000);
+
+		for (int i = 0; i < n; i++) {
+			uint64_t v;
+
+			if (ev[i].data.ptr)
+				handle_uffd(s, ev[i].data.ptr);
+			else if (read(s->fault_wake, &v, sizeof(v)) < 0)
+				continue; /* drained already */
+		}
+		pthread_mutex_lock(&fault_mx);
+		fault_gen++;
+		pthread_cond_broadcast(&fault_cv);
+		pthread_mutex_unlock(&fault_mx);
+	}
+	return NULL;
+}
+
+/* Wait until the fault thread has finished any events it had in hand. */
+static void fault_sync(struct dd_scanner *s)
+{
+	uint64_t one = 1, g;
+
+	if (!s->running)
+		return;
+	pthread_mutex_lock(&fault_mx);
+	g = fault_gen;
+	if (write(s->fault_wake, &one, sizeof(one)) < 0) {
+		/* eventfd full: the thread is awake anyway */
+	}
+	while (fault_gen < g + 2 && !atomic_load(&s->stop))
+		pthread_cond_wait(&fault_cv, &fault_mx);
+	pthread_mutex_unlock(&fault_mx);
+}
+
+/* ---- scanning --------------------------------------------------------- */
+
+static void add_range(struct range **v, size_t *n, uint64_t start, uint64_t end)
+{
+	struct range *nv = realloc(*v, (*n + 1) * sizeof(**v));
+
+	if (!nv)
+		abort(); /* a few dozen bytes: nothing sensible to do without them */
+	*v = nv;
+	(*v)[(*n)++] = (struct range){ start, end };
+}
+
+/* Apply unmap/remove/remap events of the application (c->lock held). */
+static void apply_events(struct dd_scanner *s, struct dd_sclient *c)
+{
+	struct uevent ev[MAX_EVENTS];
+	size_t n;
+	bool lost;
+
+	pthread_mutex_lock(&c->fault_lock);
+	n = c->nevents;
+	memcpy(ev, c->events, n * sizeof(ev[0]));
+	lost = c->events_lost;
+	c->nevents = 0;
+	c->events_lost = false;
+	pthread_mutex_unlock(&c->fault_lock);
+	if (lost) { /* too many to follow: start every record afresh */
+		n = 1;
+		ev[0] = (struct uevent){ UFFD_EVENT_REMOVE, 0, UINT64_MAX };
+	}
+	for (size_t e = 0; e < n; e++)
+		for (struct dd_region *r = c->regions; r; r = r->next) {
+			uint64_t rend = r->start + (uint64_t)r->npages * DD_PAGE_SIZE;
+			uint64_t lo = ev[e].start > r->start ? ev[e].start : r->start;
+			uint64_t hi = ev[e].end < rend ? ev[e].end : rend;
+
+			for (uint64_t a = lo; a < hi; a += DD_PAGE_SIZE) {
+				struct dd_page *p = &r->pages[(a - r->start) / DD_PAGE_SIZE];
+
+				if (p->state == PG_GONE)
+					continue;
+				if (ev[e].type == UFFD_EVENT_REMOVE) {
+					/* MADV_DONTNEED: merged pages still read the store
+					 * (their VMA maps it); the rest starts afresh. */
+					if (p->state == PG_ZERO || p->state == PG_MERGED)
+						continue;
+					p->state = PG_NEW;
+					continue;
+				}
+				if (p->state == PG_MERGED)
+					dd_store_unshare(r->dom->store, p->slot);
+				else if (p->state == PG_ZERO)
+					atomic_fetch_sub(&s->zero_pages, 1);
+				p->state = PG_GONE; /* unmapped or moved away */
+			}
+		}
+}
+
+static void mq_add(struct dd_scanner *s, struct dd_region *r, uint32_t idx, int64_t slot)
+{
+	s->mq[s->nmq++] = (struct merge){ .r = r, .idx = idx, .slot = slot };
+}
+
+static void pend_add(struct dd_sclient *c, struct dd_region *r, uint32_t idx, uint32_t slot)
+{
+	pthread_mutex_lock(&c->pend_lock);
+	if (c->npend == c->cappend) {
+		size_t cap = c->cappend ? c->cappend * 2 : 64;
+		struct pend *p = realloc(c->pend, cap * sizeof(*p));
+		if (!p) {
+			pthread_mutex_unlock(&c->pend_lock);
+			dd_store_pend_done(r->dom->store, slot, false);
+			return;
+		}
+		c->pend = p;
+		c->cappend = cap;
+	}
+	atomic_fetch_add(&r->refs, 1);
+	c->pend[c->npend++] = (struct pend){ r, idx, slot };
+	pthread_mutex_unlock(&c->pend_lock);
+}
+
+static int read_page(pid_t pid, uint64_t addr, void *dst, size_t npages)
+{
+	struct iovec l = { .iov_base = dst, .iov_len = npages * DD_PAGE_SIZE };
+	struct iovec rm = { .iov_base = (void *)(uintptr_t)addr, .iov_len = l.iov_len };
+
+	return process_vm_readv(pid, &l, 1, &rm, 1, 0) == (ssize_t)l.iov_len ? 0 : -EFAULT;
+}
+
+struct stable_hit {
+	const void *page;
+	struct dd_stable *node;
+};
+
+static int stable_visit(struct dd_table_node *tn, void *arg)
+{
+	struct stable_hit *h = arg;
+	struct dd_stable *st = caa_container_of(tn, struct dd_stable, tn);
+
+	if (st->dead || memcmp(h->page, dd_store_page(st->store, st->slot), DD_PAGE_SIZE))
+		return 0;
+	if (!dd_store_try_pend(st))
+		return 0;
+	h->node = st;
+	return 1;
+}
+
+struct unstable_hit {
+	struct dd_scanner *s;
+	const void *page;
+	struct dd_region *self;
+	uint32_t self_idx;
+	struct dd_unstable *node;
+};
+
+static int unstable_visit(struct dd_table_node *tn, void *arg)
+{
+	struct unstable_hit *h = arg;
+	struct dd_unstable *u = caa_container_of(tn, struct dd_unstable, tn);
+
+	if (u->r->dead || (u->r == h->self && u->idx == h->self_idx))
+		return 0;
+	if (read_page(u->r->c->pid, u->r->start + (uint64_t)u->idx * DD_PAGE_SIZE, h->s->obuf,
+		      1) < 0)
+		return 0;
+	if (memcmp(h->page, h->s->obuf, DD_PAGE_SIZE))
+		return 0; /* a checksum collision, or it changed */
+	h->node = u;
+	return 1;
+}
+
+static void unstable_release(struct dd_table_node *tn)
+{
+	struct dd_unstable *u = caa_container_of(tn, struct dd_unstable, tn);
+
+	region_put(u->r);
+	free(u);
+}
+
+static void unstable_free_rcu(struct rcu_head *h)
+{
+	unstable_release(&caa_container_of(h, struct dd_unstable, tn.rcu)->tn);
+}
+
+/* Look a candidate page up in both tables (rcu read lock held). */
+static void match_page(struct dd_scanner *s, struct dd_region *r, uint32_t idx, const void *page,
+		       int64_t *hint)
+{
+	struct dd_page *p = &r->pages[idx];
+	struct stable_hit sh = { .page = page };
+	struct unstable_hit uh = { .s = s, .page = page, .self = r, .self_idx = idx };
+	struct dd_unstable *u;
+	int64_t slot;
+
+	dd_table_for_each_dup(s->stable, r->dom->id, p->csum, stable_visit, &sh);
+	if (sh.node) {
+		mq_add(s, r, idx, sh.node->slot);
+		return;
+	}
+	if (p->state == PG_UNSTABLE && p->gen == (uint16_t)atomic_load(&s->full_scans))
+		return; /* already in the unstable table this pass */
+	dd_table_for_each_dup(s->unstable, r->dom->id, p->csum, unstable_visit, &uh);
+	if (uh.node && dd_table_del(s->unstable, &uh.node->tn) == 0) {
+		/* Two merges will pend on the new slot: this page and the other. */
+		slot = dd_store_alloc(r->dom->store, page, *hint, 2);
+		if (slot >= 0) {
+			*hint = slot;
+			mq_add(s, r, idx, slot);
+		}
+		atomic_fetch_sub(&s->unstable_count, 1);
+		if (slot >= 0) {
+			struct dd_region *qr = uh.node->r;
+
+			pend_add(qr->c, qr, uh.node->idx, (uint32_t)slot);
+		}
+		call_rcu(&uh.node->tn.rcu, unstable_free_rcu);
+		return;
+	}
+	u = calloc(1, sizeof(*u));
+	if (!u)
+		return;
+	u->r = r;
+	u->idx = idx;
+	atomic_fetch_add(&r->refs, 1);
+	dd_table_add(s->unstable, &u->tn, r->dom->id, p->csum);
+	atomic_fetch_add(&s->unstable_count, 1);
+	p->state = PG_UNSTABLE;
+	p->gen = (uint16_t)atomic_load(&s->full_scans);
+}
+
+static int cmp_merge(const void *a, const void *b)
+{
+	const struct merge *x = a, *y = b;
+	uint64_t ax = x->r->start + (uint64_t)x->idx * DD_PAGE_SIZE;
+	uint64_t ay = y->r->start + (uint64_t)y->idx * DD_PAGE_SIZE;
+
+	return ax < ay ? -1 : ax > ay;
+}
+
+static uint64_t mq_addr(const struct merge *m)
+{
+	return m->r->start + (uint64_t)m->idx * DD_PAGE_SIZE;
+}
+
+/* Length of the run of queue entries from i on with consecutive addresses
+ * in one region (and, if slots, consecutive store slots of one kind). */
+static size_t run_len(const struct merge *q, size_t n, size_t i, bool slots)
+{
+	size_t j = i + 1;
+
+	while (j < n && q[j].r == q[i].r && q[j].idx == q[j - 1].idx + 1 &&
+	       (!slots || ((q[j].slot < 0) == (q[i].slot < 0) &&
+			   (q[i].slot < 0 || q[j].slot == q[j - 1].slot + 1))) &&
+	       (!slots || (q[j].res == 0) == (q[i].res == 0)))
+		j++;
+	return j - i;
+}
+
+static void freeze(struct dd_sclient *c, struct merge *q, size_t n)
+{
+	pthread_mutex_lock(&c->fault_lock);
+	for (size_t i = 0; i < n; i += run_len(q, n, i, false))
+		add_range(&c->inflight, &c->ninflight, mq_addr(&q[i]),
+			  mq_addr(&q[i]) + run_len(q, n, i, false) * DD_PAGE_SIZE);
+	pthread_mutex_unlock(&c->fault_lock);
+	for (size_t i = 0, k; i < n; i += k) {
+		struct uffdio_writeprotect wp = { .mode = UFFDIO_WRITEPROTECT_MODE_WP };
+
+		k = run_len(q, n, i, false);
+		wp.range.start = mq_addr(&q[i]);
+		wp.range.len = k * DD_PAGE_SIZE;
+		if (ioctl(c->uffd, UFFDIO_WRITEPROTECT, &wp) < 0)
+			for (size_t j = i; j < i + k; j++)
+				q[j].res = -errno;
+	}
+}
+
+/* Re-read frozen pages and compare them with their target, byte for byte. */
+static void verify(struct dd_scanner *s, struct dd_sclient *c, struct merge *q, size_t n)
+{
+	for (size_t i = 0, k; i < n; i += k) {
+		k = run_len(q, n, i, false);
+		if (read_page(c->pid, mq_addr(&q[i]), s->vbuf + i * DD_PAGE_SIZE, k) < 0)
+			for (size_t j = i; j < i + k; j++)
+				q[j].res = q[j].res ? q[j].res : -EFAULT;
+	}
+	for (size_t i = 0; i < n; i++) {
+		const uint8_t *pg = s->vbuf + i * DD_PAGE_SIZE;
+		struct dd_page *p = &q[i].r->pages[q[i].idx];
+		bool same;
+
+		if (q[i].res)
+			continue;
+		if (q[i].r->dead || p->state == PG_MERGED || p->state == PG_GONE ||
+		    p->state == PG_ZERO)
+			same = false;
+		else if (q[i].slot < 0)
+			same = dd_page_is_zero(pg);
+		else
+			same = !memcmp(pg, dd_store_page(q[i].r->dom->store, (uint32_t)q[i].slot),
+				       DD_PAGE_SIZE);
+		if (!same)
+			q[i].res = -EAGAIN;
+	}
+}
+
+/* Send the verified entries to the agent, coalesced into runs. */
+static void replace(struct dd_scanner *s, struct dd_sclient *c, struct merge *q, size_t n)
+{
+	static struct dd_remap_entry e[2][DD_BATCH_MAX];
+	static size_t first[2][DD_BATCH_MAX], len[2][DD_BATCH_MAX];
+	int32_t res[DD_BATCH_MAX];
+	uint32_t ne[2] = { 0, 0 };
+
+	for (size_t i = 0, k; i < n; i += k) {
+		int z;
+
+		k = run_len(q, n, i, true);
+		if (q[i].res)
+			continue;
+		z = q[i].slot < 0;
+		if (!z && c->vmas + 2 > c->vma_budget) {
+			for (size_t j = i; j < i + k; j++)
+				q[j].res = -ENOSPC; /* keep the client under max_map_count */
+			continue;
+		}
+		if (!z)
+			c->vmas += 2; /* a remap splits at most one VMA in three */
+		e[z][ne[z]] = (struct dd_remap_entry){
+			.addr = mq_addr(&q[i]),
+			.store_off = z ? 0 : (uint64_t)q[i].slot * DD_PAGE_SIZE,
+			.npages = (uint32_t)k,
+			.domain = q[i].r->dom->id,
+		};
+		first[z][ne[z]] = i;
+		len[z][ne[z]++] = k;
+	}
+	pthread_mutex_lock(&c->fault_lock);
+	for (int z = 0; z < 2; z++)
+		for (uint32_t i = 0; i < ne[z]; i++)
+			add_range(&c->expect, &c->nexpect, e[z][i].addr,
+				  e[z][i].addr + (uint64_t)e[z][i].npages * DD_PAGE_SIZE);
+	pthread_mutex_unlock(&c->fault_lock);
+	for (int z = 0; z < 2; z++) {
+		int rc;
+
+		if (!ne[z])
+			continue;
+		rc = c->agent ? s->ops.batch(c->agent, z, e[z], ne[z], res) : -ENOTCONN;
+		for (uint32_t i = 0; i < ne[z]; i++) {
+			/* No answer: the agent may or may not have acted. Count it as
+			 * merged; the next pass sees the truth in pagemap and
+			 * uncounts a page that was not. */
+			int v = rc == -ETIMEDOUT ? 0 : rc < 0 ? rc : res[i];
+
+			for (size_t j = first[z][i]; j < first[z][i] + len[z][i]; j++)
+				q[j].res = v;
+		}
+	}
+}
+
+/* Record the outcome, re-arm remapped ranges, unfreeze and wake (c->lock). */
+static void settle(struct dd_scanner *s, struct dd_sclient *c, struct merge *q, size_t n)
+{
+	for (size_t i = 0, k; i < n; i += k) {
+		struct uffdio_range rg;
+
+		k = run_len(q, n, i, true);
+		rg.start = mq_addr(&q[i]);
+		rg.len = k * DD_PAGE_SIZE;
+		for (size_t j = i; j < i + k; j++) {
+			struct dd_page *p = &q[j].r->pages[q[j].idx];
+
+			if (q[j].res) {
+				if (q[j].slot >= 0)
+					dd_store_pend_done(q[j].r->dom->store, (uint32_t)q[j].slot,
+							   false);
+				atomic_fetch_add(&s->merge_failed, 1);
+				continue;
+			}
+			atomic_fetch_add(&s->merges, 1);
+			if (q[j].slot < 0) {
+				p->state = PG_ZERO;
+				q[j].r->zero++;
+				atomic_fetch_add(&s->zero_pages, 1);
+				continue;
+			}
+			dd_store_pend_done(q[j].r->dom->store, (uint32_t)q[j].slot, true);
+			p->state = PG_MERGED;
+			p->slot = (uint32_t)q[j].slot;
+			p->flags |= PGF_REMAPPED;
+			q[j].r->merged++;
+		}
+		if (q[i].res) {
+			wp_off(c->uffd, rg.start, rg.len);
+			continue;
+		}
+		if (q[i].slot >= 0) {
+			struct uffdio_register reg = { .range = rg, .mode = UFFDIO_REGISTER_MODE_WP };
+
+			/* The new VMA must be registered so the page can be frozen
+			 * again after a COW break; failure only costs that. */
+			ioctl(c->uffd, UFFDIO_REGISTER, &reg);
+		}
+		ioctl(c->uffd, UFFDIO_WAKE, &rg);
+	}
+	pthread_mutex_lock(&c->fault_lock);
+	c->ninflight = 0;
+	pthread_mutex_unlock(&c->fault_lock);
+	for (size_t i = 0; i < n; i++)
+		if (q[i].ref)
+			region_put(q[i].r);
+}
+
+/* Merge everything queued for client c (c->lock held). */
+static void flush(struct dd_scanner *s, struct dd_sclient *c)
+{
+	size_t n = s->nmq;
+
+	if (!n)
+		return;
+	qsort(s->mq, n, sizeof(s->mq[0]), cmp_merge);
+	freeze(c, s->mq, n);
+	verify(s, c, s->mq, n);
+	replace(s, c, s->mq, n);
+	settle(s, c, s->mq, n);
+	s->nmq = 0;
+}
+
+static size_t merge_cap(struct dd_scanner *s)
+{
+	uint32_t b = s->knobs.merge_batch_pages;
+
+	return b && b < MAX_MERGE ? b : MAX_MERGE;
+}
+
+/* Scan pages [idx0, idx0+n) of r (c->lock and rcu read lock held). */
+static int scan_batch(struct dd_scanner *s, struct dd_sclient *c, struct dd_region *r,
+		      uint32_t idx0, uint32_t n, int64_t *hint)
+{
+	uint64_t pm[READ_BATCH], base = r->start + (uint64_t)idx0 * DD_PAGE_SIZE;
+	struct iovec lv[READ_BATCH], rv[READ_BATCH];
+	bool need[READ_BATCH];
+	size_t niov = 0;
+	ssize_t got, want = 0;
+	uint16_t gen = (uint16_t)atomic_load(&s->full_scans);
+
+	if (pread(c->pagemap, pm, n * sizeof(pm[0]), (off_t)(base / DD_PAGE_SIZE * 8)) !=
+	    (ssize_t)(n * sizeof(pm[0])))
+		return -errno ? -errno : -EIO;
+	for (uint32_t i = 0; i < n; i++) {
+		struct dd_page *p = &r->pages[idx0 + i];
+
+		need[i] = false;
+		if (p->state == PG_GONE || !(pm[i] & DD_PM_PRESENT))
+			continue; /* never fault a page in by scanning it */
+		if (p->state == PG_MERGED) {
+			if (pm[i] & DD_PM_FILE)
+				continue; /* still maps the store page */
+			dd_store_unshare(r->dom->store, p->slot); /* written: COW break */
+			atomic_fetch_add(&s->cow_breaks, 1);
+			r->merged--;
+			p->state = PG_NEW;
+		}
+		need[i] = true;
+		if (niov && (char *)lv[niov - 1].iov_base + lv[niov - 1].iov_len ==
+				    (char *)s->buf + (size_t)i * DD_PAGE_SIZE) {
+			lv[niov - 1].iov_len += DD_PAGE_SIZE;
+			rv[niov - 1].iov_len += DD_PAGE_SIZE;
+		} else {
+			lv[niov] = (struct iovec){ s->buf + (size_t)i * DD_PAGE_SIZE, DD_PAGE_SIZE };
+			rv[niov++] = (struct iovec){ (void *)(uintptr_t)(base + i * DD_PAGE_SIZE),
+						     DD_PAGE_SIZE };
+		}
+		want += DD_PAGE_SIZE;
+	}
+	if (!niov)
+		return 0;
+	got = process_vm_readv(c->pid, lv, niov, rv, niov, 0);
+	if (got < 0)
+		return -errno;
+	for (uint32_t i = 0; i < n; i++) {
+		struct dd_page *p = &r->pages[idx0 + i];
+		const uint8_t *pg = s->buf + (size_t)i * DD_PAGE_SIZE;
+		bool zero;
+		uint64_t csum;
+
+		if (!need[i])
+			continue;
+		if ((ssize_t)((const uint8_t *)pg - s->buf) >= got)
+			break; /* the rest was unmapped under us */
+		atomic_fetch_add(&s->pages_scanned, 1);
+		csum = dd_page_hash(pg);
+		zero = s->knobs.zero_pages && !(p->flags & PGF_REMAPPED) && dd_page_is_zero(pg);
+		if (p->state == PG_ZERO) {
+			if (zero)
+				continue;
+			atomic_fetch_sub(&s->zero_pages, 1);
+			r->zero--;
+			p->state = PG_NEW;
+		}
+		if ((p->state == PG_CHECKED || p->state == PG_UNSTABLE) && p->csum == csum) {
+			if (zero)
+				mq_add(s, r, idx0 + i, -1);
+			else
+				match_page(s, r, idx0 + i, pg, hint);
+		} else {
+			if (p->state == PG_CHECKED || p->state == PG_UNSTABLE)
+				s->pass_volatile++;
+			p->csum = csum;
+			p->state = PG_CHECKED;
+			p->gen = gen;
+		}
+		if (s->nmq + 2 >= merge_cap(s))
+			flush(s, c);
+	}
+	(void)want;
+	return 0;
+}
+
+static struct dd_sclient *next_client(struct dd_scanner *s, uint64_t from_id)
+{
+	struct dd_sclient *c;
+
+	pthread_mutex_lock(&s->lock);
+	for (c = s->clients; c && c->id < from_id; c = c->next)
+		;
+	if (c)
+		atomic_fetch_add(&c->refs, 1);
+	pthread_mutex_unlock(&s->lock);
+	return c;
+}
+
+/* Merge what other scans queued on clients (pages of unstable matches). */
+static void run_pending(struct dd_scanner *s)
+{
+	uint64_t id = 0;
+	struct dd_sclient *c;
+
+	while ((c = next_client(s, id))) {
+		id = c->id + 1;
+		pthread_mutex_lock(&c->lock);
+		for (;;) {
+			pthread_mutex_lock(&c->pend_lock);
+			while (c->npend && s->nmq < merge_cap(s)) {
+				struct pend *p = &c->pend[--c->npend];
+
+				s->mq[s->nmq++] = (struct merge){ .r = p->r, .idx = p->idx,
+								  .slot = p->slot, .ref = true };
+			}
+			pthread_mutex_unlock(&c->pend_lock);
+			if (!s->nmq)
+				break;
+			if (c->dead) {
+				for (size_t i = 0; i < s->nmq; i++) {
+					dd_store_pend_done(s->mq[i].r->dom->store,
+							   (uint32_t)s->mq[i].slot, false);
+					region_put(s->mq[i].r);
+				}
+				s->nmq = 0;
+			} else {
+				flush(s, c);
+			}
+		}
+		pthread_mutex_unlock(&c->lock);
+		client_put(c);
+	}
+}
+
+static void pass_end(struct dd_scanner *s)
+{
+	struct timespec ts;
+	uint64_t t = now_ms();
+	struct dd_sclient *c;
+	uint64_t id = 0;
+
+	rcu_read_lock();
+	dd_table_clear(s->unstable, unstable_release);
+	rcu_read_unlock();
+	atomic_store(&s->unstable_count, 0);
+	atomic_store(&s->pages_volatile, s->pass_volatile);
+	s->pass_volatile = 0;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	atomic_store(&s->last_pass_ms, (uint64_t)(ts.tv_sec - s->pass_start.tv_sec) * 1000 +
+					     (uint64_t)(ts.tv_nsec / 1000000) -
+					     (uint64_t)(s->pass_start.tv_nsec / 1000000));
+	s->pass_start = ts;
+	atomic_fetch_add(&s->full_scans, 1);
+	if (t - s->last_gc_ms >= 2000) { /* GC reads every /proc/PID/maps: not too often */
+		s->last_gc_ms = t;
+		pthread_mutex_lock(&s->lock);
+		uint32_t nd = s->ndomains;
+		pthread_mutex_unlock(&s->lock);
+		rcu_read_lock();
+		for (uint32_t i = 0; i < nd; i++)
+			dd_store_gc(s->domains[i].store);
+		rcu_read_unlock();
+	}
+	while ((c = next_client(s, id))) {
+		long v = dd_maps_count(c->maps_path);
+
+		id = c->id + 1;
+		pthread_mutex_lock(&c->lock);
+		if (v >= 0)
+			c->vmas = v;
+		pthread_mutex_unlock(&c->lock);
+		client_put(c);
+	}
+}
+
+/* Scan up to pages_to_scan pages from the cursor. */
+static void scan_step(struct dd_scanner *s)
+{
+	uint32_t budget;
+	struct dd_sclient *c;
+	int64_t hint = -1;
+
+	pthread_mutex_lock(&s->lock);
+	budget = s->knobs.pages_to_scan ? s->knobs.pages_to_scan : 1;
+	pthread_mutex_unlock(&s->lock);
+	while (budget && !atomic_load(&s->stop)) {
+		struct dd_region *r;
+
+		c = next_client(s, s->cur_client);
+		if (!c) {
+			pass_end(s);
+			s->cur_client = 0;
+			s->cur_region = 0;
+			s->cur_idx = 0;
+			return;
+		}
+		pthread_mutex_lock(&c->lock);
+		if (c->id != s->cur_client) {
+			s->cur_client = c->id;
+			s->cur_region = 0;
+			s->cur_idx = 0;
+		}
+		apply_events(s, c);
+		for (r = c->regions; r && r->id < s->cur_region; r = r->next)
+			;
+		if (r && r->id != s->cur_region) {
+			s->cur_region = r->id;
+			s->cur_idx = 0;
+		}
+		while (r && s->cur_idx < r->npages && budget) {
+			uint32_t n = r->npages - s->cur_idx;
+
+			n = n < READ_BATCH ? n : READ_BATCH;
+			n = n < budget ? n : budget;
+			rcu_read_lock();
+			if (scan_batch(s, c, r, s->cur_idx, n, &hint) < 0)
+				s->cur_idx = r->npages; /* gone: skip the rest */
+			rcu_read_unlock();
+			s->cur_idx += n;
+			budget -= n;
+		}
+		if (!r) {
+			s->cur_client = c->id + 1;
+			s->cur_region = 0;
+			s->cur_idx = 0;
+		} else if (s->cur_idx >= r->npages) {
+			s->cur_region = r->id + 1;
+			s->cur_idx = 0;
+		}
+		flush(s, c);
+		pthread_mutex_unlock(&c->lock);
+		client_put(c);
+		run_pending(s);
+	}
+}
+
+static void *scan_main(void *arg)
+{
+	struct dd_scanner *s = arg;
+	struct pollfd p = { .fd = s->wake_fd, .events = POLLIN };
+	struct timespec t0, t1;
+
+	rcu_register_thread();
+	clock_gettime(CLOCK_MONOTONIC, &s->pass_start);
+	while (!atomic_load(&s->stop)) {
+		uint32_t sleep_ms;
+		uint64_t v;
+
+		clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t0);
+		scan_step(s);
+		clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t1);
+		atomic_fetch_add(&s->scan_cpu_ns, (uint64_t)(t1.tv_sec - t0.tv_sec) * 1000000000ULL +
+							  (uint64_t)t1.tv_nsec - (uint64_t)t0.tv_nsec);
+		pthread_mutex_lock(&s->lock);
+		sleep_ms = s->knobs.sleep_millisecs;
+		pthread_mutex_unlock(&s->lock);
+		if (sleep_ms && poll(&p, 1, (int)sleep_ms) > 0 &&
+		    read(s->wake_fd, &v, sizeof(v)) < 0)
+			continue;
+	}
+	rcu_unregister_thread();
+	return NULL;
+}
+
+/* ---- life cycle and figures -------------------------------------------- */
+
+struct dd_scanner *dd_scanner_new(const struct dd_scan_knobs *k, const struct dd_scan_ops *ops)
+{
+	struct dd_scanner *s = calloc(1, sizeof(*s));
+	struct epoll_event ev = { .events = EPOLLIN, .data.ptr = NULL };
+
+	if (!s)
+		return NULL;
+	pthread_mutex_init(&s->lock, NULL);
+	s->knobs = *k;
+	s->ops = *ops;
+	s->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	s->fault_wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	s->fault_ep = epoll_create1(EPOLL_CLOEXEC);
+	s->stable = dd_table_new(1 << 12);
+	s->unstable = dd_table_new(1 << 12);
+	s->buf = malloc((size_t)READ_BATCH * DD_PAGE_SIZE);
+	s->vbuf = malloc((size_t)MAX_MERGE * DD_PAGE_SIZE);
+	s->obuf = malloc(DD_PAGE_SIZE);
+	s->mq = calloc(MAX_MERGE, sizeof(*s->mq));
+	if (s->wake_fd < 0 || s->fault_wake < 0 || s->fault_ep < 0 || !s->stable ||
+	    !s->unstable || !s->buf || !s->vbuf || !s->obuf || !s->mq ||
+	    epoll_ctl(s->fault_ep, EPOLL_CTL_ADD, s->fault_wake, &ev) < 0) {
+		dd_scanner_free(s);
+		return NULL;
+	}
+	return s;
+}
+
+int dd_scanner_start(struct dd_scanner *s)
+{
+	int r;
+
+	atomic_store(&s->stop, false);
+	r = pthread_create(&s->fault_thread, NULL, fault_main, s);
+	if (r)
+		return -r;
+	r = pthread_create(&s->scan_thread, NULL, scan_main, s);
+	if (r) {
+		atomic_store(&s->stop, true);
+		pthread_join(s->fault_thread, NULL);
+		return -r;
+	}
+	pthread_setname_np(s->fault_thread, "dedupd-fault");
+	pthread_setname_np(s->scan_thread, "dedupd-scan");
+	s->running = true;
+	return 0;
+}
+
+void dd_scanner_stop(struct dd_scanner *s)
+{
+	uint64_t one = 1;
+
+	if (!s->running)
+		return;
+	atomic_store(&s->stop, true);
+	if (write(s->wake_fd, &one, sizeof(one)) < 0 ||
+	    write(s->fault_wake, &one, sizeof(one)) < 0) {
+		/* eventfd full: the threads are awake anyway */
+	}
+	pthread_mutex_lock(&fault_mx);
+	pthread_cond_broadcast(&fault_cv);
+	pthread_mutex_unlock(&fault_mx);
+	pthread_join(s->scan_thread, NULL);
+	pthread_join(s->fault_thread, NULL);
+	s->running = false;
+}
+
+void dd_scanner_free(struct dd_scanner *s)
+{
+	if (!s)
+		return;
+	dd_scanner_stop(s);
+	while (s->clients)
+		dd_scanner_remove_client(s, s->clients);
+	rcu_read_lock();
+	if (s->unstable)
+		dd_table_clear(s->unstable, unstable_release);
+	for (uint32_t i = 0; i < s->ndomains; i++)
+		dd_store_free(s->domains[i].store);
+	rcu_read_unlock();
+	rcu_barrier();
+	dd_table_free(s->stable);
+	dd_table_free(s->unstable);
+	if (s->wake_fd >= 0)
+		close(s->wake_fd);
+	if (s->fault_wake >= 0)
+		close(s->fault_wake);
+	if (s->fault_ep >= 0)
+		close(s->fault_ep);
+	free(s->buf);
+	free(s->vbuf);
+	free(s->obuf);
+	free(s->mq);
+	pthread_mutex_destroy(&s->lock);
+	free(s);
+}
+
+void dd_scanner_set_knobs(struct dd_scanner *s, const struct dd_scan_knobs *k)
+{
+	uint64_t one = 1;
+
+	pthread_mutex_lock(&s->lock);
+	s->knobs = *k;
+	pthread_mutex_unlock(&s->lock);
+	if (write(s->wake_fd, &one, sizeof(one)) < 0) {
+		/* already signalled */
+	}
+}
+
+void dd_scanner_get_knobs(struct dd_scanner *s, struct dd_scan_knobs *k)
+{
+	pthread_mutex_lock(&s->lock);
+	*k = s->knobs;
+	pthread_mutex_unlock(&s->lock);
+}
+
+/* What one VMA costs in kernel slab (vm_area_struct, anon_vma_chain, maple
+ * tree node share), measured on this kernel at ~0.5 KiB (DESIGN.md §4). */
+#define VMA_SLAB_BYTES 512
+
+void dd_scanner_stats(struct dd_scanner *s, struct dd_scan_stats *o)
+{
+	struct dd_store_stats ss;
+
+	memset(o, 0, sizeof(*o));
+	pthread_mutex_lock(&s->lock);
+	for (uint32_t i = 0; i < s->ndomains; i++) {
+		dd_store_stats(s->domains[i].store, &ss);
+		o->pages_shared += ss.slots_shared;
+		o->pages_sharing += ss.sharers - ss.slots_shared;
+		o->store_pages += ss.slots_used;
+		o->store_freed += ss.freed;
+		o->meta_bytes += ss.meta_bytes;
+	}
+	for (struct dd_sclient *c = s->clients; c; c = c->next) {
+		o->clients++;
+		o->vmas += (uint64_t)c->vmas;
+		if (c->vmas > c->vmas_base)
+			o->vmas_added += (uint64_t)(c->vmas - c->vmas_base);
+		o->meta_bytes += sizeof(*c);
+	}
+	pthread_mutex_unlock(&s->lock);
+	o->pages_registered = atomic_load(&s->registered);
+	o->regions = atomic_load(&s->nregions);
+	o->meta_bytes += o->regions * sizeof(struct dd_region);
+	o->pages_scanned = atomic_load(&s->pages_scanned);
+	o->pages_unshared = atomic_load(&s->unstable_count);
+	o->pages_volatile = atomic_load(&s->pages_volatile);
+	o->zero_pages = atomic_load(&s->zero_pages);
+	o->full_scans = atomic_load(&s->full_scans);
+	o->merges = atomic_load(&s->merges);
+	o->merge_failed = atomic_load(&s->merge_failed);
+	o->cow_breaks = atomic_load(&s->cow_breaks);
+	o->faults = atomic_load(&s->faults);
+	o->scan_cpu_ns = atomic_load(&s->scan_cpu_ns);
+	o->last_pass_ms = atomic_load(&s->last_pass_ms);
+	o->meta_bytes += o->pages_registered * sizeof(struct dd_page) +
+			 o->pages_unshared * sizeof(struct dd_unstable);
+	o->bytes_saved_net = (int64_t)((o->pages_sharing + o->zero_pages) * DD_PAGE_SIZE) -
+			     (int64_t)o->meta_bytes - (int64_t)(o->vmas_added * VMA_SLAB_BYTES) -
+			     (int64_t)((o->store_pages - o->pages_shared) * DD_PAGE_SIZE);
+}
+
+void dd_scanner_regions(struct dd_scanner *s, void (*fn)(const struct dd_region_info *, void *),
+			void *arg)
+{
+	uint64_t id = 0;
+	struct dd_sclient *c;
+
+	while ((c = next_client(s, id))) {
+		id = c->id + 1;
+		pthread_mutex_lock(&c->lock);
+		for (struct dd_region *r = c->regions; r; r = r->next) {
+			struct dd_region_info ri = {
+				.pid = c->pid, .client_id = c->id, .start = r->start,
+				.pages = r->npages, .domain = r->dom->id, .merged = r->merged,
+				.zero = r->zero, .vmas = (uint64_t)c->vmas,
+			};
+			fn(&ri, arg);
+		}
+		pthread_mutex_unlock(&c->lock);
+		client_put(c);
+	}
+}

@@ -1,0 +1,117 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The scanner: registered regions of client processes, their per-page records,
+ * the scan loop (KSM's pages_to_scan / sleep_millisecs), the stable and
+ * unstable tables, the stable stores, and the freeze -> verify -> remap/zap ->
+ * wake merge protocol of DESIGN.md §4, plus the fault thread that answers
+ * write-protect faults. It talks to a client's agent only through
+ * struct dd_scan_ops, so it knows nothing of sockets.
+ *
+ * Threads: one scan thread and one fault thread, started by dd_scanner_start().
+ * dd_scanner_add_client/remove_client/register/unregister/stats/set_knobs are
+ * called from the daemon's main thread; all are thread-safe.
+ */
+#ifndef DD_SCANNER_H
+#define DD_SCANNER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "dedupd/common/proto.h"
+
+struct dd_scanner;
+struct dd_sclient;
+
+struct dd_scan_ops {
+	/* Send a REMAP (zap=false) or ZAP batch to the agent and wait for one
+	 * result per entry in res[]. 0, or -errno if no answer came (then the
+	 * outcome of the batch is unknown). */
+	int (*batch)(void *agent, bool zap, const struct dd_remap_entry *e, uint32_t n,
+		     int32_t *res);
+	/* Hand the store memfd of domain to the agent. 0 or -errno. */
+	int (*send_store)(void *agent, uint32_t domain, int memfd);
+};
+
+struct dd_scan_knobs {
+	uint32_t pages_to_scan;       /* pages per wake-up */
+	uint32_t sleep_millisecs;     /* pause between wake-ups */
+	uint32_t merge_batch_pages;   /* merges per agent round trip, <= DD_BATCH_MAX */
+	uint32_t max_vmas_per_client; /* 0: half of vm.max_map_count */
+	uint32_t share_domain;        /* enum dd_domain_policy for DD_DOMAIN_DEFAULT */
+	bool zero_pages;              /* zap all-zero pages */
+};
+
+void dd_scan_knobs_default(struct dd_scan_knobs *k);
+
+struct dd_scan_stats {
+	uint64_t pages_registered;
+	uint64_t pages_scanned;   /* total, all passes */
+	uint64_t pages_shared;    /* store pages with sharers */
+	uint64_t pages_sharing;   /* owner pages on store pages, minus pages_shared */
+	uint64_t pages_unshared;  /* candidates in the unstable table */
+	uint64_t pages_volatile;  /* changed since the previous pass (last pass) */
+	uint64_t zero_pages;      /* pages zapped to the zero page */
+	uint64_t full_scans;
+	uint64_t clients;
+	uint64_t regions;
+	uint64_t merges;          /* pages merged or zapped, total */
+	uint64_t merge_failed;    /* frozen but not merged (changed, stale, agent error) */
+	uint64_t cow_breaks;      /* merged pages found written */
+	uint64_t store_pages;     /* store slots held, with or without sharers */
+	uint64_t store_freed;
+	uint64_t vmas;            /* VMAs of all clients now */
+	uint64_t vmas_added;      /* VMAs that our remaps add, estimate */
+	uint64_t faults;          /* write-protect faults answered */
+	uint64_t meta_bytes;      /* records, tables, store bookkeeping */
+	int64_t bytes_saved_net;
+	uint64_t scan_cpu_ns;     /* CPU time of the scan thread */
+	uint64_t last_pass_ms;    /* wall time of the last full pass */
+};
+
+struct dd_scanner *dd_scanner_new(const struct dd_scan_knobs *k, const struct dd_scan_ops *ops);
+/* Stops the threads and frees everything; NULL-safe. The calling thread must
+ * be registered with RCU (rcu_register_thread()). */
+void dd_scanner_free(struct dd_scanner *s);
+int dd_scanner_start(struct dd_scanner *s);
+void dd_scanner_stop(struct dd_scanner *s);
+void dd_scanner_set_knobs(struct dd_scanner *s, const struct dd_scan_knobs *k);
+void dd_scanner_get_knobs(struct dd_scanner *s, struct dd_scan_knobs *k);
+
+/* A new client; takes ownership of uffd. NULL on failure with errno set. */
+struct dd_sclient *dd_scanner_add_client(struct dd_scanner *s, pid_t pid, uid_t uid, int uffd,
+					 void *agent);
+/* The client's agent connection is up (or gone: agent NULL). */
+void dd_scanner_set_agent(struct dd_scanner *s, struct dd_sclient *c, void *agent);
+/* The client disconnected: forget its regions and release its uffd. */
+void dd_scanner_remove_client(struct dd_scanner *s, struct dd_sclient *c);
+uint64_t dd_sclient_id(const struct dd_sclient *c);
+
+/*
+ * Register [addr, addr+len) of the client. 0, or -errno with a sentence for
+ * the client in err (not the client's memory, not private anonymous, overlaps
+ * a registered region, ...).
+ */
+int dd_scanner_register(struct dd_scanner *s, struct dd_sclient *c, uint64_t addr, uint64_t len,
+			uint32_t policy, uint64_t salt, char *err, size_t errlen);
+int dd_scanner_unregister(struct dd_scanner *s, struct dd_sclient *c, uint64_t addr,
+			  uint64_t len, char *err, size_t errlen);
+
+void dd_scanner_stats(struct dd_scanner *s, struct dd_scan_stats *out);
+
+/* Per-region figures for `dedupctl regions`. fn is called once per region. */
+struct dd_region_info {
+	pid_t pid;
+	uint64_t client_id;
+	uint64_t start;
+	uint64_t pages;
+	uint32_t domain;
+	uint64_t merged;
+	uint64_t zero;
+	uint64_t vmas;
+};
+void dd_scanner_regions(struct dd_scanner *s, void (*fn)(const struct dd_region_info *, void *),
+			void *arg);
+
+#endif

@@ -1,0 +1,343 @@
+// SPDX-License-Identifier: MIT
+/*
+ * Stable store (see store.h). Slot state lives in one array indexed by slot
+ * (sharers, pending, node), grown under st->lock; page contents live in a
+ * MAP_SHARED|MAP_NORESERVE reservation of the memfd that never moves, so they
+ * are read without the lock. The file grows in STORE_GROW_SLOTS steps.
+ *
+ * Freeing: a slot whose sharers and pending drop to zero becomes a GC
+ * candidate. It is punched out (fallocate PUNCH_HOLE) only when no process maps
+ * it: punching a page that some private mapping still reads through would turn
+ * that page into zeros. Until then it stays in the stable table and can be
+ * shared again.
+ */
+#include "scanner/store.h"
+#include "hash/pagehash.h"
+
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <urcu.h>
+
+/* 64 GiB of address space reserved per store: enough slots for any host here. */
+#define STORE_MAX_SLOTS (16u << 20)
+#define STORE_GROW_SLOTS 16384u /* 64 MiB of file per growth step */
+
+struct slot {
+	uint32_t sharers;
+	uint32_t pending;
+	struct dd_stable *node;
+};
+
+struct dd_store {
+	pthread_mutex_t lock;
+	uint32_t domain;
+	int memfd;
+	dev_t dev;
+	ino_t ino;
+	uint8_t *base;
+	struct dd_table *stable;
+	struct slot *slots;
+	uint64_t *used; /* bitmap */
+	uint32_t nslots;   /* file size in slots */
+	uint32_t cursor;
+	uint64_t nr_used, nr_shared, nr_sharers, nr_freed, nr_candidates;
+};
+
+struct dd_store *dd_store_new(uint32_t domain, struct dd_table *stable)
+{
+	struct dd_store *st = calloc(1, sizeof(*st));
+	char name[64];
+	struct stat sb;
+
+	if (!st)
+		return NULL;
+	pthread_mutex_init(&st->lock, NULL);
+	st->domain = domain;
+	st->stable = stable;
+	st->base = MAP_FAILED;
+	snprintf(name, sizeof(name), "dedupd-store-%u", domain);
+	st->memfd = memfd_create(name, MFD_CLOEXEC);
+	if (st->memfd < 0 || fstat(st->memfd, &sb) < 0)
+		goto fail;
+	st->dev = sb.st_dev;
+	st->ino = sb.st_ino;
+	st->base = mmap(NULL, (size_t)STORE_MAX_SLOTS * DD_PAGE_SIZE, PROT_READ | PROT_WRITE,
+			MAP_SHARED | MAP_NORESERVE, st->memfd, 0);
+	if (st->base == MAP_FAILED)
+		goto fail;
+	return st;
+fail:
+	dd_store_free(st);
+	return NULL;
+}
+
+static void free_node_rcu(struct rcu_head *h)
+{
+	free(caa_container_of(h, struct dd_stable, tn.rcu));
+}
+
+void dd_store_free(struct dd_store *st)
+{
+	int e = errno;
+
+	if (!st)
+		return;
+	for (uint32_t i = 0; i < st->nslots; i++) {
+		struct dd_stable *n = st->slots[i].node;
+		if (n) {
+			dd_table_del(st->stable, &n->tn);
+			call_rcu(&n->tn.rcu, free_node_rcu);
+		}
+	}
+	if (st->base != MAP_FAILED)
+		munmap(st->base, (size_t)STORE_MAX_SLOTS * DD_PAGE_SIZE);
+	if (st->memfd >= 0)
+		close(st->memfd);
+	free(st->slots);
+	free(st->used);
+	pthread_mutex_destroy(&st->lock);
+	free(st);
+	errno = e;
+}
+
+int dd_store_memfd(const struct dd_store *st)
+{
+	return st->memfd;
+}
+
+const void *dd_store_page(const struct dd_store *st, uint32_t slot)
+{
+	return st->base + (size_t)slot * DD_PAGE_SIZE;
+}
+
+static int grow(struct dd_store *st)
+{
+	uint32_t n = st->nslots + STORE_GROW_SLOTS;
+	struct slot *s;
+	uint64_t *u;
+
+	if (n > STORE_MAX_SLOTS)
+		return -ENOSPC;
+	if (ftruncate(st->memfd, (off_t)n * DD_PAGE_SIZE) < 0)
+		return -errno;
+	s = realloc(st->slots, n * sizeof(*s));
+	if (!s)
+		return -ENOMEM;
+	st->slots = s;
+	u = realloc(st->used, n / 8);
+	if (!u)
+		return -ENOMEM;
+	st->used = u;
+	memset(s + st->nslots, 0, STORE_GROW_SLOTS * sizeof(*s));
+	memset((char *)u + st->nslots / 8, 0, STORE_GROW_SLOTS / 8);
+	st->nslots = n;
+	return 0;
+}
+
+static bool is_used(const struct dd_store *st, uint32_t i)
+{
+	return st->used[i / 64] & (1ULL << (i % 64));
+}
+
+static int64_t find_free(struct dd_store *st, uint32_t from)
+{
+	for (uint32_t i = from; i < st->nslots; i++) {
+		if (st->used[i / 64] == ~0ULL) {
+			i |= 63;
+			continue;
+		}
+		if (!is_used(st, i))
+			return i;
+	}
+	return -1;
+}
+
+int64_t dd_store_alloc(struct dd_store *st, const void *page, int64_t hint, uint32_t pending)
+{
+	struct dd_stable *node = calloc(1, sizeof(*node));
+	int64_t slot;
+	int r;
+
+	if (!node)
+		return -ENOMEM;
+	pthread_mutex_lock(&st->lock);
+	slot = -1;
+	if (hint >= 0 && hint + 1 < st->nslots && !is_used(st, (uint32_t)hint + 1))
+		slot = hint + 1;
+	if (slot < 0)
+		slot = find_free(st, st->cursor);
+	if (slot < 0)
+		slot = find_free(st, 0);
+	if (slot < 0) {
+		slot = st->nslots;
+		r = grow(st);
+		if (r < 0) {
+			pthread_mutex_unlock(&st->lock);
+			free(node);
+			return r;
+		}
+	}
+	st->used[slot / 64] |= 1ULL << (slot % 64);
+	st->cursor = (uint32_t)slot + 1;
+	st->nr_used++;
+	memcpy(st->base + (size_t)slot * DD_PAGE_SIZE, page, DD_PAGE_SIZE);
+	node->store = st;
+	node->slot = (uint32_t)slot;
+	st->slots[slot] = (struct slot){ .pending = pending, .node = node };
+	dd_table_add(st->stable, &node->tn, st->domain, dd_page_hash(page));
+	pthread_mutex_unlock(&st->lock);
+	return slot;
+}
+
+bool dd_store_try_pend(struct dd_stable *node)
+{
+	struct dd_store *st = node->store;
+	bool ok;
+
+	pthread_mutex_lock(&st->lock);
+	ok = !node->dead;
+	if (ok)
+		st->slots[node->slot].pending++;
+	pthread_mutex_unlock(&st->lock);
+	return ok;
+}
+
+void dd_store_pend_done(struct dd_store *st, uint32_t slot, bool merged)
+{
+	struct slot *s;
+
+	pthread_mutex_lock(&st->lock);
+	s = &st->slots[slot];
+	if (s->pending)
+		s->pending--;
+	if (merged) {
+		if (s->sharers++ == 0)
+			st->nr_shared++;
+		st->nr_sharers++;
+	}
+	if (!s->sharers && !s->pending)
+		st->nr_candidates++;
+	pthread_mutex_unlock(&st->lock);
+}
+
+void dd_store_unshare(struct dd_store *st, uint32_t slot)
+{
+	struct slot *s;
+
+	pthread_mutex_lock(&st->lock);
+	s = &st->slots[slot];
+	if (s->sharers) {
+		s->sharers--;
+		st->nr_sharers--;
+		if (s->sharers == 0) {
+			st->nr_shared--;
+			if (!s->pending)
+				st->nr_candidates++;
+		}
+	}
+	pthread_mutex_unlock(&st->lock);
+}
+
+/* Mark in `covered` every slot of our memfd that a mapping in maps_path covers. */
+static void cover_from_maps(struct dd_store *st, const char *maps_path, uint64_t *covered)
+{
+	char line[512];
+	FILE *f = fopen(maps_path, "re");
+
+	if (!f)
+		return;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long long lo, hi, pgoff, ino;
+		unsigned int maj, min;
+
+		if (sscanf(line, "%llx-%llx %*s %llx %x:%x %llu", &lo, &hi, &pgoff, &maj, &min,
+			   &ino) != 6 || ino != st->ino)
+			continue;
+		for (uint64_t s = pgoff / DD_PAGE_SIZE, n = (hi - lo) / DD_PAGE_SIZE; n; s++, n--)
+			if (s < st->nslots)
+				covered[s / 64] |= 1ULL << (s % 64);
+	}
+	fclose(f);
+}
+
+int dd_store_gc(struct dd_store *st)
+{
+	uint64_t *covered;
+	struct dirent *de;
+	char path[300];
+	uint32_t nslots;
+	DIR *d;
+	int freed = 0;
+
+	pthread_mutex_lock(&st->lock);
+	nslots = st->nslots;
+	if (!st->nr_candidates) {
+		pthread_mutex_unlock(&st->lock);
+		return 0;
+	}
+	st->nr_candidates = 0;
+	pthread_mutex_unlock(&st->lock);
+
+	covered = calloc(nslots / 64 + 1, sizeof(uint64_t));
+	d = opendir("/proc");
+	if (!covered || !d) {
+		free(covered);
+		if (d)
+			closedir(d);
+		return -ENOMEM;
+	}
+	while ((de = readdir(d))) {
+		if (!isdigit((unsigned char)de->d_name[0]) || atoi(de->d_name) == getpid())
+			continue;
+		snprintf(path, sizeof(path), "/proc/%s/maps", de->d_name);
+		cover_from_maps(st, path, covered);
+	}
+	closedir(d);
+
+	pthread_mutex_lock(&st->lock);
+	for (uint32_t i = 0; i < nslots; i++) {
+		struct slot *s = &st->slots[i];
+
+		if (!is_used(st, i) || s->sharers || s->pending)
+			continue;
+		if (covered[i / 64] & (1ULL << (i % 64))) {
+			st->nr_candidates++; /* look again next time */
+			continue;
+		}
+		s->node->dead = true;
+		dd_table_del(st->stable, &s->node->tn);
+		call_rcu(&s->node->tn.rcu, free_node_rcu);
+		s->node = NULL;
+		fallocate(st->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+			  (off_t)i * DD_PAGE_SIZE, DD_PAGE_SIZE);
+		st->used[i / 64] &= ~(1ULL << (i % 64));
+		st->nr_used--;
+		st->nr_freed++;
+		freed++;
+	}
+	pthread_mutex_unlock(&st->lock);
+	free(covered);
+	return freed;
+}
+
+void dd_store_stats(struct dd_store *st, struct dd_store_stats *out)
+{
+	pthread_mutex_lock(&st->lock);
+	out->slots_used = st->nr_used;
+	out->slots_shared = st->nr_shared;
+	out->sharers = st->nr_sharers;
+	out->freed = st->nr_freed;
+	out->meta_bytes = sizeof(*st) + (uint64_t)st->nslots * (sizeof(struct slot) + 1.0 / 8) +
+			  st->nr_used * sizeof(struct dd_stable);
+	pthread_mutex_unlock(&st->lock);
+}

@@ -1,0 +1,69 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The stable store of one share domain: a memfd whose 4 KiB slots hold the one
+ * copy of each shared page. Clients map slots MAP_PRIVATE (their writes are
+ * copied by the kernel); the daemon maps the whole file MAP_SHARED to fill and
+ * compare slots. A slot's content never changes while it is allocated.
+ *
+ * Each allocated slot has a stable-table node (key: domain, checksum), a count
+ * of the owner pages we know map it (sharers) and of merges queued on it
+ * (pending). All calls are thread-safe; store pages are read lock-free.
+ */
+#ifndef DD_STORE_H
+#define DD_STORE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "hash/table.h"
+
+struct dd_store;
+
+struct dd_stable {
+	struct dd_table_node tn;
+	struct dd_store *store;
+	uint32_t slot;
+	bool dead;
+};
+
+/* A new store for domain, whose nodes live in table. NULL on failure (errno). */
+struct dd_store *dd_store_new(uint32_t domain, struct dd_table *stable);
+void dd_store_free(struct dd_store *st); /* NULL-safe; nodes removed (caller in RCU) */
+
+int dd_store_memfd(const struct dd_store *st);
+const void *dd_store_page(const struct dd_store *st, uint32_t slot);
+
+/*
+ * Allocate a slot holding a copy of page, inserted in the stable table with
+ * `pending` merges pending on it, preferring the slot after `hint` (so runs of duplicates get
+ * consecutive slots and the kernel can merge their VMAs). Returns the slot or
+ * -ENOSPC/-errno. Caller holds rcu_read_lock().
+ */
+int64_t dd_store_alloc(struct dd_store *st, const void *page, int64_t hint, uint32_t pending);
+
+/* Take a pending reference on the slot of node if it is still live. */
+bool dd_store_try_pend(struct dd_stable *node);
+
+/* A pending merge on slot became a sharer (merged) or was dropped. */
+void dd_store_pend_done(struct dd_store *st, uint32_t slot, bool merged);
+
+/* A sharer stopped mapping slot (COW break, unmap, exit). */
+void dd_store_unshare(struct dd_store *st, uint32_t slot);
+
+/*
+ * Free slots with no sharers and no pending merges that no VMA of any process
+ * maps any more (found through /proc/PID/maps; a forked child of a client maps
+ * slots we never counted). Returns slots freed. Caller holds rcu_read_lock().
+ */
+int dd_store_gc(struct dd_store *st);
+
+struct dd_store_stats {
+	uint64_t slots_used;    /* allocated slots (store pages held) */
+	uint64_t slots_shared;  /* slots with at least one sharer: pages_shared */
+	uint64_t sharers;       /* sum of sharers over slots */
+	uint64_t meta_bytes;    /* our bookkeeping for this store */
+	uint64_t freed;         /* slots freed so far */
+};
+void dd_store_stats(struct dd_store *st, struct dd_store_stats *out);
+
+#endif
