@@ -1,0 +1,485 @@
+// SPDX-License-Identifier: MIT
+/*
+ * Integration tests of the core (issue 2): real dedupd, real client processes
+ * linked with libdedup, figures from the daemon and from the kernel.
+ *
+ * Child processes are driven over two pipes with one-byte commands: 'v'
+ * verify every byte (answers the number of bad pages), 'w' write into the
+ * duplicate pages (COW), 'u' unmap/remap the upper half, 'q' quit.
+ */
+#include "tests/harness.h"
+#include "dedupd/lib/dedup.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <sys/mman.h>
+
+#define PAGE 4096u
+#define NPAGES 256u
+#define NDUP 100u
+#define NZERO 50u
+
+struct kid {
+	pid_t pid;
+	int to, from;
+};
+
+static char sock[256];
+static pid_t daemon_pid;
+
+static const char *const fast_args[] = { "--pages-to-scan", "100000", "--sleep-millisecs", "5",
+					 NULL };
+
+static void setup(void)
+{
+	h_sock_path(sock, sizeof(sock), "merge");
+	daemon_pid = h_daemon_start(sock, fast_args);
+	setenv("DEDUPD_SOCKET", sock, 1);
+}
+
+static void teardown(void)
+{
+	if (daemon_pid > 0)
+		h_daemon_stop(daemon_pid, SIGTERM);
+	daemon_pid = 0;
+}
+
+/* ---- the layout child -------------------------------------------------- */
+
+static uint8_t *mem;
+static unsigned kid_idx;
+
+/* Page i: duplicate (same in every child), zero, or unique to the child. */
+static void expected(uint8_t *page, unsigned i, bool written)
+{
+	if (i < NDUP)
+		h_fill(page, 1, i);
+	else if (i < NDUP + NZERO)
+		memset(page, 0, PAGE);
+	else
+		h_fill(page, 100 + kid_idx, i);
+	if (written && i < NDUP)
+		page[17] ^= 0x5a;
+}
+
+static uint32_t verify_all(bool written)
+{
+	uint8_t want[PAGE];
+	uint32_t bad = 0;
+
+	for (unsigned i = 0; i < NPAGES; i++) {
+		expected(want, i, written);
+		bad += memcmp(want, mem + (size_t)i * PAGE, PAGE) != 0;
+	}
+	return bad;
+}
+
+static void layout_child(int in, int out)
+{
+	bool written = false;
+	char cmd;
+	int r;
+
+	mem = mmap(NULL, NPAGES * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	for (unsigned i = 0; i < NPAGES; i++)
+		expected(mem + (size_t)i * PAGE, i, false);
+	r = dedup_register(mem, NPAGES * PAGE, NULL);
+	if (write(out, &r, sizeof(r)) != sizeof(r))
+		_exit(2);
+	while (read(in, &cmd, 1) == 1) {
+		uint32_t bad = 0;
+
+		if (cmd == 'q')
+			break;
+		if (cmd == 'w') {
+			for (unsigned i = 0; i < NDUP; i++)
+				mem[(size_t)i * PAGE + 17] ^= 0x5a;
+			written = true;
+		} else if (cmd == 'v') {
+			bad = verify_all(written);
+		}
+		if (write(out, &bad, sizeof(bad)) != sizeof(bad))
+			_exit(2);
+	}
+	_exit(0);
+}
+
+static struct kid kid_start(unsigned idx)
+{
+	int a[2], b[2], r = -1;
+	struct kid k;
+
+	ck_assert_int_eq(pipe(a), 0);
+	ck_assert_int_eq(pipe(b), 0);
+	k.pid = fork();
+	if (k.pid == 0) {
+		close(a[1]);
+		close(b[0]);
+		kid_idx = idx;
+		layout_child(a[0], b[1]);
+	}
+	close(a[0]);
+	close(b[1]);
+	k.to = a[1];
+	k.from = b[0];
+	ck_assert_int_eq(read(k.from, &r, sizeof(r)), sizeof(r));
+	ck_assert_msg(r == 0, "child %u: dedup_register failed: %s", idx, strerror(-r));
+	return k;
+}
+
+static uint32_t kid_cmd(struct kid *k, char c)
+{
+	uint32_t v = UINT32_MAX;
+
+	ck_assert_int_eq(write(k->to, &c, 1), 1);
+	ck_assert_int_eq(read(k->from, &v, sizeof(v)), sizeof(v));
+	return v;
+}
+
+static void kid_stop(struct kid *k)
+{
+	int st;
+
+	kid_cmd(k, 'v');
+	if (write(k->to, "q", 1) != 1)
+		kill(k->pid, SIGKILL);
+	waitpid(k->pid, &st, 0);
+	close(k->to);
+	close(k->from);
+}
+
+/* ---- tests ------------------------------------------------------------- */
+
+START_TEST(test_merge_exact_counts)
+{
+	struct kid k[3];
+	long before[3], after;
+
+	H_SKIP_UNLESS_ROOT();
+	for (unsigned i = 0; i < 3; i++) {
+		k[i] = kid_start(i);
+		before[i] = h_smaps_kib(k[i].pid, "Anonymous");
+	}
+	ck_assert_msg(h_wait_stat(sock, "zero_pages", 3 * NZERO, false, 15000),
+		      "zero_pages %lld, want %u", (long long)h_stat(sock, "zero_pages"), 3 * NZERO);
+	ck_assert_msg(h_wait_stat(sock, "pages_sharing", 2 * NDUP, false, 15000),
+		      "pages_sharing %lld, want %u", (long long)h_stat(sock, "pages_sharing"),
+		      2 * NDUP);
+	ck_assert_int_eq(h_stat(sock, "pages_shared"), NDUP);
+	ck_assert_int_eq(h_stat(sock, "clients"), 3);
+	ck_assert_int_eq(h_stat(sock, "regions"), 3);
+	ck_assert_int_eq(h_stat(sock, "cow_breaks"), 0);
+	/* Stable: a few more passes change nothing. */
+	h_sleep_ms(300);
+	ck_assert_int_eq(h_stat(sock, "pages_sharing"), 2 * NDUP);
+	ck_assert_int_eq(h_stat(sock, "zero_pages"), 3 * NZERO);
+	ck_assert_int_gt(h_stat(sock, "bytes_saved_net"), 0);
+	for (unsigned i = 0; i < 3; i++) {
+		/* The kernel's accounting: the child's anonymous memory shrank by
+		 * its duplicate and zero pages (now store pages or nothing). */
+		after = h_smaps_kib(k[i].pid, "Anonymous");
+		ck_assert_msg(before[i] - after >= (long)(NDUP + NZERO) * 4 - 8,
+			      "child %u: Anonymous %ld kB -> %ld kB", i, before[i], after);
+		ck_assert_int_eq(kid_cmd(&k[i], 'v'), 0);
+	}
+	for (unsigned i = 0; i < 3; i++)
+		kid_stop(&k[i]);
+	ck_assert(h_wait_stat(sock, "clients", 0, false, 5000));
+	ck_assert(h_wait_stat(sock, "pages_sharing", 0, false, 5000));
+}
+END_TEST
+
+START_TEST(test_cow_write_is_private)
+{
+	struct kid k[3];
+
+	H_SKIP_UNLESS_ROOT();
+	for (unsigned i = 0; i < 3; i++)
+		k[i] = kid_start(i);
+	ck_assert(h_wait_stat(sock, "pages_sharing", 2 * NDUP, false, 15000));
+	ck_assert_int_eq(kid_cmd(&k[0], 'w'), 0); /* child 0 writes its 100 dups */
+	ck_assert_int_eq(kid_cmd(&k[0], 'v'), 0); /* and reads its own writes */
+	/* The others and the store are untouched. */
+	ck_assert_int_eq(kid_cmd(&k[1], 'v'), 0);
+	ck_assert_int_eq(kid_cmd(&k[2], 'v'), 0);
+	/* The daemon sees the COW breaks and uncounts them. */
+	ck_assert_msg(h_wait_stat(sock, "cow_breaks", NDUP, false, 10000), "cow_breaks %lld",
+		      (long long)h_stat(sock, "cow_breaks"));
+	ck_assert(h_wait_stat(sock, "pages_sharing", NDUP, false, 10000));
+	ck_assert_int_eq(h_stat(sock, "pages_shared"), NDUP);
+	for (unsigned i = 0; i < 3; i++)
+		kid_stop(&k[i]);
+}
+END_TEST
+
+/* ---- racing writers ----------------------------------------------------- */
+
+#define RACE_PAGES 512u
+#define RACE_THREADS 4u
+
+struct race {
+	uint8_t *mem;
+	uint64_t *shadow; /* MAP_SHARED: never merged */
+	atomic_ulong *progress;
+	atomic_bool stop;
+	atomic_ulong lost;
+	unsigned seed;
+};
+
+static uint64_t base_word(unsigned page, unsigned w)
+{
+	(void)page;
+	return 0x1111111111111111ULL * (w % 15 + 1);
+}
+
+static void *writer(void *arg)
+{
+	struct race *r = arg;
+	unsigned t = __atomic_fetch_add(&r->seed, 1, __ATOMIC_RELAXED);
+	uint64_t x = t * 2654435761u + 1, n = 0;
+
+	while (!atomic_load(&r->stop)) {
+		unsigned page, w;
+		volatile uint64_t *p;
+		uint64_t v;
+
+		x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+		page = (unsigned)(x % (RACE_PAGES / RACE_THREADS)) * RACE_THREADS + t;
+		w = (unsigned)((x >> 20) % 512);
+		p = (volatile uint64_t *)(r->mem + (size_t)page * PAGE) + w;
+		/* Half the writes restore the base value, so pages keep becoming
+		 * identical again and keep being merged under the writers. */
+		v = (x & 1) ? base_word(page, w) : (x | 1);
+		*p = v;
+		r->shadow[page * 512 + w] = v;
+		if (*p != v)
+			atomic_fetch_add(&r->lost, 1);
+		atomic_fetch_add(r->progress, 1);
+		if ((++n & 255) == 0)
+			h_sleep_ms(1);
+	}
+	return NULL;
+}
+
+static struct race *race_new(void)
+{
+	struct race *r = mmap(NULL, sizeof(*r), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+			      -1, 0);
+
+	r->mem = mmap(NULL, RACE_PAGES * PAGE, PROT_READ | PROT_WRITE,
+		      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	r->shadow = mmap(NULL, RACE_PAGES * PAGE, PROT_READ | PROT_WRITE,
+			 MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	r->progress = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	for (unsigned p = 0; p < RACE_PAGES; p++)
+		for (unsigned w = 0; w < 512; w++)
+			((uint64_t *)r->mem)[p * 512 + w] = r->shadow[p * 512 + w] = base_word(p, w);
+	return r;
+}
+
+/* Child: register, write from RACE_THREADS threads for ms, verify. Exit code:
+ * 0 all writes intact, 1 lost writes, 2 setup failed. */
+static int race_child(struct race *r, unsigned ms, bool need_register)
+{
+	pthread_t th[RACE_THREADS];
+	unsigned long bad = 0;
+
+	if (need_register && dedup_register(r->mem, RACE_PAGES * PAGE, NULL) < 0)
+		return 2;
+	for (unsigned i = 0; i < RACE_THREADS; i++)
+		pthread_create(&th[i], NULL, writer, r);
+	h_sleep_ms(ms);
+	atomic_store(&r->stop, true);
+	for (unsigned i = 0; i < RACE_THREADS; i++)
+		pthread_join(th[i], NULL);
+	for (unsigned i = 0; i < RACE_PAGES * 512; i++)
+		bad += ((uint64_t *)r->mem)[i] != r->shadow[i];
+	if (bad || atomic_load(&r->lost))
+		fprintf(stderr, "race: %lu words differ, %lu read-backs lost\n", bad,
+			(unsigned long)atomic_load(&r->lost));
+	return bad || atomic_load(&r->lost) ? 1 : 0;
+}
+
+START_TEST(test_race_no_lost_writes)
+{
+	struct race *r;
+	int64_t m0;
+	pid_t pid;
+	int st;
+
+	H_SKIP_UNLESS_ROOT();
+	r = race_new();
+	m0 = h_stat(sock, "merges");
+	pid = fork();
+	if (pid == 0)
+		_exit(race_child(r, 8000, true));
+	waitpid(pid, &st, 0);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "lost writes (status %d)", st);
+	ck_assert_msg(*r->progress > 100000, "writers made only %lu writes",
+		      (unsigned long)*r->progress);
+	fprintf(stderr, "race: %lu writes, %lld merges, %lld cow breaks, %lld wp faults\n",
+		(unsigned long)*r->progress, (long long)(h_stat(sock, "merges") - m0),
+		(long long)h_stat(sock, "cow_breaks"), (long long)h_stat(sock, "wp_faults"));
+	ck_assert_int_ge(h_stat(sock, "merges") - m0, 2000);
+	ck_assert_int_gt(h_stat(sock, "cow_breaks"), 100);
+}
+END_TEST
+
+START_TEST(test_daemon_killed_mid_merge)
+{
+	H_SKIP_UNLESS_ROOT();
+	for (int round = 0; round < 3; round++) {
+		struct race *r = race_new();
+		unsigned long p0;
+		pid_t pid;
+		int st;
+
+		if (!daemon_pid)
+			daemon_pid = h_daemon_start(sock, fast_args);
+		pid = fork();
+		if (pid == 0)
+			_exit(race_child(r, 3000, true));
+		h_sleep_ms(700 + round * 300);
+		ck_assert_int_gt(h_stat(sock, "merges"), 0);
+		h_daemon_stop(daemon_pid, SIGKILL); /* writers may be frozen right now */
+		daemon_pid = 0;
+		p0 = *r->progress;
+		h_sleep_ms(500);
+		ck_assert_msg(*r->progress > p0 + 1000, "writers hang after the daemon died");
+		waitpid(pid, &st, 0);
+		ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "round %d: status %d", round,
+			      st);
+	}
+}
+END_TEST
+
+START_TEST(test_client_killed_mid_merge)
+{
+	struct kid a, b, c;
+
+	H_SKIP_UNLESS_ROOT();
+	a = kid_start(0);
+	b = kid_start(1);
+	h_sleep_ms(15); /* in the middle of the first merges */
+	kill(a.pid, SIGKILL);
+	waitpid(a.pid, NULL, 0);
+	ck_assert(h_wait_stat(sock, "clients", 1, false, 5000));
+	c = kid_start(2);
+	ck_assert(h_wait_stat(sock, "pages_sharing", NDUP, false, 15000));
+	ck_assert_int_eq(h_stat(sock, "pages_shared"), NDUP);
+	ck_assert_int_eq(kid_cmd(&b, 'v'), 0);
+	ck_assert_int_eq(kid_cmd(&c, 'v'), 0);
+	kid_stop(&b);
+	kid_stop(&c);
+	close(a.to);
+	close(a.from);
+}
+END_TEST
+
+START_TEST(test_unmap_and_remap_registered)
+{
+	struct kid other;
+	pid_t pid;
+	int st;
+
+	H_SKIP_UNLESS_ROOT();
+	other = kid_start(1);
+	pid = fork();
+	if (pid == 0) {
+		uint8_t want[PAGE], *half, *moved;
+		unsigned bad = 0;
+
+		kid_idx = 0;
+		mem = mmap(NULL, NPAGES * PAGE, PROT_READ | PROT_WRITE,
+			   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		for (unsigned i = 0; i < NPAGES; i++)
+			expected(mem + (size_t)i * PAGE, i, false);
+		if (dedup_register(mem, NPAGES * PAGE, NULL))
+			_exit(2);
+		h_sleep_ms(1500); /* merged by now */
+		/* Replace the upper half with new memory, then move half of the
+		 * lower half elsewhere with mremap. */
+		half = mmap(mem + NPAGES / 2 * PAGE, NPAGES / 2 * PAGE, PROT_READ | PROT_WRITE,
+			    MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+		for (unsigned i = 0; i < NPAGES / 2; i++)
+			h_fill(half + (size_t)i * PAGE, 1, i); /* lure: duplicates */
+		moved = mremap(mem, NPAGES / 4 * PAGE, NPAGES / 4 * PAGE,
+			       MREMAP_MAYMOVE | MREMAP_FIXED,
+			       mmap(NULL, NPAGES / 4 * PAGE, PROT_NONE,
+				    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+		if (moved == MAP_FAILED)
+			_exit(3);
+		h_sleep_ms(1000);
+		for (unsigned i = 0; i < NPAGES / 2; i++) {
+			h_fill(want, 1, i);
+			bad += memcmp(want, half + (size_t)i * PAGE, PAGE) != 0;
+			half[(size_t)i * PAGE] ^= 1; /* writable */
+		}
+		for (unsigned i = 0; i < NPAGES / 4; i++) {
+			expected(want, i, false);
+			bad += memcmp(want, moved + (size_t)i * PAGE, PAGE) != 0;
+		}
+		for (unsigned i = NPAGES / 4; i < NPAGES / 2; i++) {
+			expected(want, i, false);
+			bad += memcmp(want, mem + (size_t)i * PAGE, PAGE) != 0;
+		}
+		_exit(bad ? 1 : 0);
+	}
+	waitpid(pid, &st, 0);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "status %d", st);
+	ck_assert_int_ge(h_stat(sock, "clients"), 1); /* daemon alive and serving */
+	ck_assert_int_eq(kid_cmd(&other, 'v'), 0);
+	kid_stop(&other);
+}
+END_TEST
+
+START_TEST(test_sigterm_leaves_clients_intact)
+{
+	struct kid k[2];
+	int st;
+
+	H_SKIP_UNLESS_ROOT();
+	for (unsigned i = 0; i < 2; i++)
+		k[i] = kid_start(i);
+	ck_assert(h_wait_stat(sock, "pages_sharing", NDUP, false, 15000));
+	st = h_daemon_stop(daemon_pid, SIGTERM);
+	daemon_pid = 0;
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "dedupd exit status %d", st);
+	/* Without the daemon: still shared, still correct, writes still private. */
+	ck_assert_int_eq(kid_cmd(&k[0], 'v'), 0);
+	ck_assert_int_eq(kid_cmd(&k[0], 'w'), 0);
+	ck_assert_int_eq(kid_cmd(&k[0], 'v'), 0);
+	ck_assert_int_eq(kid_cmd(&k[1], 'v'), 0);
+	for (unsigned i = 0; i < 2; i++)
+		kid_stop(&k[i]);
+}
+END_TEST
+
+static Suite *merge_suite(void)
+{
+	Suite *s = suite_create("merge");
+	TCase *tc = tcase_create("core");
+
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_set_timeout(tc, 60);
+	tcase_add_test(tc, test_merge_exact_counts);
+	tcase_add_test(tc, test_cow_write_is_private);
+	tcase_add_test(tc, test_race_no_lost_writes);
+	tcase_add_test(tc, test_daemon_killed_mid_merge);
+	tcase_add_test(tc, test_client_killed_mid_merge);
+	tcase_add_test(tc, test_unmap_and_remap_registered);
+	tcase_add_test(tc, test_sigterm_leaves_clients_intact);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int main(void)
+{
+	SRunner *sr = srunner_create(merge_suite());
+	int failed;
+
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? 1 : 0;
+}
