@@ -7,7 +7,7 @@ set -eu
 
 # package : why
 PKGS="
-gcc make pkg-config
+gcc make pkg-config bc
 libxxhash-dev
 liburcu-dev
 libbpf-dev libelf-dev zlib1g-dev

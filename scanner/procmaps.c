@@ -99,3 +99,18 @@ long dd_max_map_count(void)
 	}
 	return v;
 }
+
+uint64_t dd_self_rss_anon_bytes(void)
+{
+	char line[128];
+	unsigned long long kib = 0;
+	FILE *f = fopen("/proc/self/status", "re");
+
+	if (!f)
+		return 0;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "RssAnon: %llu kB", &kib) == 1)
+			break;
+	fclose(f);
+	return kib * 1024;
+}

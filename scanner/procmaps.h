@@ -19,6 +19,9 @@ int dd_maps_check_range(const char *maps_path, uint64_t addr, uint64_t len, char
 /* Number of VMAs of pid (lines of its maps file), or -errno. */
 long dd_maps_count(const char *maps_path);
 
+/* This process's resident anonymous memory in bytes (RssAnon), or 0. */
+uint64_t dd_self_rss_anon_bytes(void);
+
 /* vm.max_map_count, or 65530 if unreadable. */
 long dd_max_map_count(void);
 

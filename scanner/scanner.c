@@ -1431,8 +1431,14 @@ void dd_scanner_stats(struct dd_scanner *s, struct dd_scan_stats *o)
 	o->last_pass_ms = atomic_load(&s->last_pass_ms);
 	o->meta_bytes += o->pages_registered * sizeof(struct dd_page) +
 			 o->pages_unshared * sizeof(struct dd_unstable);
+	/* Charge what the daemon really holds: its resident anonymous memory
+	 * (records, tables, buffers, allocator slack) when that exceeds the
+	 * bookkeeping estimate; store pages without sharers; VMA slab. */
+	o->daemon_anon_bytes = dd_self_rss_anon_bytes();
 	o->bytes_saved_net = (int64_t)((o->pages_sharing + o->zero_pages) * DD_PAGE_SIZE) -
-			     (int64_t)o->meta_bytes - (int64_t)(o->vmas_added * VMA_SLAB_BYTES) -
+			     (int64_t)(o->daemon_anon_bytes > o->meta_bytes ? o->daemon_anon_bytes
+									: o->meta_bytes) -
+			     (int64_t)(o->vmas_added * VMA_SLAB_BYTES) -
 			     (int64_t)((o->store_pages - o->pages_shared) * DD_PAGE_SIZE);
 }
 

@@ -65,6 +65,7 @@ struct dd_scan_stats {
 	uint64_t vmas_added;      /* VMAs that our remaps add, estimate */
 	uint64_t faults;          /* write-protect faults answered */
 	uint64_t meta_bytes;      /* records, tables, store bookkeeping */
+	uint64_t daemon_anon_bytes; /* the daemon's resident anonymous memory */
 	int64_t bytes_saved_net;
 	uint64_t scan_cpu_ns;     /* CPU time of the scan thread */
 	uint64_t last_pass_ms;    /* wall time of the last full pass */

@@ -54,6 +54,7 @@ static struct json_object *stats_json(struct dd_scanner *s)
 	ADD_U64(o, "vmas_added", st.vmas_added);
 	ADD_U64(o, "wp_faults", st.faults);
 	ADD_U64(o, "metadata_bytes", st.meta_bytes);
+	ADD_U64(o, "daemon_anon_bytes", st.daemon_anon_bytes);
 	json_object_object_add(o, "bytes_saved_net", json_object_new_int64(st.bytes_saved_net));
 	ADD_U64(o, "scan_cpu_ns", st.scan_cpu_ns);
 	ADD_U64(o, "last_pass_ms", st.last_pass_ms);

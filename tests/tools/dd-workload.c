@@ -10,7 +10,8 @@
  * the rest are unique to the child. Then it offers the memory to dedupd
  * (dedup_register) or to kernel KSM (--ksm: madvise(MADV_MERGEABLE)), says
  * READY, and waits. With --rewrite-pct P it rewrites P % of its pages every
- * second (keeping its shadow copy up to date). On SIGTERM (or after
+ * second (keeping its shadow copy up to date). With --hold it says FILLED and
+ * waits for SIGUSR1 before offering its memory. On SIGTERM (or after
  * --seconds) every child checks each byte of its memory against what it
  * wrote and exits 1 on any difference. The parent prints one line per child
  * ("pid N") and exits with the worst child status.
@@ -36,15 +37,21 @@ static struct {
 	int procs, seconds, rewrite_pct;
 	unsigned long mib;
 	int dup_pct, zero_pct;
-	bool scatter, ksm, noreg, quiet;
+	bool scatter, ksm, noreg, quiet, hold;
 } opt = { .procs = 4, .mib = 64, .dup_pct = 50, .zero_pct = 10, .seconds = -1 };
 
-static volatile sig_atomic_t stop;
+static volatile sig_atomic_t stop, go;
 
 static void on_term(int sig)
 {
 	(void)sig;
 	stop = 1;
+}
+
+static void on_usr1(int sig)
+{
+	(void)sig;
+	go = 1;
 }
 
 static uint64_t mix(uint64_t x)
@@ -107,6 +114,12 @@ static int child(int idx)
 		if (opt.rewrite_pct)
 			memcpy(shadow + i * PAGE, mem + i * PAGE, PAGE);
 	}
+	if (opt.hold) { /* let the caller measure before anything is shared */
+		printf("FILLED %d\n", (int)getpid());
+		fflush(stdout);
+		while (!go && !stop)
+			pause();
+	}
 	if (opt.ksm)
 		r = madvise(mem, n * PAGE, MADV_MERGEABLE) ? -errno : 0;
 	else if (!opt.noreg)
@@ -151,7 +164,8 @@ static int child(int idx)
 
 static const char usage[] =
 	"Usage: dd-workload [--procs N] [--mib M] [--dup PCT] [--zero PCT] [--scatter]\n"
-	"                   [--rewrite-pct P] [--seconds S] [--ksm | --no-register] [--quiet]\n"
+	"                   [--rewrite-pct P] [--seconds S] [--ksm | --no-register] [--hold]\n"
+	"                   [--quiet]\n"
 	"Children fill memory with known duplicate/zero/unique pages, offer it to dedupd\n"
 	"(or KSM with --ksm), print 'READY PID', and verify every byte on SIGTERM.\n";
 
@@ -161,7 +175,8 @@ int main(int argc, char **argv)
 		{ "procs", 1, 0, 'p' }, { "mib", 1, 0, 'm' },	  { "dup", 1, 0, 'd' },
 		{ "zero", 1, 0, 'z' },	{ "scatter", 0, 0, 'S' }, { "rewrite-pct", 1, 0, 'r' },
 		{ "seconds", 1, 0, 's' }, { "ksm", 0, 0, 'k' },	  { "no-register", 0, 0, 'n' },
-		{ "quiet", 0, 0, 'q' },	{ "help", 0, 0, 'h' },	  { 0 },
+		{ "quiet", 0, 0, 'q' },	{ "help", 0, 0, 'h' },	  { "hold", 0, 0, 'H' },
+		{ 0 },
 	};
 	struct sigaction sa = { .sa_handler = on_term };
 	pid_t *pids;
@@ -179,6 +194,7 @@ int main(int argc, char **argv)
 		case 'k': opt.ksm = true; break;
 		case 'n': opt.noreg = true; break;
 		case 'q': opt.quiet = true; break;
+		case 'H': opt.hold = true; break;
 		case 'h': fputs(usage, stdout); return 0;
 		default: fputs(usage, stderr); return 2;
 		}
@@ -190,6 +206,8 @@ int main(int argc, char **argv)
 	}
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGINT, &sa, NULL);
+	sa.sa_handler = on_usr1;
+	sigaction(SIGUSR1, &sa, NULL);
 	pids = calloc((size_t)opt.procs, sizeof(*pids));
 	for (int i = 0; i < opt.procs; i++) {
 		pids[i] = fork();
