@@ -176,7 +176,8 @@ START_TEST(test_merge_exact_counts)
 	/* The net figure charges everything the daemon holds: with only 300
 	 * pages saved here, its own resident memory may outweigh them. */
 	ck_assert_int_le(h_stat(sock, "bytes_saved_net"),
-			 (int64_t)(2 * NDUP + 3 * NZERO) * PAGE - h_stat(sock, "daemon_anon_bytes"));
+			 (int64_t)(2 * NDUP + 3 * NZERO) * PAGE - h_stat(sock, "daemon_anon_bytes") +
+				 65536 /* it may move between the two queries */);
 	ck_assert_int_gt(h_stat(sock, "daemon_anon_bytes"), 0);
 	for (unsigned i = 0; i < 3; i++) {
 		/* The kernel's accounting: the child's anonymous memory shrank by
