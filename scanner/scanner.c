@@ -1143,15 +1143,15 @@ static void run_pending(struct dd_scanner *s)
 
 static void pass_end(struct dd_scanner *s)
 {
+	long n;
 	struct timespec ts;
 	uint64_t t = now_ms();
 	struct dd_sclient *c;
 	uint64_t id = 0;
 
-	rcu_read_lock();
-	dd_table_clear(s->unstable, unstable_release);
-	rcu_read_unlock();
-	atomic_store(&s->unstable_count, 0);
+	n = dd_table_clear(s->unstable, unstable_release);
+	if (n > 0)
+		atomic_fetch_sub(&s->unstable_count, (uint64_t)n);
 	atomic_store(&s->pages_volatile, s->pass_volatile);
 	s->pass_volatile = 0;
 	clock_gettime(CLOCK_MONOTONIC, &ts);

@@ -94,10 +94,8 @@ void dd_store_free(struct dd_store *st)
 		return;
 	for (uint32_t i = 0; i < st->nslots; i++) {
 		struct dd_stable *n = st->slots[i].node;
-		if (n) {
-			dd_table_del(st->stable, &n->tn);
+		if (n && dd_table_del(st->stable, &n->tn) == 0)
 			call_rcu(&n->tn.rcu, free_node_rcu);
-		}
 	}
 	if (st->base != MAP_FAILED)
 		munmap(st->base, (size_t)STORE_MAX_SLOTS * DD_PAGE_SIZE);
@@ -315,8 +313,8 @@ int dd_store_gc(struct dd_store *st)
 			continue;
 		}
 		s->node->dead = true;
-		dd_table_del(st->stable, &s->node->tn);
-		call_rcu(&s->node->tn.rcu, free_node_rcu);
+		if (dd_table_del(st->stable, &s->node->tn) == 0)
+			call_rcu(&s->node->tn.rcu, free_node_rcu);
 		s->node = NULL;
 		fallocate(st->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
 			  (off_t)i * DD_PAGE_SIZE, DD_PAGE_SIZE);
