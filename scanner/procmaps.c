@@ -9,6 +9,7 @@
 
 #include <errno.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -23,14 +24,59 @@ __attribute__((format(printf, 4, 5))) static int bad(char *err, size_t errlen, i
 	return e;
 }
 
+/* VmLck of the process whose maps file is maps_path, in kB (0 if unknown). */
+static long locked_kib(const char *maps_path)
+{
+	char path[64], line[128];
+	long kib = 0;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%.*sstatus", (int)(strlen(maps_path) - 4), maps_path);
+	f = fopen(path, "re");
+	if (!f)
+		return 0;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "VmLck: %ld kB", &kib) == 1)
+			break;
+	fclose(f);
+	return kib;
+}
+
+/* Is any VMA overlapping [addr, end) mlocked? Reads smaps, so only called when
+ * the process has locked memory at all. */
+static bool range_locked(const char *maps_path, uint64_t addr, uint64_t end)
+{
+	char path[64], line[512];
+	unsigned long long lo = 0, hi = 0;
+	bool in = false, locked = false;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%.*ssmaps", (int)(strlen(maps_path) - 4), maps_path);
+	f = fopen(path, "re");
+	if (!f)
+		return false;
+	while (!locked && fgets(line, sizeof(line), f)) {
+		if (sscanf(line, "%llx-%llx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' '))
+			in = lo < end && addr < hi;
+		else if (in && !strncmp(line, "VmFlags:", 8))
+			locked = strstr(line, " lo") != NULL;
+	}
+	fclose(f);
+	return locked;
+}
+
 int dd_maps_check_range(const char *maps_path, uint64_t addr, uint64_t len, char *err,
 			size_t errlen)
 {
 	uint64_t end = addr + len, at = addr;
 	char line[4096];
-	FILE *f = fopen(maps_path, "re");
+	FILE *f;
 	int r = 0;
 
+	if (!len || end < addr)
+		return bad(err, errlen, -EINVAL, "range %#llx+%#llx is empty or wraps around",
+			   (unsigned long long)addr, (unsigned long long)len);
+	f = fopen(maps_path, "re");
 	if (!f) {
 		snprintf(err, errlen, "cannot read %s: %s", maps_path, strerror(errno));
 		return -errno;
@@ -68,6 +114,11 @@ int dd_maps_check_range(const char *maps_path, uint64_t addr, uint64_t len, char
 		r = bad(err, errlen, -EFAULT, "range %#llx-%#llx is not mapped by this process",
 			(unsigned long long)at, (unsigned long long)end);
 	fclose(f);
+	/* mlocked memory is never merged (DESIGN.md §4): a remap would drop the lock. */
+	if (!r && locked_kib(maps_path) > 0 && range_locked(maps_path, addr, end))
+		r = bad(err, errlen, -EINVAL,
+			"memory in %#llx-%#llx is locked (mlock): locked memory is not shared",
+			(unsigned long long)addr, (unsigned long long)end);
 	return r;
 }
 

@@ -55,6 +55,7 @@
 
 enum pg_state { PG_NEW, PG_CHECKED, PG_UNSTABLE, PG_MERGED, PG_ZERO, PG_GONE };
 #define PGF_REMAPPED 1 /* the page lies in a VMA we remapped: never zap it */
+#define PGF_VOLATILE 2 /* written after a merge: wait for a stable checksum */
 
 struct dd_page { /* 16 bytes per registered page */
 	uint64_t csum;
@@ -83,6 +84,7 @@ struct dd_region {
 	struct dd_sclient *c;
 	struct dd_page *pages;
 	uint64_t merged, zero;
+	bool rearm; /* a remapped page broke COW: register the range again */
 	struct dd_region *next;
 };
 
@@ -274,6 +276,7 @@ struct dd_sclient *dd_scanner_add_client(struct dd_scanner *s, pid_t pid, uid_t 
 	c->pagemap = open(path, O_RDONLY | O_CLOEXEC);
 	if (c->pagemap < 0 || fcntl(uffd, F_SETFL, O_NONBLOCK) < 0) {
 		int e = errno;
+		c->uffd = -1; /* on failure the caller keeps it */
 		client_put(c);
 		errno = e;
 		return NULL;
@@ -606,7 +609,9 @@ static void fault_sync(struct dd_scanner *s)
 	if (write(s->fault_wake, &one, sizeof(one)) < 0) {
 		/* eventfd full: the thread is awake anyway */
 	}
-	while (fault_gen < g + 2 && !atomic_load(&s->stop))
+	/* The batch in hand when we read g ends with g + 1; a thread that was
+	 * waiting wakes on our write and also ends its batch with g + 1. */
+	while (fault_gen < g + 1 && !atomic_load(&s->stop))
 		pthread_cond_wait(&fault_cv, &fault_mx);
 	pthread_mutex_unlock(&fault_mx);
 }
@@ -732,13 +737,11 @@ static int unstable_visit(struct dd_table_node *tn, void *arg)
 	struct unstable_hit *h = arg;
 	struct dd_unstable *u = caa_container_of(tn, struct dd_unstable, tn);
 
+	/* No read of the other page here: it is byte-compared with the new
+	 * store page under freeze like every merge, so a checksum collision or
+	 * a page that changed only costs that one merge. */
 	if (u->r->dead || (u->r == h->self && u->idx == h->self_idx))
 		return 0;
-	if (read_page(u->r->c->pid, u->r->start + (uint64_t)u->idx * DD_PAGE_SIZE, h->s->obuf,
-		      1) < 0)
-		return 0;
-	if (memcmp(h->page, h->s->obuf, DD_PAGE_SIZE))
-		return 0; /* a checksum collision, or it changed */
 	h->node = u;
 	return 1;
 }
@@ -969,13 +972,10 @@ static void settle(struct dd_scanner *s, struct dd_sclient *c, struct merge *q, 
 			wp_off(c->uffd, rg.start, rg.len);
 			continue;
 		}
-		if (q[i].slot >= 0) {
-			struct uffdio_register reg = { .range = rg, .mode = UFFDIO_REGISTER_MODE_WP };
-
-			/* The new VMA must be registered so the page can be frozen
-			 * again after a COW break; failure only costs that. */
-			ioctl(c->uffd, UFFDIO_REGISTER, &reg);
-		}
+		/* The new VMA is left unregistered: unregistered neighbours with
+		 * consecutive store offsets merge into one VMA, and a register ioctl
+		 * per run costs as much as the remap. It is registered again when one
+		 * of its pages breaks COW (rearm()), before it is frozen next time. */
 		ioctl(c->uffd, UFFDIO_WAKE, &rg);
 	}
 	pthread_mutex_lock(&c->fault_lock);
@@ -986,6 +986,21 @@ static void settle(struct dd_scanner *s, struct dd_sclient *c, struct merge *q, 
 			region_put(q[i].r);
 }
 
+/* Register the region's remapped VMAs again, so that pages which broke COW
+ * there can be frozen. One ioctl over the whole region: the kernel skips
+ * VMAs that are registered already and merges what it can. */
+static void rearm(struct dd_sclient *c, struct dd_region *r)
+{
+	struct uffdio_register reg = {
+		.range = { .start = r->start, .len = (uint64_t)r->npages * DD_PAGE_SIZE },
+		.mode = UFFDIO_REGISTER_MODE_WP,
+	};
+
+	r->rearm = false;
+	if (ioctl(c->uffd, UFFDIO_REGISTER, &reg) < 0)
+		r->rearm = errno == EAGAIN; /* else: partly unmapped; freeze will fail */
+}
+
 /* Merge everything queued for client c (c->lock held). */
 static void flush(struct dd_scanner *s, struct dd_sclient *c)
 {
@@ -993,6 +1008,9 @@ static void flush(struct dd_scanner *s, struct dd_sclient *c)
 
 	if (!n)
 		return;
+	for (size_t i = 0; i < n; i++)
+		if (s->mq[i].r->rearm && !s->mq[i].r->dead)
+			rearm(c, s->mq[i].r);
 	qsort(s->mq, n, sizeof(s->mq[0]), cmp_merge);
 	freeze(c, s->mq, n);
 	verify(s, c, s->mq, n);
@@ -1033,8 +1051,10 @@ static int scan_batch(struct dd_scanner *s, struct dd_sclient *c, struct dd_regi
 				continue; /* still maps the store page */
 			dd_store_unshare(r->dom->store, p->slot); /* written: COW break */
 			atomic_fetch_add(&s->cow_breaks, 1);
+			r->rearm = true;
 			r->merged--;
 			p->state = PG_NEW;
+			p->flags |= PGF_VOLATILE;
 		}
 		need[i] = true;
 		if (niov && (char *)lv[niov - 1].iov_base + lv[niov - 1].iov_len ==
@@ -1072,8 +1092,15 @@ static int scan_batch(struct dd_scanner *s, struct dd_sclient *c, struct dd_regi
 			atomic_fetch_sub(&s->zero_pages, 1);
 			r->zero--;
 			p->state = PG_NEW;
+			p->flags |= PGF_VOLATILE;
 		}
-		if ((p->state == PG_CHECKED || p->state == PG_UNSTABLE) && p->csum == csum) {
+		/* A page is a candidate the first time it is seen, unless it was
+		 * written after a merge before (PGF_VOLATILE): then, as in KSM, only
+		 * once its checksum held still for a pass. Candidates are only a
+		 * filter: every merge is byte-compared under freeze. */
+		if (((p->state == PG_CHECKED || p->state == PG_UNSTABLE) && p->csum == csum) ||
+		    (p->state == PG_NEW && !(p->flags & PGF_VOLATILE))) {
+			p->csum = csum;
 			if (zero)
 				mq_add(s, r, idx0 + i, -1);
 			else
@@ -1196,6 +1223,10 @@ static void scan_step(struct dd_scanner *s)
 		struct dd_region *r;
 
 		c = next_client(s, s->cur_client);
+		if (!c && s->cur_client == 0) {
+			poll(NULL, 0, 50); /* nothing registered: nothing to scan */
+			return;
+		}
 		if (!c) {
 			pass_end(s);
 			s->cur_client = 0;

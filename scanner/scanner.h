@@ -80,7 +80,8 @@ void dd_scanner_stop(struct dd_scanner *s);
 void dd_scanner_set_knobs(struct dd_scanner *s, const struct dd_scan_knobs *k);
 void dd_scanner_get_knobs(struct dd_scanner *s, struct dd_scan_knobs *k);
 
-/* A new client; takes ownership of uffd. NULL on failure with errno set. */
+/* A new client; takes ownership of uffd on success. NULL on failure with
+ * errno set (the caller still owns uffd then). */
 struct dd_sclient *dd_scanner_add_client(struct dd_scanner *s, pid_t pid, uid_t uid, int uffd,
 					 void *agent);
 /* The client's agent connection is up (or gone: agent NULL). */

@@ -188,7 +188,10 @@ int64_t dd_store_alloc(struct dd_store *st, const void *page, int64_t hint, uint
 	st->used[slot / 64] |= 1ULL << (slot % 64);
 	st->cursor = (uint32_t)slot + 1;
 	st->nr_used++;
-	memcpy(st->base + (size_t)slot * DD_PAGE_SIZE, page, DD_PAGE_SIZE);
+	/* pwrite fills the shmem page without a page fault and without
+	 * clearing it first (a full-page write); fall back to the mapping. */
+	if (pwrite(st->memfd, page, DD_PAGE_SIZE, (off_t)slot * DD_PAGE_SIZE) != DD_PAGE_SIZE)
+		memcpy(st->base + (size_t)slot * DD_PAGE_SIZE, page, DD_PAGE_SIZE);
 	node->store = st;
 	node->slot = (uint32_t)slot;
 	st->slots[slot] = (struct slot){ .pending = pending, .node = node };

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 #include <urcu.h>
 
@@ -148,6 +149,18 @@ static int parse_args(int argc, char **argv, struct dd_server_opts *o, bool *fg)
 	return 0;
 }
 
+/* Each client holds two connections and a userfaultfd: take the hard limit. */
+static void raise_fd_limit(void)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+			log_warning("cannot raise the open-file limit: %s, ignoring", strerror(errno));
+	}
+}
+
 int main(int argc, char **argv)
 {
 	struct dd_server_opts o = {
@@ -169,6 +182,7 @@ int main(int argc, char **argv)
 		log_error("cannot go to the background: %s", strerror(errno));
 		return 1;
 	}
+	raise_fd_limit();
 	rcu_register_thread();
 	srv = dd_server_new(&o);
 	if (!srv)

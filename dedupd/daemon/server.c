@@ -56,6 +56,8 @@ struct dd_server {
 	struct dd_server_opts o;
 	char *socket_path;
 	int lfd, sfd, ep;
+	int spare_fd;           /* reserved for refusing connections when out of fds */
+	unsigned int emfile_logged;
 	struct dd_scanner *scanner;
 	struct conn *conns;
 	unsigned int nconns;
@@ -166,8 +168,11 @@ static int on_hello(struct dd_server *srv, struct conn *c, const struct dd_msg_h
 {
 	struct dd_msg_hello_ok ok = { 0 };
 
-	if (c->kind != CONN_NEW)
+	if (c->kind != CONN_NEW) {
+		if (fd >= 0)
+			close(fd);
 		return dd_msg_send_result(c->fd, m->h.seq, -EPROTO, 0, "HELLO sent twice");
+	}
 	if (fd < 0 || !is_userfaultfd(fd)) {
 		if (fd >= 0)
 			close(fd);
@@ -315,8 +320,24 @@ static void on_accept(struct dd_server *srv)
 	int fd;
 
 	fd = accept4(srv->lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+	if (fd < 0 && (errno == EMFILE || errno == ENFILE) && srv->spare_fd >= 0) {
+		/* Out of fds: use the reserved one to take the connection off
+		 * the queue and refuse it, rather than spin on a listening
+		 * socket that stays readable. */
+		if (!srv->emfile_logged++)
+			log_warning("out of file descriptors: refusing new connections");
+		close(srv->spare_fd);
+		fd = accept4(srv->lfd, NULL, NULL, SOCK_CLOEXEC);
+		if (fd >= 0) {
+			dd_msg_send_result(fd, 0, -EMFILE, 0, "dedupd is out of file descriptors");
+			close(fd);
+		}
+		srv->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+		return;
+	}
 	if (fd < 0)
 		return;
+	srv->emfile_logged = 0;
 	if (srv->nconns >= MAX_CONNS || getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0 ||
 	    !(c = calloc(1, sizeof(*c)))) {
 		dd_msg_send_result(fd, 0, -EMFILE, 0, "too many connections");
@@ -393,6 +414,7 @@ struct dd_server *dd_server_new(const struct dd_server_opts *o)
 		return NULL;
 	srv->o = *o;
 	srv->lfd = srv->sfd = srv->ep = -1;
+	srv->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	srv->socket_path = strdup(o->socket_path);
 	sigemptyset(&mask);
 	sigaddset(&mask, SIGTERM);
@@ -485,6 +507,8 @@ void dd_server_free(struct dd_server *srv)
 	}
 	if (srv->sfd >= 0)
 		close(srv->sfd);
+	if (srv->spare_fd >= 0)
+		close(srv->spare_fd);
 	if (srv->ep >= 0)
 		close(srv->ep);
 	free(srv->socket_path);
