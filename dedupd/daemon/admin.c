@@ -98,68 +98,36 @@ static void region_cb(const struct dd_region_info *ri, void *arg)
 	json_object_array_add(arg, o);
 }
 
-/* Parse an unsigned decimal within [lo, hi]. */
-static int parse_u32(const char *v, uint32_t lo, uint32_t hi, uint32_t *out)
-{
-	char *end;
-	unsigned long long x;
-
-	errno = 0;
-	if (!*v || *v == '-')
-		return -EINVAL;
-	x = strtoull(v, &end, 10);
-	if (errno || *end || x < lo || x > hi)
-		return -ERANGE;
-	*out = (uint32_t)x;
-	return 0;
-}
-
 static int do_set(struct admin_ctx *a, int fd, uint32_t seq, uid_t uid, char *arg)
 {
-	static const struct {
-		const char *key;
-		uint32_t lo, hi;
-		size_t off;
-	} keys[] = {
-		{ "pages_to_scan", 1, 10000000, offsetof(struct dd_scan_knobs, pages_to_scan) },
-		{ "sleep_millisecs", 0, 60000, offsetof(struct dd_scan_knobs, sleep_millisecs) },
-		{ "merge_batch_pages", 1, 1024, offsetof(struct dd_scan_knobs, merge_batch_pages) },
-		{ "max_vmas_per_client", 0, 100000000,
-		  offsetof(struct dd_scan_knobs, max_vmas_per_client) },
-	};
+	char msg[1200], err[1024], *eq = arg ? strchr(arg, '=') : NULL;
 	struct dd_scan_knobs k;
-	char msg[256], *eq = arg ? strchr(arg, '=') : NULL;
-	uint32_t v;
+	struct dd_conf tmp;
+	int r;
 
 	if (uid != 0)
 		return dd_msg_send_result(fd, seq, -EPERM, 0, "set: only root may change dedupd");
 	if (!eq)
 		return dd_msg_send_result(fd, seq, -EINVAL, 0, "set: expected KEY=VALUE");
 	*eq = 0;
+	/* Validate on a copy, with the configuration file's own rules. */
+	dd_conf_init(&tmp);
+	r = dd_conf_copy(&tmp, a->conf);
+	if (r == 0)
+		r = dd_conf_set(&tmp, arg, eq + 1, err, sizeof(err));
+	dd_conf_free(&tmp);
+	if (r < 0) {
+		snprintf(msg, sizeof(msg), "set: %s", err);
+		return dd_msg_send_result(fd, seq, r, 0, msg);
+	}
+	if (!dd_conf_key_reloadable(arg)) {
+		snprintf(msg, sizeof(msg), "set: %s can only change with a restart", arg);
+		return dd_msg_send_result(fd, seq, -EPERM, 0, msg);
+	}
+	dd_conf_set(a->conf, arg, eq + 1, err, sizeof(err));
+	a->apply(a->apply_arg);
 	dd_scanner_get_knobs(a->scanner, &k);
-	if (!strcmp(arg, "zero_pages")) {
-		if (strcmp(eq + 1, "0") && strcmp(eq + 1, "1"))
-			return dd_msg_send_result(fd, seq, -EINVAL, 0,
-						  "set: zero_pages takes 0 or 1");
-		k.zero_pages = eq[1] == '1';
-		dd_scanner_set_knobs(a->scanner, &k);
-		return reply_json(fd, seq, knobs_json(&k));
-	}
-	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
-		if (strcmp(arg, keys[i].key))
-			continue;
-		if (parse_u32(eq + 1, keys[i].lo, keys[i].hi, &v) < 0) {
-			snprintf(msg, sizeof(msg), "set: bad value '%s' for %s: expected an integer "
-				 "from %u to %u", eq + 1, arg, keys[i].lo, keys[i].hi);
-			return dd_msg_send_result(fd, seq, -ERANGE, 0, msg);
-		}
-		memcpy((char *)&k + keys[i].off, &v, sizeof(v));
-		dd_scanner_set_knobs(a->scanner, &k);
-		return reply_json(fd, seq, knobs_json(&k));
-	}
-	snprintf(msg, sizeof(msg), "set: unknown key '%s' (known: pages_to_scan, sleep_millisecs, "
-		 "merge_batch_pages, max_vmas_per_client, zero_pages)", arg);
-	return dd_msg_send_result(fd, seq, -ENOENT, 0, msg);
+	return reply_json(fd, seq, knobs_json(&k));
 }
 
 int dd_admin_handle(struct admin_ctx *a, int fd, uid_t uid, const struct dd_msg_admin *m)
@@ -178,13 +146,12 @@ int dd_admin_handle(struct admin_ctx *a, int fd, uid_t uid, const struct dd_msg_
 	if (!strcmp(cmd, "stats"))
 		return reply_json(fd, m->h.seq, stats_json(a->scanner));
 	if (!strcmp(cmd, "status")) {
-		if (!a->started)
-			a->started = time(NULL);
 		o = json_object_new_object();
 		dd_scanner_get_knobs(a->scanner, &k);
 		json_object_object_add(o, "version", json_object_new_string(DEDUPD_VERSION));
 		json_object_object_add(o, "pid", json_object_new_int(getpid()));
 		json_object_object_add(o, "socket", json_object_new_string(a->socket_path));
+		ADD_U64(o, "uptime_sec", (uint64_t)(time(NULL) - a->started));
 		json_object_object_add(o, "knobs", knobs_json(&k));
 		json_object_object_add(o, "stats", stats_json(a->scanner));
 		return reply_json(fd, m->h.seq, o);

@@ -12,11 +12,15 @@
 
 #include "dedupd/common/proto.h"
 #include "scanner/scanner.h"
+#include "conf/conf.h"
 
 struct admin_ctx {
 	struct dd_scanner *scanner;
 	const char *socket_path;
 	time_t started;
+	struct dd_conf *conf;      /* the running configuration */
+	void (*apply)(void *arg);  /* push conf to the modules after a change */
+	void *apply_arg;
 };
 
 /* Answer one ADMIN message on fd. 0, or -errno if the answer could not be sent. */

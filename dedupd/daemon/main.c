@@ -1,10 +1,14 @@
 // SPDX-License-Identifier: MIT
 /*
- * dedupd: parse the command line, wire the server, run it.
+ * dedupd: parse the command line, load the configuration, wire the server, run
+ * it. Command-line options are applied on top of the configuration file as
+ * `section.key=value` overrides (the same validation as the file and as
+ * `dedupctl set`), and again after each SIGHUP reload.
  */
 #include "dedupd/daemon/log.h"
 #include "dedupd/daemon/server.h"
 #include "dedupd/common/proto.h"
+#include "conf/conf.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -23,50 +27,66 @@ static const char usage_text[] =
 	"run under libdedup-preload.so that calls madvise(MADV_MERGEABLE)) and maps one\n"
 	"copy-on-write copy into all of them.\n"
 	"\n"
-	"Options:\n"
-	"  -f, --foreground           stay in the foreground (always so under systemd)\n"
+	"Options (each overrides the configuration file):\n"
+	"  -c, --config FILE          configuration file (default " DD_CONF_DEFAULT_PATH ";\n"
+	"                             a missing default file is fine, see dedupd.conf(5))\n"
+	"  -f, --foreground           stay in the foreground (implied under systemd,\n"
+	"                             i.e. when $NOTIFY_SOCKET is set)\n"
 	"  -s, --socket PATH          control socket (default " DD_DEFAULT_SOCKET ")\n"
-	"  -c, --config FILE          configuration file (see dedupd.conf(5))\n"
-	"      --socket-mode MODE     octal mode of the socket (default 0666: any user may\n"
-	"                             offer its own memory; admin commands need root)\n"
+	"      --socket-mode MODE     octal mode of the socket (default 0660)\n"
 	"      --pages-to-scan N      pages scanned per wake-up (default 4096)\n"
 	"      --sleep-millisecs N    pause between wake-ups, ms (default 20)\n"
 	"      --merge-batch N        merges per agent round trip, 1..1024 (default 512)\n"
 	"      --agent-timeout-ms N   how long to wait for a client's agent (default 5000)\n"
 	"      --no-zero-pages        do not zap all-zero pages\n"
 	"      --log-level LEVEL      err, warning, info (default) or debug\n"
+	"  -o, --set KEY=VALUE        set any configuration key (e.g. scan.pages_to_scan=8192)\n"
+	"      --print-config         print the effective configuration and exit\n"
 	"  -h, --help                 show this help\n"
 	"  -V, --version              show the version\n"
 	"\n"
 	"Signals: SIGTERM/SIGINT stop the daemon; every client keeps running with its\n"
-	"memory intact (merged pages stay shared until written). SIGHUP reloads the\n"
-	"configuration file.\n"
+	"memory intact (merged pages stay shared until written). SIGHUP re-reads the\n"
+	"configuration file and applies what can change at run time; a bad file keeps\n"
+	"the running configuration.\n"
 	"\n"
-	"Exit status: 0 after a clean shutdown, 1 on a runtime error, 2 on bad usage.\n"
-	"See dedupd(8), dedupctl(8).\n";
+	"Exit status: 0 after a clean shutdown, 1 on a runtime or configuration error,\n"
+	"2 on bad usage. See dedupd(8), dedupd.conf(5), dedupctl(8).\n";
 
-enum { OPT_MODE = 256, OPT_PTS, OPT_SLEEP, OPT_BATCH, OPT_NOZERO, OPT_LOG, OPT_AGENT };
+enum { OPT_MODE = 256, OPT_PTS, OPT_SLEEP, OPT_BATCH, OPT_NOZERO, OPT_LOG, OPT_AGENT, OPT_PRINT };
 
-static int parse_num(const char *opt, const char *v, unsigned long lo, unsigned long hi,
-		     unsigned long *out, int base)
+#define MAX_OVERRIDES 64
+
+struct args {
+	const char *config;
+	bool foreground, print;
+	const char *overrides[MAX_OVERRIDES + 1]; /* "key=value", NULL-terminated */
+	int n;
+	char buf[MAX_OVERRIDES][512];
+};
+
+static int add_override(struct args *a, const char *key, const char *value)
 {
-	char *end;
-
-	errno = 0;
-	*out = strtoul(v, &end, base);
-	if (errno || !*v || *end || *v == '-' || *out < lo || *out > hi) {
-		fprintf(stderr, "dedupd: %s: bad value '%s' (expected %lu..%lu)\n", opt, v, lo, hi);
-		return -EINVAL;
+	if (a->n >= MAX_OVERRIDES) {
+		fprintf(stderr, "dedupd: too many options\n");
+		return -E2BIG;
 	}
+	if (key)
+		snprintf(a->buf[a->n], sizeof(a->buf[0]), "%s=%s", key, value);
+	else
+		snprintf(a->buf[a->n], sizeof(a->buf[0]), "%s", value);
+	a->overrides[a->n] = a->buf[a->n];
+	a->overrides[++a->n] = NULL;
 	return 0;
 }
 
-static int parse_args(int argc, char **argv, struct dd_server_opts *o, bool *fg)
+static int parse_args(int argc, char **argv, struct args *a)
 {
 	static const struct option opts[] = {
+		{ "config", required_argument, NULL, 'c' },
 		{ "foreground", no_argument, NULL, 'f' },
 		{ "socket", required_argument, NULL, 's' },
-		{ "config", required_argument, NULL, 'c' },
+		{ "set", required_argument, NULL, 'o' },
 		{ "socket-mode", required_argument, NULL, OPT_MODE },
 		{ "pages-to-scan", required_argument, NULL, OPT_PTS },
 		{ "sleep-millisecs", required_argument, NULL, OPT_SLEEP },
@@ -74,79 +94,44 @@ static int parse_args(int argc, char **argv, struct dd_server_opts *o, bool *fg)
 		{ "agent-timeout-ms", required_argument, NULL, OPT_AGENT },
 		{ "no-zero-pages", no_argument, NULL, OPT_NOZERO },
 		{ "log-level", required_argument, NULL, OPT_LOG },
+		{ "print-config", no_argument, NULL, OPT_PRINT },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
 		{ 0 },
 	};
-	unsigned long v;
-	int c, lvl;
+	int c, r = 0;
 
-	while ((c = getopt_long(argc, argv, "fs:c:hV", opts, NULL)) != -1) {
+	while (r == 0 && (c = getopt_long(argc, argv, "c:fs:o:hV", opts, NULL)) != -1) {
 		switch (c) {
-		case 'f':
-			*fg = true;
-			break;
-		case 's':
-			o->socket_path = optarg;
-			break;
-		case 'c':
-			fprintf(stderr, "dedupd: --config: configuration files are not supported "
-				"by this build yet\n");
-			return -EINVAL;
-		case OPT_MODE:
-			if (parse_num("--socket-mode", optarg, 0, 0777, &v, 8) < 0)
-				return -EINVAL;
-			o->socket_mode = (mode_t)v;
-			break;
-		case OPT_PTS:
-			if (parse_num("--pages-to-scan", optarg, 1, 10000000, &v, 10) < 0)
-				return -EINVAL;
-			o->knobs.pages_to_scan = (uint32_t)v;
-			break;
-		case OPT_SLEEP:
-			if (parse_num("--sleep-millisecs", optarg, 0, 60000, &v, 10) < 0)
-				return -EINVAL;
-			o->knobs.sleep_millisecs = (uint32_t)v;
-			break;
-		case OPT_BATCH:
-			if (parse_num("--merge-batch", optarg, 1, DD_BATCH_MAX, &v, 10) < 0)
-				return -EINVAL;
-			o->knobs.merge_batch_pages = (uint32_t)v;
-			break;
-		case OPT_AGENT:
-			if (parse_num("--agent-timeout-ms", optarg, 10, 600000, &v, 10) < 0)
-				return -EINVAL;
-			o->agent_timeout_ms = (int)v;
-			break;
-		case OPT_NOZERO:
-			o->knobs.zero_pages = false;
-			break;
-		case OPT_LOG:
-			lvl = dd_log_level_parse(optarg);
-			if (lvl < 0) {
-				fprintf(stderr, "dedupd: --log-level: unknown level '%s' (err, "
-					"warning, info, debug)\n", optarg);
+		case 'c': a->config = optarg; break;
+		case 'f': a->foreground = true; break;
+		case 's': r = add_override(a, "daemon.socket", optarg); break;
+		case 'o':
+			if (!strchr(optarg, '=')) {
+				fprintf(stderr, "dedupd: --set: expected KEY=VALUE, got '%s'\n", optarg);
 				return -EINVAL;
 			}
-			dd_log_set_level(lvl);
+			r = add_override(a, NULL, optarg);
 			break;
-		case 'h':
-			fputs(usage_text, stdout);
-			exit(0);
-		case 'V':
-			puts("dedupd 0.1.0");
-			exit(0);
-		default:
-			fputs("Try 'dedupd --help'.\n", stderr);
-			return -EINVAL;
+		case OPT_MODE: r = add_override(a, "daemon.socket_mode", optarg); break;
+		case OPT_PTS: r = add_override(a, "scan.pages_to_scan", optarg); break;
+		case OPT_SLEEP: r = add_override(a, "scan.sleep_millisecs", optarg); break;
+		case OPT_BATCH: r = add_override(a, "scan.merge_batch_pages", optarg); break;
+		case OPT_AGENT: r = add_override(a, "daemon.agent_timeout_millisecs", optarg); break;
+		case OPT_NOZERO: r = add_override(a, "scan.zero_pages", "no"); break;
+		case OPT_LOG: r = add_override(a, "daemon.log_level", optarg); break;
+		case OPT_PRINT: a->print = true; break;
+		case 'h': fputs(usage_text, stdout); exit(0);
+		case 'V': puts("dedupd 0.1.0"); exit(0);
+		default: fputs("Try 'dedupd --help'.\n", stderr); return -EINVAL;
 		}
 	}
-	if (optind < argc) {
+	if (r == 0 && optind < argc) {
 		fprintf(stderr, "dedupd: unexpected argument '%s'\nTry 'dedupd --help'.\n",
 			argv[optind]);
 		return -EINVAL;
 	}
-	return 0;
+	return r;
 }
 
 /* Each client holds two connections and a userfaultfd: take the hard limit. */
@@ -163,33 +148,48 @@ static void raise_fd_limit(void)
 
 int main(int argc, char **argv)
 {
-	struct dd_server_opts o = {
-		.socket_path = DD_DEFAULT_SOCKET,
-		.socket_mode = 0666,
-		.agent_timeout_ms = 5000,
-	};
+	static struct args a;
+	struct dd_server_opts o;
+	struct dd_conf conf;
 	struct dd_server *srv;
-	bool fg = false;
+	char err[1024];
 	int r;
 
-	dd_scan_knobs_default(&o.knobs);
-	if (parse_args(argc, argv, &o, &fg) < 0)
+	if (parse_args(argc, argv, &a) < 0)
 		return 2;
+	dd_conf_init(&conf);
+	r = dd_server_load_config(&conf, a.config, a.overrides, err, sizeof(err));
+	if (r < 0) {
+		fprintf(stderr, "dedupd: %s\n", err);
+		dd_conf_free(&conf);
+		return r == -EINVAL && !a.config ? 1 : (r == -E2BIG ? 2 : 1);
+	}
+	if (a.print) {
+		dd_conf_dump(&conf, stdout);
+		dd_conf_free(&conf);
+		return 0;
+	}
+	dd_log_set_level(conf.daemon.log_level);
 	if (geteuid() != 0)
 		log_warning("not running as root: reading other processes' memory needs "
 			    "CAP_SYS_PTRACE and pagemap needs CAP_SYS_ADMIN");
-	if (!fg && daemon(0, 1) < 0) {
+	if (!a.foreground && !getenv("NOTIFY_SOCKET") && daemon(0, 1) < 0) {
 		log_error("cannot go to the background: %s", strerror(errno));
 		return 1;
 	}
 	raise_fd_limit();
 	rcu_register_thread();
+	o = (struct dd_server_opts){ .conf = &conf, .config_path = a.config,
+				     .overrides = a.overrides };
 	srv = dd_server_new(&o);
-	if (!srv)
+	if (!srv) {
+		dd_conf_free(&conf);
 		return 1;
+	}
 	r = dd_server_run(srv);
 	dd_server_free(srv);
 	rcu_unregister_thread();
+	dd_conf_free(&conf);
 	log_info("stopped");
 	return r < 0 ? 1 : 0;
 }

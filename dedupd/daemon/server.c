@@ -15,6 +15,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
@@ -26,7 +27,10 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/timerfd.h>
 #include <sys/un.h>
+#include <systemd/sd-daemon.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MAX_CONNS 4096
@@ -56,6 +60,7 @@ struct dd_server {
 	struct dd_server_opts o;
 	char *socket_path;
 	int lfd, sfd, ep;
+	int wdfd;               /* timerfd feeding the systemd watchdog */
 	int spare_fd;           /* reserved for refusing connections when out of fds */
 	unsigned int emfile_logged;
 	struct dd_scanner *scanner;
@@ -63,6 +68,115 @@ struct dd_server {
 	unsigned int nconns;
 	struct admin_ctx admin;
 };
+
+/* ---- configuration -------------------------------------------------------- */
+
+int dd_server_load_config(struct dd_conf *c, const char *path, const char *const *overrides,
+			  char *err, size_t errlen)
+{
+	int r = dd_conf_load(c, path, err, errlen);
+
+	for (; r == 0 && overrides && *overrides; overrides++) {
+		char key[128];
+		const char *eq = strchr(*overrides, '=');
+
+		snprintf(key, sizeof(key), "%.*s", (int)(eq - *overrides), *overrides);
+		r = dd_conf_set(c, key, eq + 1, err, errlen);
+	}
+	return r;
+}
+
+void dd_server_knobs(const struct dd_conf *c, struct dd_scan_knobs *k)
+{
+	dd_scan_knobs_default(k);
+	k->pages_to_scan = c->scan.pages_to_scan;
+	k->sleep_millisecs = c->scan.sleep_millisecs;
+	k->merge_batch_pages = c->scan.merge_batch_pages;
+	k->max_vmas_per_client = c->scan.max_vmas_per_client;
+	k->share_domain = (uint32_t)c->scan.share_domain;
+	k->zero_pages = c->scan.zero_pages;
+}
+
+static void apply_conf(void *arg)
+{
+	struct dd_server *srv = arg;
+	struct dd_scan_knobs k;
+
+	dd_server_knobs(srv->o.conf, &k);
+	dd_scanner_set_knobs(srv->scanner, &k);
+	dd_log_set_level(srv->o.conf->daemon.log_level);
+}
+
+static void log_change(const char *key, const char *old_value, const char *new_value,
+		       bool applied, void *arg)
+{
+	if (applied)
+		log_info("reload: %s = %s (was %s)", key, new_value, old_value);
+	else
+		log_warning("reload: %s = %s needs a restart; keeping %s", key, new_value,
+			    old_value);
+}
+
+static void reload(struct dd_server *srv)
+{
+	struct dd_conf next;
+	struct timespec ts;
+	char err[1024];
+	int r;
+
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%llu",
+		   (unsigned long long)ts.tv_sec * 1000000ULL + (unsigned long long)ts.tv_nsec / 1000);
+	dd_conf_init(&next);
+	r = dd_server_load_config(&next, srv->o.config_path, srv->o.overrides, err, sizeof(err));
+	if (r < 0) {
+		log_error("reload: %s; keeping the running configuration", err);
+	} else {
+		r = dd_conf_apply_reload(srv->o.conf, &next, log_change, NULL);
+		if (r < 0)
+			log_error("reload: out of memory; keeping the running configuration");
+		else
+			apply_conf(srv);
+		log_info("configuration reloaded");
+	}
+	dd_conf_free(&next);
+	sd_notify(0, "READY=1");
+}
+
+static void watchdog_tick(struct dd_server *srv)
+{
+	struct dd_scan_stats st;
+	uint64_t n;
+
+	if (read(srv->wdfd, &n, sizeof(n)) < 0)
+		return;
+	dd_scanner_stats(srv->scanner, &st);
+	sd_notifyf(0, "WATCHDOG=1\nSTATUS=%llu clients, %llu pages sharing, %llu zero pages, "
+		   "%lld MiB saved net",
+		   (unsigned long long)st.clients, (unsigned long long)st.pages_sharing,
+		   (unsigned long long)st.zero_pages, (long long)(st.bytes_saved_net >> 20));
+}
+
+/* A timerfd at half the watchdog interval systemd asked for, or -1. */
+static int watchdog_timer(const struct dd_conf *c)
+{
+	struct itimerspec its = { 0 };
+	uint64_t usec = 0;
+	int fd;
+
+	if (!c->daemon.watchdog || sd_watchdog_enabled(0, &usec) <= 0 || !usec)
+		return -1;
+	fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+	if (fd < 0)
+		return -1;
+	usec /= 2;
+	its.it_interval.tv_sec = (time_t)(usec / 1000000);
+	its.it_interval.tv_nsec = (long)(usec % 1000000) * 1000;
+	its.it_value = its.it_interval;
+	timerfd_settime(fd, 0, &its, NULL);
+	return fd;
+}
 
 /* ---- agent channel (runs on the scan thread) ---------------------------- */
 
@@ -218,7 +332,7 @@ static int on_agent_hello(struct dd_server *srv, struct conn *c,
 		return -ENOMEM;
 	pthread_mutex_init(&a->lock, NULL);
 	a->fd = c->fd;
-	a->timeout_ms = srv->o.agent_timeout_ms;
+	a->timeout_ms = (int)srv->o.conf->daemon.agent_timeout_millisecs;
 	if (dd_msg_send_result(c->fd, m->h.seq, 0, 0, NULL) < 0) {
 		pthread_mutex_destroy(&a->lock);
 		free(a);
@@ -372,7 +486,7 @@ static int make_parent_dir(const char *path)
 	return 0;
 }
 
-static int listen_on(const char *path, mode_t mode)
+static int listen_on(const char *path, mode_t mode, const char *group)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	int fd, r;
@@ -399,6 +513,19 @@ static int listen_on(const char *path, mode_t mode)
 		close(fd);
 		return dd_log_errno(DD_LOG_ERR, r, "cannot listen on %s", path);
 	}
+	if (group && *group) {
+		struct group *g = getgrnam(group);
+		char *end;
+		long gid = g ? (long)g->gr_gid : strtol(group, &end, 10);
+
+		if ((!g && (*end || gid < 0)) || chown(path, (uid_t)-1, (gid_t)gid) < 0) {
+			close(fd);
+			unlink(path);
+			log_error("socket_group '%s': %s", group,
+				  g || !*end ? strerror(errno) : "no such group");
+			return -EINVAL;
+		}
+	}
 	return fd;
 }
 
@@ -407,15 +534,16 @@ struct dd_server *dd_server_new(const struct dd_server_opts *o)
 	struct dd_scan_ops ops = { .batch = agent_batch, .send_store = agent_send_store };
 	struct epoll_event ev = { .events = EPOLLIN };
 	struct dd_server *srv = calloc(1, sizeof(*srv));
+	struct dd_scan_knobs knobs;
 	sigset_t mask;
 	int r;
 
 	if (!srv)
 		return NULL;
 	srv->o = *o;
-	srv->lfd = srv->sfd = srv->ep = -1;
+	srv->lfd = srv->sfd = srv->ep = srv->wdfd = -1;
 	srv->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-	srv->socket_path = strdup(o->socket_path);
+	srv->socket_path = strdup(o->conf->daemon.socket);
 	sigemptyset(&mask);
 	sigaddset(&mask, SIGTERM);
 	sigaddset(&mask, SIGINT);
@@ -428,12 +556,14 @@ struct dd_server *dd_server_new(const struct dd_server_opts *o)
 		log_error("cannot set up the event loop: %s", strerror(errno));
 		goto fail;
 	}
-	srv->scanner = dd_scanner_new(&o->knobs, &ops);
+	dd_server_knobs(o->conf, &knobs);
+	srv->scanner = dd_scanner_new(&knobs, &ops);
 	if (!srv->scanner) {
 		log_error("cannot create the scanner: %s", strerror(errno));
 		goto fail;
 	}
-	srv->lfd = listen_on(srv->socket_path, o->socket_mode);
+	srv->lfd = listen_on(srv->socket_path, o->conf->daemon.socket_mode,
+			     o->conf->daemon.socket_group);
 	if (srv->lfd < 0)
 		goto fail;
 	ev.data.ptr = &srv->lfd;
@@ -442,13 +572,24 @@ struct dd_server *dd_server_new(const struct dd_server_opts *o)
 	epoll_ctl(srv->ep, EPOLL_CTL_ADD, srv->sfd, &ev);
 	srv->admin.scanner = srv->scanner;
 	srv->admin.socket_path = srv->socket_path;
+	srv->admin.conf = o->conf;
+	srv->admin.apply = apply_conf;
+	srv->admin.apply_arg = srv;
+	srv->admin.started = time(NULL);
+	srv->wdfd = watchdog_timer(o->conf);
+	if (srv->wdfd >= 0) {
+		ev.data.ptr = &srv->wdfd;
+		epoll_ctl(srv->ep, EPOLL_CTL_ADD, srv->wdfd, &ev);
+	}
 	r = dd_scanner_start(srv->scanner);
 	if (r < 0) {
 		dd_log_errno(DD_LOG_ERR, r, "cannot start the scanner threads");
 		goto fail;
 	}
 	log_info("listening on %s (pages_to_scan %u, sleep_millisecs %u)", srv->socket_path,
-		 o->knobs.pages_to_scan, o->knobs.sleep_millisecs);
+		 knobs.pages_to_scan, knobs.sleep_millisecs);
+	sd_notifyf(0, "READY=1\nSTATUS=listening on %s\nMAINPID=%d", srv->socket_path,
+		   (int)getpid());
 	return srv;
 fail:
 	dd_server_free(srv);
@@ -469,16 +610,19 @@ int dd_server_run(struct dd_server *srv)
 
 			if (p == &srv->lfd) {
 				on_accept(srv);
+			} else if (p == &srv->wdfd) {
+				watchdog_tick(srv);
 			} else if (p == &srv->sfd) {
 				struct signalfd_siginfo si;
 
 				while (read(srv->sfd, &si, sizeof(si)) == sizeof(si)) {
 					if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
 						log_info("signal %d: shutting down", si.ssi_signo);
+						sd_notify(0, "STOPPING=1");
 						return 0;
 					}
 					if (si.ssi_signo == SIGHUP)
-						log_info("SIGHUP: no configuration file to reload");
+						reload(srv);
 				}
 			} else {
 				struct conn *c = p;
@@ -509,6 +653,8 @@ void dd_server_free(struct dd_server *srv)
 		close(srv->sfd);
 	if (srv->spare_fd >= 0)
 		close(srv->spare_fd);
+	if (srv->wdfd >= 0)
+		close(srv->wdfd);
 	if (srv->ep >= 0)
 		close(srv->ep);
 	free(srv->socket_path);

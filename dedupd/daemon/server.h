@@ -10,13 +10,23 @@
 #include <sys/types.h>
 
 #include "scanner/scanner.h"
+#include "conf/conf.h"
 
 struct dd_server_opts {
-	const char *socket_path;
-	mode_t socket_mode;
-	int agent_timeout_ms;
-	struct dd_scan_knobs knobs;
+	struct dd_conf *conf;          /* the running configuration; the server updates it */
+	const char *config_path;       /* NULL: the default path (may be missing) */
+	const char *const *overrides;  /* "key=value" from the command line, NULL-terminated */
 };
+
+/*
+ * Load the configuration file (path, or the default if NULL) into c and apply
+ * the overrides. 0, or -errno with a message naming the file, line or option.
+ */
+int dd_server_load_config(struct dd_conf *c, const char *path, const char *const *overrides,
+			  char *err, size_t errlen);
+
+/* The scan knobs a configuration asks for. */
+void dd_server_knobs(const struct dd_conf *c, struct dd_scan_knobs *k);
 
 struct dd_server;
 
