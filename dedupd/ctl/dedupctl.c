@@ -28,6 +28,10 @@ static const char usage_text[] =
 	"                   and bytes_saved_net (saving minus everything dedupd holds)\n"
 	"  status           version, pid, socket, scan knobs and counters\n"
 	"  regions          one line per registered region: pid, command, pages, merged\n"
+	"  state            memory pressure: high, soft, hard or low, how long it has\n"
+	"                   held, the inputs behind it (free memory, PSI, reclaim stalls\n"
+	"                   from eBPF), the source (bpf+psi or psi), the scan rate, and\n"
+	"                   the recent transitions\n"
 	"  set KEY=VALUE    change a knob at run time (root): pages_to_scan,\n"
 	"                   sleep_millisecs, merge_batch_pages, max_vmas_per_client,\n"
 	"                   zero_pages\n"
@@ -85,10 +89,18 @@ static void print_object(struct json_object *o, const char *prefix)
 		char name[256];
 
 		snprintf(name, sizeof(name), "%s%s", prefix, key);
-		if (json_object_is_type(val, json_type_object))
+		if (json_object_is_type(val, json_type_object)) {
 			print_object(val, strcat(name, "."));
-		else
+		} else if (json_object_is_type(val, json_type_array)) {
+			for (size_t i = 0; i < json_object_array_length(val); i++) {
+				char item[300];
+
+				snprintf(item, sizeof(item), "%s[%zu].", name, i);
+				print_object(json_object_array_get_idx(val, i), item);
+			}
+		} else {
 			print_value(name, val, 26);
+		}
 	}
 }
 
@@ -164,7 +176,8 @@ int main(int argc, char **argv)
 		strcat(cmd, argv[i]);
 	}
 	if (strcmp(argv[optind], "stats") && strcmp(argv[optind], "status") &&
-	    strcmp(argv[optind], "regions") && strcmp(argv[optind], "set")) {
+	    strcmp(argv[optind], "regions") && strcmp(argv[optind], "set") &&
+	    strcmp(argv[optind], "state")) {
 		fprintf(stderr, "dedupctl: unknown command '%s'\nTry 'dedupctl --help'.\n",
 			argv[optind]);
 		return EXIT_USAGE;

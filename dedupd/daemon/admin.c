@@ -20,7 +20,10 @@
 
 static int reply_json(int fd, uint32_t seq, struct json_object *o)
 {
-	const char *s = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN);
+	const char *s;
+
+	json_c_set_serialization_double_format("%.6g", JSON_C_OPTION_THREAD);
+	s = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN);
 	int r = dd_msg_send_result(fd, seq, 0, 0, s);
 
 	json_object_put(o);
@@ -163,7 +166,11 @@ int dd_admin_handle(struct admin_ctx *a, int fd, uid_t uid, const struct dd_msg_
 	}
 	if (!strcmp(cmd, "set"))
 		return do_set(a, fd, m->h.seq, uid, arg);
+	if (!strcmp(cmd, "state")) {
+		dd_scanner_get_knobs(a->scanner, &k);
+		return reply_json(fd, m->h.seq, dd_pstate_json(a->pc, &k));
+	}
 	snprintf(msg, sizeof(msg), "unknown command '%.1000s' (known: stats, status, regions, "
-		 "set KEY=VALUE)", cmd);
+		 "state, set KEY=VALUE)", cmd);
 	return dd_msg_send_result(fd, m->h.seq, -EINVAL, 0, msg);
 }

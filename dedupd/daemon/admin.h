@@ -13,6 +13,7 @@
 #include "dedupd/common/proto.h"
 #include "scanner/scanner.h"
 #include "conf/conf.h"
+#include "dedupd/daemon/pstate.h"
 
 struct admin_ctx {
 	struct dd_scanner *scanner;
@@ -21,6 +22,7 @@ struct admin_ctx {
 	struct dd_conf *conf;      /* the running configuration */
 	void (*apply)(void *arg);  /* push conf to the modules after a change */
 	void *apply_arg;
+	const struct dd_pstate_ctl *pc; /* memory pressure */
 };
 
 /* Answer one ADMIN message on fd. 0, or -errno if the answer could not be sent. */

@@ -40,6 +40,9 @@ static const char usage_text[] =
 	"      --agent-timeout-ms N   how long to wait for a client's agent (default 5000)\n"
 	"      --no-zero-pages        do not zap all-zero pages\n"
 	"      --log-level LEVEL      err, warning, info (default) or debug\n"
+	"      --cgroup PATH          judge memory pressure by this memory cgroup (v1 or\n"
+	"                             v2: limit minus usage) instead of the host\n"
+	"      --no-bpf               use PSI alone for memory pressure (no eBPF probes)\n"
 	"  -o, --set KEY=VALUE        set any configuration key (e.g. scan.pages_to_scan=8192)\n"
 	"      --print-config         print the effective configuration and exit\n"
 	"  -h, --help                 show this help\n"
@@ -53,7 +56,8 @@ static const char usage_text[] =
 	"Exit status: 0 after a clean shutdown, 1 on a runtime or configuration error,\n"
 	"2 on bad usage. See dedupd(8), dedupd.conf(5), dedupctl(8).\n";
 
-enum { OPT_MODE = 256, OPT_PTS, OPT_SLEEP, OPT_BATCH, OPT_NOZERO, OPT_LOG, OPT_AGENT, OPT_PRINT };
+enum { OPT_MODE = 256, OPT_PTS, OPT_SLEEP, OPT_BATCH, OPT_NOZERO, OPT_LOG, OPT_AGENT, OPT_PRINT,
+       OPT_CGROUP, OPT_NOBPF };
 
 #define MAX_OVERRIDES 64
 
@@ -95,17 +99,28 @@ static int parse_args(int argc, char **argv, struct args *a)
 		{ "no-zero-pages", no_argument, NULL, OPT_NOZERO },
 		{ "log-level", required_argument, NULL, OPT_LOG },
 		{ "print-config", no_argument, NULL, OPT_PRINT },
+		{ "cgroup", required_argument, NULL, OPT_CGROUP },
+		{ "no-bpf", no_argument, NULL, OPT_NOBPF },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
 		{ 0 },
 	};
+	char cwd[256], abs_path[400];
 	int c, r = 0;
 
 	while (r == 0 && (c = getopt_long(argc, argv, "c:fs:o:hV", opts, NULL)) != -1) {
 		switch (c) {
 		case 'c': a->config = optarg; break;
 		case 'f': a->foreground = true; break;
-		case 's': r = add_override(a, "daemon.socket", optarg); break;
+		case 's':
+			if (optarg[0] != '/' && getcwd(cwd, sizeof(cwd))) {
+				/* relative to where dedupd was started, not to / */
+				snprintf(abs_path, sizeof(abs_path), "%s/%s", cwd, optarg);
+				r = add_override(a, "daemon.socket", abs_path);
+			} else {
+				r = add_override(a, "daemon.socket", optarg);
+			}
+			break;
 		case 'o':
 			if (!strchr(optarg, '=')) {
 				fprintf(stderr, "dedupd: --set: expected KEY=VALUE, got '%s'\n", optarg);
@@ -121,6 +136,8 @@ static int parse_args(int argc, char **argv, struct args *a)
 		case OPT_NOZERO: r = add_override(a, "scan.zero_pages", "no"); break;
 		case OPT_LOG: r = add_override(a, "daemon.log_level", optarg); break;
 		case OPT_PRINT: a->print = true; break;
+		case OPT_CGROUP: r = add_override(a, "pressure.cgroup", optarg); break;
+		case OPT_NOBPF: r = add_override(a, "pressure.bpf", "no"); break;
 		case 'h': fputs(usage_text, stdout); exit(0);
 		case 'V': puts("dedupd 0.1.0"); exit(0);
 		default: fputs("Try 'dedupd --help'.\n", stderr); return -EINVAL;

@@ -11,6 +11,7 @@
 #include "dedupd/daemon/server.h"
 #include "dedupd/daemon/admin.h"
 #include "dedupd/daemon/log.h"
+#include "dedupd/daemon/pstate.h"
 #include "dedupd/common/proto.h"
 
 #include <errno.h>
@@ -64,6 +65,7 @@ struct dd_server {
 	int spare_fd;           /* reserved for refusing connections when out of fds */
 	unsigned int emfile_logged;
 	struct dd_scanner *scanner;
+	struct dd_pstate_ctl pc;
 	struct conn *conns;
 	unsigned int nconns;
 	struct admin_ctx admin;
@@ -102,7 +104,7 @@ static void apply_conf(void *arg)
 	struct dd_server *srv = arg;
 	struct dd_scan_knobs k;
 
-	dd_server_knobs(srv->o.conf, &k);
+	dd_pstate_knobs(&srv->pc, srv->o.conf, &k);
 	dd_scanner_set_knobs(srv->scanner, &k);
 	dd_log_set_level(srv->o.conf->daemon.log_level);
 }
@@ -138,6 +140,7 @@ static void reload(struct dd_server *srv)
 			log_error("reload: out of memory; keeping the running configuration");
 		else
 			apply_conf(srv);
+		dd_pstate_reconfigure(&srv->pc, srv->o.conf);
 		log_info("configuration reloaded");
 	}
 	dd_conf_free(&next);
@@ -566,6 +569,10 @@ struct dd_server *dd_server_new(const struct dd_server_opts *o)
 			     o->conf->daemon.socket_group);
 	if (srv->lfd < 0)
 		goto fail;
+	if (dd_pstate_start(&srv->pc, o->conf, srv->ep) < 0)
+		goto fail;
+	dd_pstate_knobs(&srv->pc, o->conf, &knobs);
+	dd_scanner_set_knobs(srv->scanner, &knobs);
 	ev.data.ptr = &srv->lfd;
 	epoll_ctl(srv->ep, EPOLL_CTL_ADD, srv->lfd, &ev);
 	ev.data.ptr = &srv->sfd;
@@ -575,6 +582,7 @@ struct dd_server *dd_server_new(const struct dd_server_opts *o)
 	srv->admin.conf = o->conf;
 	srv->admin.apply = apply_conf;
 	srv->admin.apply_arg = srv;
+	srv->admin.pc = &srv->pc;
 	srv->admin.started = time(NULL);
 	srv->wdfd = watchdog_timer(o->conf);
 	if (srv->wdfd >= 0) {
@@ -612,6 +620,10 @@ int dd_server_run(struct dd_server *srv)
 				on_accept(srv);
 			} else if (p == &srv->wdfd) {
 				watchdog_tick(srv);
+			} else if ((char *)p >= (char *)srv->pc.src &&
+				   (char *)p < (char *)(srv->pc.src + DD_PSTATE_MAX_SRC)) {
+				if (dd_pstate_ready(&srv->pc, p))
+					apply_conf(srv);
 			} else if (p == &srv->sfd) {
 				struct signalfd_siginfo si;
 
@@ -645,6 +657,7 @@ void dd_server_free(struct dd_server *srv)
 	while (srv->conns)
 		conn_close(srv, srv->conns);
 	dd_scanner_free(srv->scanner);
+	dd_pstate_stop(&srv->pc);
 	if (srv->lfd >= 0) {
 		close(srv->lfd);
 		unlink(srv->socket_path);
