@@ -49,7 +49,7 @@
 #include <urcu.h>
 
 #define MAX_DOMAINS 1024
-#define READ_BATCH 64     /* pages per pagemap read and process_vm_readv */
+#define READ_BATCH 256    /* pages per pagemap read and process_vm_readv */
 #define MAX_MERGE 1024    /* merges per flush */
 #define MAX_EVENTS 256    /* queued unmap events per client before a full reset */
 
@@ -134,11 +134,24 @@ struct dd_sclient {
 	struct dd_sclient *next;
 };
 
+/*
+ * An unstable-table entry. Entries persist across passes while their page's
+ * checksum holds (KSM rebuilds its unstable tree every pass because the tree
+ * is sorted by content and goes stale; a checksum-keyed table whose every hit
+ * is byte-compared under freeze does not), so an unchanged page costs only a
+ * read and a hash per pass. Nodes live in a pool and are named by index in the
+ * page record's slot field; a record's node is valid only while it is live
+ * and still names that page.
+ */
 struct dd_unstable {
 	struct dd_table_node tn;
 	struct dd_region *r;
 	uint32_t idx;
+	uint32_t self;	  /* index in the pool */
+	atomic_bool live; /* in the table */
 };
+
+#define UPOOL_CHUNK 65536u
 
 struct merge {
 	struct dd_region *r;
@@ -146,6 +159,20 @@ struct merge {
 	int64_t slot; /* -1: zap */
 	int res;
 	bool ref; /* holds a region reference (queued from another scan) */
+};
+
+/* One scan thread's own buffers and cursor. */
+struct dd_worker {
+	struct dd_scanner *s;
+	pthread_t thread;
+	uint8_t *buf;  /* READ_BATCH pages */
+	uint8_t *vbuf; /* MAX_MERGE pages: verify copies */
+	struct merge *mq;
+	size_t nmq;
+	int64_t hint; /* last store slot allocated: the next goes after it */
+	struct dd_remap_entry e[2][DD_BATCH_MAX];
+	size_t first[2][DD_BATCH_MAX], len[2][DD_BATCH_MAX];
+	int32_t res[DD_BATCH_MAX];
 };
 
 struct dd_scanner {
@@ -164,15 +191,25 @@ struct dd_scanner {
 	int fault_wake; /* eventfd in fault_ep: stop, or a sync request */
 	int fault_ep;   /* epoll over the clients' uffds + fault_wake */
 	uint64_t last_gc_ms;
-	/* scan thread private */
-	uint8_t *buf;      /* READ_BATCH pages */
-	uint8_t *vbuf;     /* MAX_MERGE pages, verify copies */
-	uint8_t *obuf;     /* one page, the other candidate */
-	struct merge *mq;
-	size_t nmq;
-	uint64_t cur_client, cur_region;
-	uint32_t cur_idx;
-	uint64_t pass_volatile;
+	/* unstable node pool */
+	pthread_mutex_t upool_lock;
+	struct dd_unstable **upool;	/* chunks of UPOOL_CHUNK */
+	uint32_t upool_chunks, upool_next;
+	uint32_t *upool_free;
+	size_t upool_nfree, upool_capfree;
+	uint32_t idle_passes;
+	uint64_t pass_merges0; /* merges when the pass started */
+	/* scan threads: each claims whole clients, in id order, once per pass */
+	struct dd_worker *workers;
+	unsigned int nworkers;
+	pthread_mutex_t pass_lock;
+	pthread_cond_t pass_cv;  /* a pass ended, or stop */
+	pthread_mutex_t sleep_mx;
+	pthread_cond_t sleep_cv; /* knobs changed, or stop */
+	uint64_t claim_next;     /* next client id to claim this pass */
+	unsigned int active;     /* workers scanning a client now */
+	uint64_t pass_gen;
+	atomic_uint_fast64_t pass_volatile;
 	struct timespec pass_start;
 	/* statistics */
 	atomic_uint_fast64_t pages_scanned, full_scans, merges, merge_failed, cow_breaks,
@@ -199,10 +236,14 @@ void dd_scan_knobs_default(struct dd_scan_knobs *k)
 		.max_vmas_per_client = 0,
 		.share_domain = DD_DOMAIN_UID,
 		.zero_pages = true,
+		.idle_backoff_ms_max = 1000,
 	};
 }
 
 static void fault_sync(struct dd_scanner *s);
+struct dd_unstable;
+static struct dd_unstable *unstable_of(struct dd_scanner *s, struct dd_region *r, uint32_t idx);
+static bool unstable_del(struct dd_scanner *s, struct dd_unstable *u);
 
 /* ---- clients and regions ---------------------------------------------- */
 
@@ -242,10 +283,19 @@ static void region_kill(struct dd_scanner *s, struct dd_region *r)
 	for (uint32_t i = 0; i < r->npages; i++) {
 		struct dd_page *p = &r->pages[i];
 
-		if (p->state == PG_MERGED)
+		if (p->state == PG_MERGED) {
 			dd_store_unshare(r->dom->store, p->slot);
-		else if (p->state == PG_ZERO)
+		} else if (p->state == PG_ZERO) {
 			atomic_fetch_sub(&s->zero_pages, 1);
+		} else if (p->state == PG_UNSTABLE) {
+			struct dd_unstable *u;
+
+			rcu_read_lock();
+			u = unstable_of(s, r, i);
+			if (u)
+				unstable_del(s, u);
+			rcu_read_unlock();
+		}
 		p->state = PG_GONE;
 	}
 	atomic_fetch_sub(&s->registered, r->npages);
@@ -464,6 +514,7 @@ int dd_scanner_register(struct dd_scanner *s, struct dd_sclient *c, uint64_t add
 	*pp = r;
 	atomic_fetch_add(&s->registered, r->npages);
 	atomic_fetch_add(&s->nregions, 1);
+	s->idle_passes = 0; /* new memory: scan at full rate again */
 	rc = 0;
 out:
 	pthread_mutex_unlock(&c->lock);
@@ -662,21 +713,40 @@ static void apply_events(struct dd_scanner *s, struct dd_sclient *c)
 					 * (their VMA maps it); the rest starts afresh. */
 					if (p->state == PG_ZERO || p->state == PG_MERGED)
 						continue;
+					if (p->state == PG_UNSTABLE) {
+						struct dd_unstable *u;
+
+						rcu_read_lock();
+						u = unstable_of(s, r,
+								(uint32_t)((a - r->start) / DD_PAGE_SIZE));
+						if (u)
+							unstable_del(s, u);
+						rcu_read_unlock();
+					}
 					p->state = PG_NEW;
 					continue;
 				}
-				if (p->state == PG_MERGED)
+				if (p->state == PG_MERGED) {
 					dd_store_unshare(r->dom->store, p->slot);
-				else if (p->state == PG_ZERO)
+				} else if (p->state == PG_ZERO) {
 					atomic_fetch_sub(&s->zero_pages, 1);
+				} else if (p->state == PG_UNSTABLE) {
+					struct dd_unstable *u;
+
+					rcu_read_lock();
+					u = unstable_of(s, r, (uint32_t)((a - r->start) / DD_PAGE_SIZE));
+					if (u)
+						unstable_del(s, u);
+					rcu_read_unlock();
+				}
 				p->state = PG_GONE; /* unmapped or moved away */
 			}
 		}
 }
 
-static void mq_add(struct dd_scanner *s, struct dd_region *r, uint32_t idx, int64_t slot)
+static void mq_add(struct dd_worker *w, struct dd_region *r, uint32_t idx, int64_t slot)
 {
-	s->mq[s->nmq++] = (struct merge){ .r = r, .idx = idx, .slot = slot };
+	w->mq[w->nmq++] = (struct merge){ .r = r, .idx = idx, .slot = slot };
 }
 
 static void pend_add(struct dd_sclient *c, struct dd_region *r, uint32_t idx, uint32_t slot)
@@ -740,29 +810,104 @@ static int unstable_visit(struct dd_table_node *tn, void *arg)
 	/* No read of the other page here: it is byte-compared with the new
 	 * store page under freeze like every merge, so a checksum collision or
 	 * a page that changed only costs that one merge. */
-	if (u->r->dead || (u->r == h->self && u->idx == h->self_idx))
+	if (!atomic_load(&u->live) || u->r->dead || (u->r == h->self && u->idx == h->self_idx))
 		return 0;
 	h->node = u;
 	return 1;
 }
 
+static struct dd_unstable *unode(struct dd_scanner *s, uint32_t i)
+{
+	return &s->upool[i / UPOOL_CHUNK][i % UPOOL_CHUNK];
+}
+
+/* A free node, or NULL (out of memory). */
+static struct dd_unstable *unode_get(struct dd_scanner *s)
+{
+	struct dd_unstable *u = NULL;
+	uint32_t i;
+
+	pthread_mutex_lock(&s->upool_lock);
+	if (s->upool_nfree) {
+		u = unode(s, s->upool_free[--s->upool_nfree]);
+	} else {
+		i = s->upool_next;
+		if (i / UPOOL_CHUNK >= s->upool_chunks) {
+			struct dd_unstable **v = realloc(s->upool, (s->upool_chunks + 1) * sizeof(*v));
+
+			if (!v)
+				goto out;
+			s->upool = v;
+			v[s->upool_chunks] = calloc(UPOOL_CHUNK, sizeof(**v));
+			if (!v[s->upool_chunks])
+				goto out;
+			s->upool_chunks++;
+		}
+		s->upool_next++;
+		u = unode(s, i);
+		u->self = i;
+	}
+out:
+	pthread_mutex_unlock(&s->upool_lock);
+	return u;
+}
+
+static struct dd_scanner *the_scanner; /* for call_rcu callbacks */
+
 static void unstable_release(struct dd_table_node *tn)
 {
-	struct dd_unstable *u = caa_container_of(tn, struct dd_unstable, tn);
-
-	region_put(u->r);
-	free(u);
+	region_put(caa_container_of(tn, struct dd_unstable, tn)->r);
 }
 
 static void unstable_free_rcu(struct rcu_head *h)
 {
-	unstable_release(&caa_container_of(h, struct dd_unstable, tn.rcu)->tn);
+	struct dd_unstable *u = caa_container_of(h, struct dd_unstable, tn.rcu);
+	struct dd_scanner *s = the_scanner;
+
+	region_put(u->r);
+	pthread_mutex_lock(&s->upool_lock);
+	if (s->upool_nfree == s->upool_capfree) {
+		size_t cap = s->upool_capfree ? s->upool_capfree * 2 : 4096;
+		uint32_t *f = realloc(s->upool_free, cap * sizeof(*f));
+
+		if (!f) { /* leak the node: harmless, it is never reused */
+			pthread_mutex_unlock(&s->upool_lock);
+			return;
+		}
+		s->upool_free = f;
+		s->upool_capfree = cap;
+	}
+	s->upool_free[s->upool_nfree++] = u->self;
+	pthread_mutex_unlock(&s->upool_lock);
+}
+
+/* Take u out of the unstable table; the winner of a race disposes of it. */
+static bool unstable_del(struct dd_scanner *s, struct dd_unstable *u)
+{
+	if (dd_table_del(s->unstable, &u->tn) != 0)
+		return false;
+	atomic_store(&u->live, false);
+	atomic_fetch_sub(&s->unstable_count, 1);
+	call_rcu(&u->tn.rcu, unstable_free_rcu);
+	return true;
+}
+
+/* The live node of page idx of r, or NULL (rcu read lock held). */
+static struct dd_unstable *unstable_of(struct dd_scanner *s, struct dd_region *r, uint32_t idx)
+{
+	struct dd_page *p = &r->pages[idx];
+	struct dd_unstable *u;
+
+	if (p->state != PG_UNSTABLE || p->slot >= s->upool_next)
+		return NULL;
+	u = unode(s, p->slot);
+	return atomic_load(&u->live) && u->r == r && u->idx == idx ? u : NULL;
 }
 
 /* Look a candidate page up in both tables (rcu read lock held). */
-static void match_page(struct dd_scanner *s, struct dd_region *r, uint32_t idx, const void *page,
-		       int64_t *hint)
+static void match_page(struct dd_worker *w, struct dd_region *r, uint32_t idx, const void *page)
 {
+	struct dd_scanner *s = w->s;
 	struct dd_page *p = &r->pages[idx];
 	struct stable_hit sh = { .page = page };
 	struct unstable_hit uh = { .s = s, .page = page, .self = r, .self_idx = idx };
@@ -771,38 +916,38 @@ static void match_page(struct dd_scanner *s, struct dd_region *r, uint32_t idx, 
 
 	dd_table_for_each_dup(s->stable, r->dom->id, p->csum, stable_visit, &sh);
 	if (sh.node) {
-		mq_add(s, r, idx, sh.node->slot);
+		mq_add(w, r, idx, sh.node->slot);
 		return;
 	}
-	if (p->state == PG_UNSTABLE && p->gen == (uint16_t)atomic_load(&s->full_scans))
-		return; /* already in the unstable table this pass */
 	dd_table_for_each_dup(s->unstable, r->dom->id, p->csum, unstable_visit, &uh);
-	if (uh.node && dd_table_del(s->unstable, &uh.node->tn) == 0) {
-		/* Two merges will pend on the new slot: this page and the other. */
-		slot = dd_store_alloc(r->dom->store, page, *hint, 2);
-		if (slot >= 0) {
-			*hint = slot;
-			mq_add(s, r, idx, slot);
-		}
-		atomic_fetch_sub(&s->unstable_count, 1);
-		if (slot >= 0) {
-			struct dd_region *qr = uh.node->r;
+	if (uh.node) {
+		struct dd_region *qr = uh.node->r;
+		uint32_t qidx = uh.node->idx;
 
-			pend_add(qr->c, qr, uh.node->idx, (uint32_t)slot);
+		if (!unstable_del(s, uh.node))
+			goto insert; /* someone else took it */
+		/* Two merges will pend on the new slot: this page and the other. */
+		slot = dd_store_alloc(r->dom->store, page, w->hint, 2);
+		if (slot >= 0) {
+			w->hint = slot;
+			mq_add(w, r, idx, slot);
 		}
-		call_rcu(&uh.node->tn.rcu, unstable_free_rcu);
+		if (slot >= 0)
+			pend_add(qr->c, qr, qidx, (uint32_t)slot);
 		return;
 	}
-	u = calloc(1, sizeof(*u));
+insert:
+	u = unode_get(s);
 	if (!u)
 		return;
 	u->r = r;
 	u->idx = idx;
 	atomic_fetch_add(&r->refs, 1);
 	dd_table_add(s->unstable, &u->tn, r->dom->id, p->csum);
+	atomic_store(&u->live, true);
 	atomic_fetch_add(&s->unstable_count, 1);
 	p->state = PG_UNSTABLE;
-	p->gen = (uint16_t)atomic_load(&s->full_scans);
+	p->slot = u->self;
 }
 
 static int cmp_merge(const void *a, const void *b)
@@ -853,16 +998,16 @@ static void freeze(struct dd_sclient *c, struct merge *q, size_t n)
 }
 
 /* Re-read frozen pages and compare them with their target, byte for byte. */
-static void verify(struct dd_scanner *s, struct dd_sclient *c, struct merge *q, size_t n)
+static void verify(struct dd_worker *w, struct dd_sclient *c, struct merge *q, size_t n)
 {
 	for (size_t i = 0, k; i < n; i += k) {
 		k = run_len(q, n, i, false);
-		if (read_page(c->pid, mq_addr(&q[i]), s->vbuf + i * DD_PAGE_SIZE, k) < 0)
+		if (read_page(c->pid, mq_addr(&q[i]), w->vbuf + i * DD_PAGE_SIZE, k) < 0)
 			for (size_t j = i; j < i + k; j++)
 				q[j].res = q[j].res ? q[j].res : -EFAULT;
 	}
 	for (size_t i = 0; i < n; i++) {
-		const uint8_t *pg = s->vbuf + i * DD_PAGE_SIZE;
+		const uint8_t *pg = w->vbuf + i * DD_PAGE_SIZE;
 		struct dd_page *p = &q[i].r->pages[q[i].idx];
 		bool same;
 
@@ -882,11 +1027,12 @@ static void verify(struct dd_scanner *s, struct dd_sclient *c, struct merge *q, 
 }
 
 /* Send the verified entries to the agent, coalesced into runs. */
-static void replace(struct dd_scanner *s, struct dd_sclient *c, struct merge *q, size_t n)
+static void replace(struct dd_worker *w, struct dd_sclient *c, struct merge *q, size_t n)
 {
-	static struct dd_remap_entry e[2][DD_BATCH_MAX];
-	static size_t first[2][DD_BATCH_MAX], len[2][DD_BATCH_MAX];
-	int32_t res[DD_BATCH_MAX];
+	struct dd_scanner *s = w->s;
+	struct dd_remap_entry(*e)[DD_BATCH_MAX] = w->e;
+	size_t(*first)[DD_BATCH_MAX] = w->first, (*len)[DD_BATCH_MAX] = w->len;
+	int32_t *res = w->res;
 	uint32_t ne[2] = { 0, 0 };
 
 	for (size_t i = 0, k; i < n; i += k) {
@@ -1002,21 +1148,21 @@ static void rearm(struct dd_sclient *c, struct dd_region *r)
 }
 
 /* Merge everything queued for client c (c->lock held). */
-static void flush(struct dd_scanner *s, struct dd_sclient *c)
+static void flush(struct dd_worker *w, struct dd_sclient *c)
 {
-	size_t n = s->nmq;
+	size_t n = w->nmq;
 
 	if (!n)
 		return;
 	for (size_t i = 0; i < n; i++)
-		if (s->mq[i].r->rearm && !s->mq[i].r->dead)
-			rearm(c, s->mq[i].r);
-	qsort(s->mq, n, sizeof(s->mq[0]), cmp_merge);
-	freeze(c, s->mq, n);
-	verify(s, c, s->mq, n);
-	replace(s, c, s->mq, n);
-	settle(s, c, s->mq, n);
-	s->nmq = 0;
+		if (w->mq[i].r->rearm && !w->mq[i].r->dead)
+			rearm(c, w->mq[i].r);
+	qsort(w->mq, n, sizeof(w->mq[0]), cmp_merge);
+	freeze(c, w->mq, n);
+	verify(w, c, w->mq, n);
+	replace(w, c, w->mq, n);
+	settle(w->s, c, w->mq, n);
+	w->nmq = 0;
 }
 
 static size_t merge_cap(struct dd_scanner *s)
@@ -1027,13 +1173,16 @@ static size_t merge_cap(struct dd_scanner *s)
 }
 
 /* Scan pages [idx0, idx0+n) of r (c->lock and rcu read lock held). */
-static int scan_batch(struct dd_scanner *s, struct dd_sclient *c, struct dd_region *r,
-		      uint32_t idx0, uint32_t n, int64_t *hint)
+static int scan_batch(struct dd_worker *w, struct dd_sclient *c, struct dd_region *r,
+		      uint32_t idx0, uint32_t n)
 {
+	struct dd_scanner *s = w->s;
+	uint64_t vol = 0;
 	uint64_t pm[READ_BATCH], base = r->start + (uint64_t)idx0 * DD_PAGE_SIZE;
 	struct iovec lv[READ_BATCH], rv[READ_BATCH];
 	bool need[READ_BATCH];
 	size_t niov = 0;
+	uint64_t scanned = 0;
 	ssize_t got, want = 0;
 	uint16_t gen = (uint16_t)atomic_load(&s->full_scans);
 
@@ -1058,11 +1207,11 @@ static int scan_batch(struct dd_scanner *s, struct dd_sclient *c, struct dd_regi
 		}
 		need[i] = true;
 		if (niov && (char *)lv[niov - 1].iov_base + lv[niov - 1].iov_len ==
-				    (char *)s->buf + (size_t)i * DD_PAGE_SIZE) {
+				    (char *)w->buf + (size_t)i * DD_PAGE_SIZE) {
 			lv[niov - 1].iov_len += DD_PAGE_SIZE;
 			rv[niov - 1].iov_len += DD_PAGE_SIZE;
 		} else {
-			lv[niov] = (struct iovec){ s->buf + (size_t)i * DD_PAGE_SIZE, DD_PAGE_SIZE };
+			lv[niov] = (struct iovec){ w->buf + (size_t)i * DD_PAGE_SIZE, DD_PAGE_SIZE };
 			rv[niov++] = (struct iovec){ (void *)(uintptr_t)(base + i * DD_PAGE_SIZE),
 						     DD_PAGE_SIZE };
 		}
@@ -1075,17 +1224,32 @@ static int scan_batch(struct dd_scanner *s, struct dd_sclient *c, struct dd_regi
 		return -errno;
 	for (uint32_t i = 0; i < n; i++) {
 		struct dd_page *p = &r->pages[idx0 + i];
-		const uint8_t *pg = s->buf + (size_t)i * DD_PAGE_SIZE;
+		const uint8_t *pg = w->buf + (size_t)i * DD_PAGE_SIZE;
 		bool zero;
 		uint64_t csum;
 
 		if (!need[i])
 			continue;
-		if ((ssize_t)((const uint8_t *)pg - s->buf) >= got)
+		if ((ssize_t)((const uint8_t *)pg - w->buf) >= got)
 			break; /* the rest was unmapped under us */
-		atomic_fetch_add(&s->pages_scanned, 1);
+		scanned++;
 		csum = dd_page_hash(pg);
 		zero = s->knobs.zero_pages && !(p->flags & PGF_REMAPPED) && dd_page_is_zero(pg);
+		if (p->state == PG_UNSTABLE) {
+			struct dd_unstable *u = unstable_of(s, r, idx0 + i);
+
+			if (u && p->csum == csum)
+				continue; /* waiting in the table for a partner */
+			if (u) { /* changed: out of the table, wait for it to settle */
+				unstable_del(s, u);
+				vol++;
+				p->csum = csum;
+				p->state = PG_CHECKED;
+				p->gen = gen;
+				continue;
+			}
+			p->state = PG_CHECKED; /* a partner took it; its merge failed */
+		}
 		if (p->state == PG_ZERO) {
 			if (zero)
 				continue;
@@ -1098,23 +1262,25 @@ static int scan_batch(struct dd_scanner *s, struct dd_sclient *c, struct dd_regi
 		 * written after a merge before (PGF_VOLATILE): then, as in KSM, only
 		 * once its checksum held still for a pass. Candidates are only a
 		 * filter: every merge is byte-compared under freeze. */
-		if (((p->state == PG_CHECKED || p->state == PG_UNSTABLE) && p->csum == csum) ||
+		if ((p->state == PG_CHECKED && p->csum == csum) ||
 		    (p->state == PG_NEW && !(p->flags & PGF_VOLATILE))) {
 			p->csum = csum;
 			if (zero)
-				mq_add(s, r, idx0 + i, -1);
+				mq_add(w, r, idx0 + i, -1);
 			else
-				match_page(s, r, idx0 + i, pg, hint);
+				match_page(w, r, idx0 + i, pg);
 		} else {
-			if (p->state == PG_CHECKED || p->state == PG_UNSTABLE)
-				s->pass_volatile++;
+			if (p->state == PG_CHECKED)
+				vol++;
 			p->csum = csum;
 			p->state = PG_CHECKED;
 			p->gen = gen;
 		}
-		if (s->nmq + 2 >= merge_cap(s))
-			flush(s, c);
+		if (w->nmq + 2 >= merge_cap(s))
+			flush(w, c);
 	}
+	atomic_fetch_add(&s->pages_scanned, scanned);
+	atomic_fetch_add(&s->pass_volatile, vol);
 	(void)want;
 	return 0;
 }
@@ -1133,34 +1299,39 @@ static struct dd_sclient *next_client(struct dd_scanner *s, uint64_t from_id)
 }
 
 /* Merge what other scans queued on clients (pages of unstable matches). */
-static void run_pending(struct dd_scanner *s)
+static void run_pending(struct dd_worker *w)
 {
+	struct dd_scanner *s = w->s;
 	uint64_t id = 0;
 	struct dd_sclient *c;
 
 	while ((c = next_client(s, id))) {
 		id = c->id + 1;
+		if (!__atomic_load_n(&c->npend, __ATOMIC_RELAXED)) {
+			client_put(c);
+			continue;
+		}
 		pthread_mutex_lock(&c->lock);
 		for (;;) {
 			pthread_mutex_lock(&c->pend_lock);
-			while (c->npend && s->nmq < merge_cap(s)) {
+			while (c->npend && w->nmq < merge_cap(s)) {
 				struct pend *p = &c->pend[--c->npend];
 
-				s->mq[s->nmq++] = (struct merge){ .r = p->r, .idx = p->idx,
+				w->mq[w->nmq++] = (struct merge){ .r = p->r, .idx = p->idx,
 								  .slot = p->slot, .ref = true };
 			}
 			pthread_mutex_unlock(&c->pend_lock);
-			if (!s->nmq)
+			if (!w->nmq)
 				break;
 			if (c->dead) {
-				for (size_t i = 0; i < s->nmq; i++) {
-					dd_store_pend_done(s->mq[i].r->dom->store,
-							   (uint32_t)s->mq[i].slot, false);
-					region_put(s->mq[i].r);
+				for (size_t i = 0; i < w->nmq; i++) {
+					dd_store_pend_done(w->mq[i].r->dom->store,
+							   (uint32_t)w->mq[i].slot, false);
+					region_put(w->mq[i].r);
 				}
-				s->nmq = 0;
+				w->nmq = 0;
 			} else {
-				flush(s, c);
+				flush(w, c);
 			}
 		}
 		pthread_mutex_unlock(&c->lock);
@@ -1168,19 +1339,22 @@ static void run_pending(struct dd_scanner *s)
 	}
 }
 
+/* End of a full pass (pass_lock held, no worker active). */
 static void pass_end(struct dd_scanner *s)
 {
-	long n;
 	struct timespec ts;
 	uint64_t t = now_ms();
 	struct dd_sclient *c;
 	uint64_t id = 0;
 
-	n = dd_table_clear(s->unstable, unstable_release);
-	if (n > 0)
-		atomic_fetch_sub(&s->unstable_count, (uint64_t)n);
-	atomic_store(&s->pages_volatile, s->pass_volatile);
-	s->pass_volatile = 0;
+	/* Idle passes (nothing merged) stretch the pause, up to
+	 * idle_backoff_ms_max: no need to rescan unchanged memory at full rate. */
+	if (atomic_load(&s->merges) == s->pass_merges0)
+		s->idle_passes++;
+	else
+		s->idle_passes = 0;
+	s->pass_merges0 = atomic_load(&s->merges);
+	atomic_store(&s->pages_volatile, atomic_exchange(&s->pass_volatile, 0));
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	atomic_store(&s->last_pass_ms, (uint64_t)(ts.tv_sec - s->pass_start.tv_sec) * 1000 +
 					     (uint64_t)(ts.tv_nsec / 1000000) -
@@ -1188,9 +1362,11 @@ static void pass_end(struct dd_scanner *s)
 	s->pass_start = ts;
 	atomic_fetch_add(&s->full_scans, 1);
 	if (t - s->last_gc_ms >= 2000) { /* GC reads every /proc/PID/maps: not too often */
+		uint32_t nd;
+
 		s->last_gc_ms = t;
 		pthread_mutex_lock(&s->lock);
-		uint32_t nd = s->ndomains;
+		nd = s->ndomains;
 		pthread_mutex_unlock(&s->lock);
 		rcu_read_lock();
 		for (uint32_t i = 0; i < nd; i++)
@@ -1209,100 +1385,172 @@ static void pass_end(struct dd_scanner *s)
 	}
 }
 
-/* Scan up to pages_to_scan pages from the cursor. */
-static void scan_step(struct dd_scanner *s)
+/* Sleep ms, or until the knobs change or the scanner stops. */
+static void nap(struct dd_scanner *s, uint32_t ms)
 {
-	uint32_t budget;
-	struct dd_sclient *c;
-	int64_t hint = -1;
+	struct timespec ts;
+
+	if (!ms)
+		return;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	ts.tv_sec += ms / 1000;
+	ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	pthread_mutex_lock(&s->sleep_mx);
+	if (!atomic_load(&s->stop))
+		pthread_cond_timedwait(&s->sleep_cv, &s->sleep_mx, &ts);
+	pthread_mutex_unlock(&s->sleep_mx);
+}
+
+/* The pause between two chunks: sleep_millisecs, longer after idle passes. */
+static uint32_t pause_ms(struct dd_scanner *s)
+{
+	uint32_t ms;
 
 	pthread_mutex_lock(&s->lock);
-	budget = s->knobs.pages_to_scan ? s->knobs.pages_to_scan : 1;
-	pthread_mutex_unlock(&s->lock);
-	while (budget && !atomic_load(&s->stop)) {
-		struct dd_region *r;
+	ms = s->knobs.sleep_millisecs;
+	if (s->idle_passes >= 2 && s->knobs.idle_backoff_ms_max) {
+		uint32_t extra = 10u << (s->idle_passes - 2 < 7 ? s->idle_passes - 2 : 7);
 
-		c = next_client(s, s->cur_client);
-		if (!c && s->cur_client == 0) {
-			poll(NULL, 0, 50); /* nothing registered: nothing to scan */
-			return;
-		}
-		if (!c) {
-			pass_end(s);
-			s->cur_client = 0;
-			s->cur_region = 0;
-			s->cur_idx = 0;
-			return;
-		}
+		ms += extra < s->knobs.idle_backoff_ms_max ? extra : s->knobs.idle_backoff_ms_max;
+	}
+	pthread_mutex_unlock(&s->lock);
+	return ms;
+}
+
+static void add_cpu(struct dd_scanner *s, const struct timespec *t0)
+{
+	struct timespec t1;
+
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t1);
+	atomic_fetch_add(&s->scan_cpu_ns, (uint64_t)(t1.tv_sec - t0->tv_sec) * 1000000000ULL +
+						  (uint64_t)t1.tv_nsec - (uint64_t)t0->tv_nsec);
+}
+
+/*
+ * Scan every region of client c, pages_to_scan / nworkers pages per wake-up,
+ * pausing in between with the client unlocked.
+ */
+static void scan_client(struct dd_worker *w, struct dd_sclient *c)
+{
+	struct dd_scanner *s = w->s;
+	uint64_t region = 0;
+	uint32_t idx = 0;
+	struct timespec t0;
+
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t0);
+	for (;;) {
+		struct dd_region *r;
+		uint32_t budget;
+
+		pthread_mutex_lock(&s->lock);
+		budget = s->knobs.pages_to_scan / s->nworkers;
+		pthread_mutex_unlock(&s->lock);
+		budget = budget ? budget : 1;
 		pthread_mutex_lock(&c->lock);
-		if (c->id != s->cur_client) {
-			s->cur_client = c->id;
-			s->cur_region = 0;
-			s->cur_idx = 0;
+		if (c->dead) {
+			pthread_mutex_unlock(&c->lock);
+			break;
 		}
 		apply_events(s, c);
-		for (r = c->regions; r && r->id < s->cur_region; r = r->next)
+		for (r = c->regions; r && r->id < region; r = r->next)
 			;
-		if (r && r->id != s->cur_region) {
-			s->cur_region = r->id;
-			s->cur_idx = 0;
+		if (r && r->id != region) {
+			region = r->id;
+			idx = 0;
 		}
-		while (r && s->cur_idx < r->npages && budget) {
-			uint32_t n = r->npages - s->cur_idx;
+		while (r && budget && !atomic_load(&s->stop)) {
+			uint32_t n = r->npages - idx;
 
 			n = n < READ_BATCH ? n : READ_BATCH;
 			n = n < budget ? n : budget;
 			rcu_read_lock();
-			if (scan_batch(s, c, r, s->cur_idx, n, &hint) < 0)
-				s->cur_idx = r->npages; /* gone: skip the rest */
+			if (scan_batch(w, c, r, idx, n) < 0)
+				n = r->npages - idx; /* gone: skip the rest */
 			rcu_read_unlock();
-			s->cur_idx += n;
+			idx += n;
 			budget -= n;
+			if (idx >= r->npages) {
+				r = r->next;
+				region = r ? r->id : UINT64_MAX;
+				idx = 0;
+			}
 		}
-		if (!r) {
-			s->cur_client = c->id + 1;
-			s->cur_region = 0;
-			s->cur_idx = 0;
-		} else if (s->cur_idx >= r->npages) {
-			s->cur_region = r->id + 1;
-			s->cur_idx = 0;
-		}
-		flush(s, c);
+		flush(w, c);
 		pthread_mutex_unlock(&c->lock);
-		client_put(c);
-		run_pending(s);
+		run_pending(w);
+		if (!r || atomic_load(&s->stop))
+			break;
+		add_cpu(s, &t0);
+		nap(s, pause_ms(s));
+		clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t0);
 	}
+	add_cpu(s, &t0);
 }
 
 static void *scan_main(void *arg)
 {
-	struct dd_scanner *s = arg;
-	struct pollfd p = { .fd = s->wake_fd, .events = POLLIN };
-	struct timespec t0, t1;
+	struct dd_worker *w = arg;
+	struct dd_scanner *s = w->s;
 
 	rcu_register_thread();
-	clock_gettime(CLOCK_MONOTONIC, &s->pass_start);
 	while (!atomic_load(&s->stop)) {
-		uint32_t sleep_ms;
-		uint64_t v;
+		struct dd_sclient *c;
+		bool ended = false;
+		uint64_t gen;
 
-		clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t0);
-		scan_step(s);
-		clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t1);
-		atomic_fetch_add(&s->scan_cpu_ns, (uint64_t)(t1.tv_sec - t0.tv_sec) * 1000000000ULL +
-							  (uint64_t)t1.tv_nsec - (uint64_t)t0.tv_nsec);
-		pthread_mutex_lock(&s->lock);
-		sleep_ms = s->knobs.sleep_millisecs;
-		pthread_mutex_unlock(&s->lock);
-		if (sleep_ms && poll(&p, 1, (int)sleep_ms) > 0 &&
-		    read(s->wake_fd, &v, sizeof(v)) < 0)
+		pthread_mutex_lock(&s->pass_lock);
+		c = next_client(s, s->claim_next);
+		if (c) {
+			s->claim_next = c->id + 1;
+			s->active++;
+			pthread_mutex_unlock(&s->pass_lock);
+			w->hint = -1;
+			scan_client(w, c);
+			client_put(c);
+			pthread_mutex_lock(&s->pass_lock);
+			s->active--;
+			pthread_mutex_unlock(&s->pass_lock);
 			continue;
+		}
+		if (!s->active) { /* the last one out ends the pass */
+			if (s->claim_next) {
+				struct timespec t0;
+
+				clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t0);
+				pass_end(s);
+				add_cpu(s, &t0);
+				ended = true;
+			}
+			s->claim_next = 0;
+			s->pass_gen++;
+			pthread_cond_broadcast(&s->pass_cv);
+			pthread_mutex_unlock(&s->pass_lock);
+			/* Nothing registered: nothing to scan. Else the usual pause. */
+			nap(s, ended ? pause_ms(s) : 50);
+			continue;
+		}
+		gen = s->pass_gen; /* others still scanning: wait for the next pass */
+		while (gen == s->pass_gen && !atomic_load(&s->stop))
+			pthread_cond_wait(&s->pass_cv, &s->pass_lock);
+		pthread_mutex_unlock(&s->pass_lock);
 	}
 	rcu_unregister_thread();
 	return NULL;
 }
 
 /* ---- life cycle and figures -------------------------------------------- */
+
+static bool workers_ok(const struct dd_scanner *s)
+{
+	for (unsigned i = 0; i < s->nworkers; i++)
+		if (!s->workers[i].buf || !s->workers[i].vbuf || !s->workers[i].mq)
+			return false;
+	return true;
+}
 
 struct dd_scanner *dd_scanner_new(const struct dd_scan_knobs *k, const struct dd_scan_ops *ops)
 {
@@ -1312,19 +1560,43 @@ struct dd_scanner *dd_scanner_new(const struct dd_scan_knobs *k, const struct dd
 	if (!s)
 		return NULL;
 	pthread_mutex_init(&s->lock, NULL);
+	pthread_mutex_init(&s->upool_lock, NULL);
+	pthread_mutex_init(&s->pass_lock, NULL);
+	pthread_cond_init(&s->pass_cv, NULL);
+	pthread_mutex_init(&s->sleep_mx, NULL);
+	{
+		pthread_condattr_t ca;
+
+		pthread_condattr_init(&ca);
+		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+		pthread_cond_init(&s->sleep_cv, &ca);
+		pthread_condattr_destroy(&ca);
+	}
 	s->knobs = *k;
 	s->ops = *ops;
+	the_scanner = s;
 	s->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	s->fault_wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	s->fault_ep = epoll_create1(EPOLL_CLOEXEC);
 	s->stable = dd_table_new(1 << 12);
 	s->unstable = dd_table_new(1 << 12);
-	s->buf = malloc((size_t)READ_BATCH * DD_PAGE_SIZE);
-	s->vbuf = malloc((size_t)MAX_MERGE * DD_PAGE_SIZE);
-	s->obuf = malloc(DD_PAGE_SIZE);
-	s->mq = calloc(MAX_MERGE, sizeof(*s->mq));
+	s->nworkers = k->scan_threads;
+	if (!s->nworkers) { /* default: one per two cores */
+		long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+
+		s->nworkers = ncpu > 2 ? (unsigned)(ncpu / 2) : 1;
+	}
+	s->workers = calloc(s->nworkers, sizeof(*s->workers));
+	for (unsigned i = 0; s->workers && i < s->nworkers; i++) {
+		struct dd_worker *w = &s->workers[i];
+
+		w->s = s;
+		w->buf = malloc((size_t)READ_BATCH * DD_PAGE_SIZE);
+		w->vbuf = malloc((size_t)MAX_MERGE * DD_PAGE_SIZE);
+		w->mq = calloc(MAX_MERGE, sizeof(*w->mq));
+	}
 	if (s->wake_fd < 0 || s->fault_wake < 0 || s->fault_ep < 0 || !s->stable ||
-	    !s->unstable || !s->buf || !s->vbuf || !s->obuf || !s->mq ||
+	    !s->unstable || !s->workers || !workers_ok(s) ||
 	    epoll_ctl(s->fault_ep, EPOLL_CTL_ADD, s->fault_wake, &ev) < 0) {
 		dd_scanner_free(s);
 		return NULL;
@@ -1334,21 +1606,30 @@ struct dd_scanner *dd_scanner_new(const struct dd_scan_knobs *k, const struct dd
 
 int dd_scanner_start(struct dd_scanner *s)
 {
+	unsigned i;
 	int r;
 
 	atomic_store(&s->stop, false);
+	clock_gettime(CLOCK_MONOTONIC, &s->pass_start);
 	r = pthread_create(&s->fault_thread, NULL, fault_main, s);
 	if (r)
 		return -r;
-	r = pthread_create(&s->scan_thread, NULL, scan_main, s);
+	pthread_setname_np(s->fault_thread, "dedupd-fault");
+	for (i = 0; i < s->nworkers; i++) {
+		char name[16];
+
+		r = pthread_create(&s->workers[i].thread, NULL, scan_main, &s->workers[i]);
+		if (r)
+			break;
+		snprintf(name, sizeof(name), "dedupd-scan%u", i % 100);
+		pthread_setname_np(s->workers[i].thread, name);
+	}
+	s->running = true;
 	if (r) {
-		atomic_store(&s->stop, true);
-		pthread_join(s->fault_thread, NULL);
+		s->nworkers = i; /* stop joins the ones that started */
+		dd_scanner_stop(s);
 		return -r;
 	}
-	pthread_setname_np(s->fault_thread, "dedupd-fault");
-	pthread_setname_np(s->scan_thread, "dedupd-scan");
-	s->running = true;
 	return 0;
 }
 
@@ -1359,14 +1640,20 @@ void dd_scanner_stop(struct dd_scanner *s)
 	if (!s->running)
 		return;
 	atomic_store(&s->stop, true);
-	if (write(s->wake_fd, &one, sizeof(one)) < 0 ||
-	    write(s->fault_wake, &one, sizeof(one)) < 0) {
-		/* eventfd full: the threads are awake anyway */
+	if (write(s->fault_wake, &one, sizeof(one)) < 0) {
+		/* eventfd full: the thread is awake anyway */
 	}
 	pthread_mutex_lock(&fault_mx);
 	pthread_cond_broadcast(&fault_cv);
 	pthread_mutex_unlock(&fault_mx);
-	pthread_join(s->scan_thread, NULL);
+	pthread_mutex_lock(&s->sleep_mx);
+	pthread_cond_broadcast(&s->sleep_cv);
+	pthread_mutex_unlock(&s->sleep_mx);
+	pthread_mutex_lock(&s->pass_lock);
+	pthread_cond_broadcast(&s->pass_cv);
+	pthread_mutex_unlock(&s->pass_lock);
+	for (unsigned i = 0; i < s->nworkers; i++)
+		pthread_join(s->workers[i].thread, NULL);
 	pthread_join(s->fault_thread, NULL);
 	s->running = false;
 }
@@ -1393,24 +1680,35 @@ void dd_scanner_free(struct dd_scanner *s)
 		close(s->fault_wake);
 	if (s->fault_ep >= 0)
 		close(s->fault_ep);
-	free(s->buf);
-	free(s->vbuf);
-	free(s->obuf);
-	free(s->mq);
+	for (unsigned i = 0; s->workers && i < s->nworkers; i++) {
+		free(s->workers[i].buf);
+		free(s->workers[i].vbuf);
+		free(s->workers[i].mq);
+	}
+	free(s->workers);
+	for (uint32_t i = 0; i < s->upool_chunks; i++)
+		free(s->upool[i]);
+	free(s->upool);
+	free(s->upool_free);
+	pthread_mutex_destroy(&s->upool_lock);
+	pthread_mutex_destroy(&s->pass_lock);
+	pthread_cond_destroy(&s->pass_cv);
+	pthread_mutex_destroy(&s->sleep_mx);
+	pthread_cond_destroy(&s->sleep_cv);
 	pthread_mutex_destroy(&s->lock);
 	free(s);
 }
 
 void dd_scanner_set_knobs(struct dd_scanner *s, const struct dd_scan_knobs *k)
 {
-	uint64_t one = 1;
-
 	pthread_mutex_lock(&s->lock);
 	s->knobs = *k;
+	s->knobs.scan_threads = s->nworkers; /* fixed at start */
+	s->idle_passes = 0;
 	pthread_mutex_unlock(&s->lock);
-	if (write(s->wake_fd, &one, sizeof(one)) < 0) {
-		/* already signalled */
-	}
+	pthread_mutex_lock(&s->sleep_mx);
+	pthread_cond_broadcast(&s->sleep_cv);
+	pthread_mutex_unlock(&s->sleep_mx);
 }
 
 void dd_scanner_get_knobs(struct dd_scanner *s, struct dd_scan_knobs *k)
@@ -1461,7 +1759,7 @@ void dd_scanner_stats(struct dd_scanner *s, struct dd_scan_stats *o)
 	o->scan_cpu_ns = atomic_load(&s->scan_cpu_ns);
 	o->last_pass_ms = atomic_load(&s->last_pass_ms);
 	o->meta_bytes += o->pages_registered * sizeof(struct dd_page) +
-			 o->pages_unshared * sizeof(struct dd_unstable);
+			 (uint64_t)s->upool_chunks * UPOOL_CHUNK * sizeof(struct dd_unstable);
 	/* Charge what the daemon really holds: its resident anonymous memory
 	 * (records, tables, buffers, allocator slack) when that exceeds the
 	 * bookkeeping estimate; store pages without sharers; VMA slab. */

@@ -41,6 +41,8 @@ struct dd_scan_knobs {
 	uint32_t max_vmas_per_client; /* 0: half of vm.max_map_count */
 	uint32_t share_domain;        /* enum dd_domain_policy for DD_DOMAIN_DEFAULT */
 	bool zero_pages;              /* zap all-zero pages */
+	uint32_t idle_backoff_ms_max; /* longest extra pause after idle passes; 0: none */
+	uint32_t scan_threads;        /* 0: one per two cores; fixed at start */
 };
 
 void dd_scan_knobs_default(struct dd_scan_knobs *k);
