@@ -6,7 +6,8 @@
  * Each of --procs children maps --mib MiB of private anonymous memory and
  * fills it: --dup percent of pages get content that depends only on the page's
  * offset (the same in every child, like identical guests), in runs of 1..64
- * pages (or single scattered pages with --scatter); --zero percent are zero;
+ * pages (or, with --scatter, single pages between non-duplicate neighbours:
+ * every even page up to 50 %); --zero percent are zero;
  * the rest are unique to the child. Then it offers the memory to dedupd
  * (dedup_register) or to kernel KSM (--ksm: madvise(MADV_MERGEABLE)), says
  * READY, and waits. With --rewrite-pct P it rewrites P % of its pages every
@@ -68,11 +69,18 @@ enum kind { K_DUP, K_ZERO, K_UNIQ };
 /* The same layout in every child: decided by page index only. */
 static enum kind page_kind(size_t i)
 {
-	uint64_t run = opt.scatter ? i : i / (1 + mix(i / 64) % 64);
+	uint64_t run = i / (1 + mix(i / 64) % 64);
 	uint64_t r = mix(run * 7919 + 1) % 100;
 
-	if (opt.scatter && r < (uint64_t)opt.dup_pct && (i % 2))
-		return K_UNIQ; /* scattered: no two duplicate pages adjacent */
+	if (opt.scatter) {
+		/* W3: duplicates are single pages with a unique (or zero)
+		 * page on each side: --dup % of all pages, at most 50. */
+		uint64_t q = mix(i * 31 + 7) % 100;
+
+		if (i % 2 == 0)
+			return q < (uint64_t)opt.dup_pct * 2 ? K_DUP : K_UNIQ;
+		return q < (uint64_t)opt.zero_pct ? K_ZERO : K_UNIQ;
+	}
 	if (r < (uint64_t)opt.dup_pct)
 		return K_DUP;
 	if (r < (uint64_t)(opt.dup_pct + opt.zero_pct))
