@@ -277,27 +277,38 @@ uint64_t dd_sclient_id(const struct dd_sclient *c)
 	return c->id;
 }
 
+/* Take page idx of r out of the unstable table, if it is there. */
+static void unstable_forget(struct dd_scanner *s, struct dd_region *r, uint32_t idx)
+{
+	struct dd_unstable *u;
+
+	rcu_read_lock();
+	u = unstable_of(s, r, idx);
+	if (u)
+		unstable_del(s, u);
+	rcu_read_unlock();
+}
+
+/* Release what page idx of r holds (a store share, a zero-page count, an
+ * unstable entry) and mark it gone (c->lock held). */
+static void page_release(struct dd_scanner *s, struct dd_region *r, uint32_t idx)
+{
+	struct dd_page *p = &r->pages[idx];
+
+	if (p->state == PG_MERGED)
+		dd_store_unshare(r->dom->store, p->slot);
+	else if (p->state == PG_ZERO)
+		atomic_fetch_sub(&s->zero_pages, 1);
+	else if (p->state == PG_UNSTABLE)
+		unstable_forget(s, r, idx);
+	p->state = PG_GONE;
+}
+
 /* Drop a region's hold on store slots and mark it dead (c->lock held). */
 static void region_kill(struct dd_scanner *s, struct dd_region *r)
 {
-	for (uint32_t i = 0; i < r->npages; i++) {
-		struct dd_page *p = &r->pages[i];
-
-		if (p->state == PG_MERGED) {
-			dd_store_unshare(r->dom->store, p->slot);
-		} else if (p->state == PG_ZERO) {
-			atomic_fetch_sub(&s->zero_pages, 1);
-		} else if (p->state == PG_UNSTABLE) {
-			struct dd_unstable *u;
-
-			rcu_read_lock();
-			u = unstable_of(s, r, i);
-			if (u)
-				unstable_del(s, u);
-			rcu_read_unlock();
-		}
-		p->state = PG_GONE;
-	}
+	for (uint32_t i = 0; i < r->npages; i++)
+		page_release(s, r, i);
 	atomic_fetch_sub(&s->registered, r->npages);
 	atomic_fetch_sub(&s->nregions, 1);
 	r->dead = true;
@@ -704,42 +715,22 @@ static void apply_events(struct dd_scanner *s, struct dd_sclient *c)
 			uint64_t hi = ev[e].end < rend ? ev[e].end : rend;
 
 			for (uint64_t a = lo; a < hi; a += DD_PAGE_SIZE) {
-				struct dd_page *p = &r->pages[(a - r->start) / DD_PAGE_SIZE];
+				uint32_t idx = (uint32_t)((a - r->start) / DD_PAGE_SIZE);
+				struct dd_page *p = &r->pages[idx];
 
 				if (p->state == PG_GONE)
 					continue;
-				if (ev[e].type == UFFD_EVENT_REMOVE) {
-					/* MADV_DONTNEED: merged pages still read the store
-					 * (their VMA maps it); the rest starts afresh. */
-					if (p->state == PG_ZERO || p->state == PG_MERGED)
-						continue;
-					if (p->state == PG_UNSTABLE) {
-						struct dd_unstable *u;
-
-						rcu_read_lock();
-						u = unstable_of(s, r,
-								(uint32_t)((a - r->start) / DD_PAGE_SIZE));
-						if (u)
-							unstable_del(s, u);
-						rcu_read_unlock();
-					}
-					p->state = PG_NEW;
+				if (ev[e].type != UFFD_EVENT_REMOVE) {
+					page_release(s, r, idx); /* unmapped or moved away */
 					continue;
 				}
-				if (p->state == PG_MERGED) {
-					dd_store_unshare(r->dom->store, p->slot);
-				} else if (p->state == PG_ZERO) {
-					atomic_fetch_sub(&s->zero_pages, 1);
-				} else if (p->state == PG_UNSTABLE) {
-					struct dd_unstable *u;
-
-					rcu_read_lock();
-					u = unstable_of(s, r, (uint32_t)((a - r->start) / DD_PAGE_SIZE));
-					if (u)
-						unstable_del(s, u);
-					rcu_read_unlock();
-				}
-				p->state = PG_GONE; /* unmapped or moved away */
+				/* MADV_DONTNEED: merged pages still read the store (their
+				 * VMA maps it); the rest starts afresh. */
+				if (p->state == PG_ZERO || p->state == PG_MERGED)
+					continue;
+				if (p->state == PG_UNSTABLE)
+					unstable_forget(s, r, idx);
+				p->state = PG_NEW;
 			}
 		}
 }
