@@ -117,7 +117,7 @@ struct dd_sclient {
 	struct dd_region *regions;
 	uint64_t next_region_id;
 	uint32_t stores_sent[MAX_DOMAINS / 32];
-	long vmas, vmas_base, vma_budget;
+	long vmas, vmas_base, vma_budget, vma_limit;
 	/* fault_lock */
 	pthread_mutex_t fault_lock;
 	struct range *inflight;
@@ -247,6 +247,12 @@ static bool unstable_del(struct dd_scanner *s, struct dd_unstable *u);
 
 /* ---- clients and regions ---------------------------------------------- */
 
+/* May a remap add two more VMAs to c? (c->lock held) */
+static bool vma_room(const struct dd_sclient *c)
+{
+	return c->vmas - c->vmas_base + 2 <= c->vma_budget && c->vmas + 2 <= c->vma_limit;
+}
+
 static void region_put(struct dd_region *r)
 {
 	if (atomic_fetch_sub(&r->refs, 1) == 1) {
@@ -348,8 +354,12 @@ struct dd_sclient *dd_scanner_add_client(struct dd_scanner *s, pid_t pid, uid_t 
 		c->vmas = 0;
 	c->vmas_base = c->vmas;
 	pthread_mutex_lock(&s->lock);
+	/* VMAs our remaps may add: the knob, or half of what the process has
+	 * left; and never closer than 1024 to vm.max_map_count, so that the
+	 * application's own mmap() never fails because of us. */
 	c->vma_budget = s->knobs.max_vmas_per_client ? (long)s->knobs.max_vmas_per_client
-						     : max / 2 - c->vmas;
+						     : (max - c->vmas) / 2;
+	c->vma_limit = max - 1024;
 	c->id = ++s->next_client_id;
 	c->next = NULL;
 	/* Keep the list in id order: the scan cursor walks it by id. */
@@ -1033,7 +1043,7 @@ static void replace(struct dd_worker *w, struct dd_sclient *c, struct merge *q, 
 		if (q[i].res)
 			continue;
 		z = q[i].slot < 0;
-		if (!z && c->vmas + 2 > c->vma_budget) {
+		if (!z && !vma_room(c)) {
 			for (size_t j = i; j < i + k; j++)
 				q[j].res = -ENOSPC; /* keep the client under max_map_count */
 			continue;
@@ -1257,9 +1267,11 @@ static int scan_batch(struct dd_worker *w, struct dd_sclient *c, struct dd_regio
 		    (p->state == PG_NEW && !(p->flags & PGF_VOLATILE))) {
 			p->csum = csum;
 			if (zero)
-				mq_add(w, r, idx0 + i, -1);
-			else
+				mq_add(w, r, idx0 + i, -1); /* a zap splits no VMA */
+			else if (vma_room(c))
 				match_page(w, r, idx0 + i, pg);
+			else
+				p->state = PG_CHECKED; /* over the VMA budget: not now */
 		} else {
 			if (p->state == PG_CHECKED)
 				vol++;

@@ -482,6 +482,99 @@ START_TEST(test_sigterm_leaves_clients_intact)
 }
 END_TEST
 
+/* A child whose duplicates are single pages between unique ones: every
+ * merge would split its VMA. It reports its VMA count before registering,
+ * then waits for a byte and verifies. */
+static pid_t scattered_child(unsigned idx, int *to, int *from)
+{
+	int a[2], b[2];
+	pid_t pid;
+
+	ck_assert_int_eq(pipe(a), 0);
+	ck_assert_int_eq(pipe(b), 0);
+	pid = fork();
+	if (pid == 0) {
+		uint8_t *m = mmap(NULL, 400 * PAGE, PROT_READ | PROT_WRITE,
+				  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), want[PAGE];
+		long vmas = 0;
+		uint32_t bad = 0;
+		char c;
+		FILE *f = fopen("/proc/self/maps", "r");
+
+		while (f && fscanf(f, "%*[^\n]\n") != EOF)
+			vmas++;
+		if (f)
+			fclose(f);
+		for (unsigned i = 0; i < 400; i++)
+			h_fill(m + (size_t)i * PAGE, i % 2 ? 500 + idx : 1, i);
+		if (dedup_register(m, 400 * PAGE, NULL))
+			_exit(2);
+		if (write(b[1], &vmas, sizeof(vmas)) != sizeof(vmas) || read(a[0], &c, 1) != 1)
+			_exit(3);
+		for (unsigned i = 0; i < 400; i++) {
+			h_fill(want, i % 2 ? 500 + idx : 1, i);
+			bad += memcmp(want, m + (size_t)i * PAGE, PAGE) != 0;
+		}
+		_exit(bad ? 1 : 0);
+	}
+	close(a[0]);
+	close(b[1]);
+	*to = a[1];
+	*from = b[0];
+	return pid;
+}
+
+static long count_vmas(pid_t pid)
+{
+	char path[64], line[512];
+	long n = 0;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/maps", (int)pid);
+	f = fopen(path, "re");
+	while (f && fgets(line, sizeof(line), f))
+		n++;
+	if (f)
+		fclose(f);
+	return n;
+}
+
+START_TEST(test_vma_budget_holds)
+{
+	static const char *const args[] = { "--pages-to-scan", "100000", "--sleep-millisecs", "5",
+					    "--set", "scan.max_vmas_per_client=40", NULL };
+	int to[2], from[2], st;
+	long base[2];
+	pid_t pid[2];
+
+	H_SKIP_UNLESS_ROOT();
+	/* A daemon that may add at most 40 VMAs to any client. */
+	h_daemon_stop(daemon_pid, SIGTERM);
+	daemon_pid = h_daemon_start(sock, args);
+	for (int i = 0; i < 2; i++) {
+		pid[i] = scattered_child((unsigned)i, &to[i], &from[i]);
+		ck_assert_int_eq(read(from[i], &base[i], sizeof(base[i])), sizeof(base[i]));
+	}
+	/* 200 isolated duplicates each, but only ~20 merges fit the budget. */
+	ck_assert(h_wait_stat(sock, "pages_sharing", 1, true, 10000));
+	h_sleep_ms(500);
+	for (int i = 0; i < 2; i++) {
+		long now = count_vmas(pid[i]);
+
+		ck_assert_msg(now - base[i] <= 40 + 4, "client %d: %ld VMAs, %ld before: budget 40",
+			      i, now, base[i]);
+	}
+	ck_assert_int_le(h_stat(sock, "pages_sharing"), 22);
+	for (int i = 0; i < 2; i++) {
+		ck_assert_int_eq(write(to[i], "v", 1), 1);
+		waitpid(pid[i], &st, 0);
+		ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child %d status %d", i, st);
+		close(to[i]);
+		close(from[i]);
+	}
+}
+END_TEST
+
 /* Run dd-workload --ksm (plain madvise(MADV_MERGEABLE)) under the preload. */
 static pid_t run_preloaded(const char *socket_path, int *out_fd)
 {
@@ -549,6 +642,7 @@ static Suite *merge_suite(void)
 	tcase_add_test(tc, test_client_killed_mid_merge);
 	tcase_add_test(tc, test_unmap_and_remap_registered);
 	tcase_add_test(tc, test_sigterm_leaves_clients_intact);
+	tcase_add_test(tc, test_vma_budget_holds);
 	tcase_add_test(tc, test_preload_routes_madvise);
 	tcase_add_test(tc, test_preload_falls_back_without_daemon);
 	suite_add_tcase(s, tc);
