@@ -4,7 +4,7 @@
 #   make run             build, start dedupd + a demo workload, print what it saved
 #   make check           build and run every test (unit + integration)
 #   make bench           dedupd against kernel KSM, side by side
-#   make install         PREFIX=/usr/local DESTDIR=
+#   make install         PREFIX=/usr/local DESTDIR= (make uninstall: the same)
 #   make clean
 # Switches: WERROR=1 (warnings are errors; CI), SAN=address,undefined (sanitizers),
 #           V=1 (show commands), BUILD=dir (another build tree), NODEPS=1 (skip apt).
@@ -68,7 +68,7 @@ TOOLS     := $(patsubst tests/tools/%.c,$(BUILD)/tools/%,$(TOOL_SRC))
 TESTS     := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 RPATH     := -Wl,-rpath,$(abspath $(BUILD))
 
-.PHONY: all deps run check bench install uninstall clean format tests
+.PHONY: all deps run check bench install install-files uninstall clean format tests
 all: $(DAEMON) $(CTL) $(LIBDEDUP) $(PRELOAD) $(TOOLS)
 
 deps:
@@ -103,9 +103,10 @@ $(DAEMON): $(call obj,dedupd/daemon/main.c) $(CORE_LIB)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $^ $(PKG_LIBS) -lm
 
-$(CTL): $(call obj,$(CTL_SRC) $(COMMON_SRC))
+# dedupctl estimate checksums pages itself: the hash module comes from the core archive.
+$(CTL): $(call obj,$(CTL_SRC) $(COMMON_SRC)) $(CORE_LIB)
 	@$(if $(Q),echo "  LD      $@")
-	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $^ $(PKG_LIBS)
+	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $^ $(PKG_LIBS) -lm
 
 $(LIBDEDUP): $(LIB_OBJS)
 	@$(if $(Q),echo "  LD      $@")
@@ -140,25 +141,55 @@ bench: deps
 	$(Q)$(MAKE) --no-print-directory all
 	$(Q)BUILD=$(BUILD) ./tests/bench/bench.sh
 
-install: all
+# install builds what it installs, then copies; install-files only copies, from
+# $(FROM) (default $(BUILD)): for packaging a finished tree, and for the test
+# that installs into a temporary DESTDIR (check_ops) without touching $(BUILD).
+FROM    ?= $(BUILD)
+MANDIR  ?= $(PREFIX)/share/man
+UNITDIR ?= /lib/systemd/system
+SYSCTLDIR ?= /etc/sysctl.d
+CONFDIR := /etc/dedupd
+
+install: $(DAEMON) $(CTL) $(LIBDEDUP) $(PRELOAD)
+	$(Q)$(MAKE) --no-print-directory install-files
+
+install-files:
 	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib \
-		$(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig
-	install -m 0755 $(DAEMON) $(DESTDIR)$(PREFIX)/sbin/dedupd
-	install -m 0755 $(CTL) $(DESTDIR)$(PREFIX)/bin/dedupctl
-	install -m 0755 $(LIBDEDUP) $(DESTDIR)$(PREFIX)/lib/libdedup.so.0
+		$(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig \
+		$(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(UNITDIR) \
+		$(DESTDIR)$(SYSCTLDIR) $(DESTDIR)$(CONFDIR)
+	install -m 0755 $(FROM)/dedupd $(DESTDIR)$(PREFIX)/sbin/dedupd
+	install -m 0755 $(FROM)/dedupctl $(DESTDIR)$(PREFIX)/bin/dedupctl
+	install -m 0755 $(FROM)/libdedup.so $(DESTDIR)$(PREFIX)/lib/libdedup.so.0
 	ln -sf libdedup.so.0 $(DESTDIR)$(PREFIX)/lib/libdedup.so
-	install -m 0755 $(PRELOAD) $(DESTDIR)$(PREFIX)/lib/libdedup-preload.so
+	install -m 0755 $(FROM)/libdedup-preload.so $(DESTDIR)$(PREFIX)/lib/libdedup-preload.so
 	install -m 0644 dedupd/lib/dedup.h $(DESTDIR)$(PREFIX)/include/dedup.h
 	sed -e 's|@PREFIX@|$(PREFIX)|g' conf/libdedup.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/libdedup.pc
-	$(Q)if [ -f conf/dedupd.conf ]; then install -d $(DESTDIR)/etc/dedupd && \
-		install -m 0644 conf/dedupd.conf $(DESTDIR)/etc/dedupd/dedupd.conf; fi
-	$(Q)if [ -f conf/dedupd.service ]; then install -d $(DESTDIR)/lib/systemd/system && \
-		sed -e 's|@PREFIX@|$(PREFIX)|g' conf/dedupd.service > $(DESTDIR)/lib/systemd/system/dedupd.service; fi
+	install -m 0644 conf/dedupd.8 conf/dedupctl.8 $(DESTDIR)$(MANDIR)/man8/
+	install -m 0644 conf/dedupd.conf.5 $(DESTDIR)$(MANDIR)/man5/
+	install -m 0644 conf/99-dedupd.conf $(DESTDIR)$(SYSCTLDIR)/99-dedupd.conf
+	sed -e 's|@PREFIX@|$(PREFIX)|g' conf/dedupd.service > $(DESTDIR)$(UNITDIR)/dedupd.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/dedupd.service
+	$(Q)if [ -e $(DESTDIR)$(CONFDIR)/dedupd.conf ]; then \
+		echo "keeping the existing $(DESTDIR)$(CONFDIR)/dedupd.conf"; \
+	else install -m 0644 conf/dedupd.conf $(DESTDIR)$(CONFDIR)/dedupd.conf; fi
+	$(Q)if [ -z "$(DESTDIR)" ]; then \
+		echo "next: sysctl -p $(SYSCTLDIR)/99-dedupd.conf; systemctl daemon-reload;" \
+			"systemctl enable --now dedupd"; fi
 
+# The configuration goes only if it is the file we installed: local edits stay.
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/sbin/dedupd $(DESTDIR)$(PREFIX)/bin/dedupctl \
-		$(DESTDIR)$(PREFIX)/lib/libdedup.so* $(DESTDIR)$(PREFIX)/lib/libdedup-preload.so \
-		$(DESTDIR)$(PREFIX)/include/dedup.h $(DESTDIR)$(PREFIX)/lib/pkgconfig/libdedup.pc
+		$(DESTDIR)$(PREFIX)/lib/libdedup.so $(DESTDIR)$(PREFIX)/lib/libdedup.so.0 \
+		$(DESTDIR)$(PREFIX)/lib/libdedup-preload.so \
+		$(DESTDIR)$(PREFIX)/include/dedup.h $(DESTDIR)$(PREFIX)/lib/pkgconfig/libdedup.pc \
+		$(DESTDIR)$(MANDIR)/man8/dedupd.8 $(DESTDIR)$(MANDIR)/man8/dedupctl.8 \
+		$(DESTDIR)$(MANDIR)/man5/dedupd.conf.5 $(DESTDIR)$(SYSCTLDIR)/99-dedupd.conf \
+		$(DESTDIR)$(UNITDIR)/dedupd.service
+	$(Q)if cmp -s conf/dedupd.conf $(DESTDIR)$(CONFDIR)/dedupd.conf; then \
+		rm -f $(DESTDIR)$(CONFDIR)/dedupd.conf; rmdir $(DESTDIR)$(CONFDIR) 2>/dev/null || true; \
+	elif [ -e $(DESTDIR)$(CONFDIR)/dedupd.conf ]; then \
+		echo "keeping $(DESTDIR)$(CONFDIR)/dedupd.conf: it has local changes"; fi
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h' | grep -v vmlinux.h)

@@ -18,6 +18,11 @@ libinih-dev
 libjson-c-dev
 libmicrohttpd-dev
 "
+# Tests only (check_ops): promtool checks the /metrics exposition (Debian ships
+# it in the prometheus package, ~95 MB; its service is not started without
+# systemd, and on a systemd host `systemctl disable --now prometheus` stops
+# it), systemd-analyze verifies the unit, groff checks the man pages.
+PKGS="$PKGS prometheus systemd groff-base"
 [ "${DEDUP_DEPS_EXTRA:-}" ] && PKGS="$PKGS $DEDUP_DEPS_EXTRA"
 
 missing=""

@@ -13,7 +13,7 @@ for t in "$BUILD"/tests/check_*; do
 	log="$BUILD/test-logs/$name.log"
 	start=$(date +%s)
 	if [ -n "${SAN:-}" ]; then
-		ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0} \
+		ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:verify_asan_link_order=0} \
 		UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
 			"$t" >"$log" 2>&1
 	else

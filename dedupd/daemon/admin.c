@@ -2,7 +2,7 @@
 /*
  * dedupctl's requests. Commands:
  *   stats              KSM-named counters and the net saving
- *   status             version, uptime, socket and the scan knobs
+ *   status             version, uptime, socket, the scan knobs, where the metrics go
  *   regions            one object per registered region
  *   set KEY=VALUE      change a scan knob at run time (root only)
  * Every answer is JSON; errors are a RESULT with -errno and a sentence.
@@ -73,6 +73,16 @@ static struct json_object *knobs_json(const struct dd_scan_knobs *k)
 	ADD_U64(o, "merge_batch_pages", k->merge_batch_pages);
 	ADD_U64(o, "max_vmas_per_client", k->max_vmas_per_client);
 	json_object_object_add(o, "zero_pages", json_object_new_boolean(k->zero_pages));
+	return o;
+}
+
+static struct json_object *metrics_json(const struct admin_ctx *a)
+{
+	struct json_object *o = json_object_new_object();
+
+	json_object_object_add(o, "listen",
+			       json_object_new_string(a->metrics_address ? a->metrics_address : ""));
+	json_object_object_add(o, "textfile", json_object_new_string(a->conf->metrics.textfile));
 	return o;
 }
 
@@ -156,6 +166,7 @@ int dd_admin_handle(struct admin_ctx *a, int fd, uid_t uid, const struct dd_msg_
 		json_object_object_add(o, "socket", json_object_new_string(a->socket_path));
 		ADD_U64(o, "uptime_sec", (uint64_t)(time(NULL) - a->started));
 		json_object_object_add(o, "knobs", knobs_json(&k));
+		json_object_object_add(o, "metrics", metrics_json(a));
 		json_object_object_add(o, "stats", stats_json(a->scanner));
 		return reply_json(fd, m->h.seq, o);
 	}

@@ -23,6 +23,7 @@ struct admin_ctx {
 	void (*apply)(void *arg);  /* push conf to the modules after a change */
 	void *apply_arg;
 	const struct dd_pstate_ctl *pc; /* memory pressure */
+	const char *metrics_address;    /* "127.0.0.1:9848", "" if /metrics is off */
 };
 
 /* Answer one ADMIN message on fd. 0, or -errno if the answer could not be sent. */

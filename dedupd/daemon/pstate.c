@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/stat.h>
 #include <sys/timerfd.h>
 #include <unistd.h>
 
@@ -41,21 +42,40 @@ static void thresholds(const struct dd_conf *c, struct dd_pressure_thresholds *t
 	th->low_pm = (uint32_t)lround(c->pressure.low_free_percent * 100);
 }
 
+/* Log each source's problem when it appears or changes, and once when it
+ * clears: a source that stays broken is not logged again because another
+ * one came and went. */
 static void log_errors(struct dd_pstate_ctl *pc)
 {
 	const struct dd_pressure_snapshot *s = dd_pressure_get(pc->p);
+	const char *now[4] = { s->bpf_error, s->trigger_error, s->psi_error, s->free_error };
+	static const char *const what[4] = { "eBPF", "the PSI trigger", "PSI", "free memory" };
 
 	if (s->errors_seq == pc->errors_seen)
 		return;
 	pc->errors_seen = s->errors_seq;
-	if (s->bpf_error[0])
-		log_warning("pressure: %s, ignoring", s->bpf_error);
-	if (s->trigger_error[0])
-		log_warning("pressure: %s, ignoring", s->trigger_error);
-	if (s->psi_error[0])
-		log_warning("pressure: %s, ignoring", s->psi_error);
-	if (s->free_error[0])
-		log_warning("pressure: %s, ignoring", s->free_error);
+	for (int i = 0; i < 4; i++) {
+		if (!strcmp(now[i], pc->logged[i]))
+			continue;
+		if (now[i][0])
+			log_warning("pressure: %s, ignoring", now[i]);
+		else
+			log_info("pressure: %s works again", what[i]);
+		snprintf(pc->logged[i], sizeof(pc->logged[i]), "%s", now[i]);
+	}
+}
+
+/* Why the pressure module refused o->cgroup_path, in words. */
+static int cgroup_error(int e, const char *path)
+{
+	struct stat st;
+
+	if ((e == ENOENT || e == ENOTDIR) && stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
+		log_error("pressure: cgroup %s is no memory cgroup: it has neither memory.max (v2) "
+			  "nor memory.limit_in_bytes (v1)", path);
+		return -EINVAL;
+	}
+	return dd_log_errno(DD_LOG_ERR, -e, "pressure: cannot watch %s", path);
 }
 
 int dd_pstate_start(struct dd_pstate_ctl *pc, const struct dd_conf *conf, int ep)
@@ -73,9 +93,10 @@ int dd_pstate_start(struct dd_pstate_ctl *pc, const struct dd_conf *conf, int ep
 	o.thresholds = &th;
 	libbpf_set_print(libbpf_to_log);
 	pc->p = dd_pressure_new(&o);
+	if (!pc->p && o.cgroup_path)
+		return cgroup_error(errno, o.cgroup_path);
 	if (!pc->p)
-		return dd_log_errno(DD_LOG_ERR, -errno, "pressure: cannot watch %s",
-				    o.cgroup_path ? o.cgroup_path : "host memory");
+		return dd_log_errno(DD_LOG_ERR, -errno, "pressure: cannot watch host memory");
 	n = dd_pressure_fds(pc->p, fds, DD_PSTATE_MAX_SRC - 1);
 	for (int i = 0; i < n; i++) {
 		struct epoll_event ev = { .events = dd_pressure_fd_events(pc->p, fds[i]) };
@@ -133,6 +154,7 @@ bool dd_pstate_ready(struct dd_pstate_ctl *pc, struct dd_pstate_src *src)
 	log_errors(pc);
 	if (r <= 0)
 		return false;
+	pc->transitions++;
 	s = dd_pressure_get(pc->p);
 	if (s->nr_transitions) { /* oldest first: the newest is last */
 		unsigned n = s->nr_transitions < DD_PRESSURE_TRANSITIONS ? s->nr_transitions

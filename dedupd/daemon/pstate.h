@@ -26,7 +26,9 @@ struct dd_pstate_ctl {
 	struct dd_pstate_src src[DD_PSTATE_MAX_SRC];
 	int nsrc;
 	uint32_t errors_seen;
+	char logged[4][DD_PRESSURE_ERROR_MAX]; /* each source's error as last logged */
 	enum dd_pstate applied; /* the state the scan rate was last set for */
+	uint64_t transitions;   /* state changes since start, for the metrics */
 };
 
 /* Start the pressure module and add its fds to ep. 0, or -errno after logging

@@ -11,6 +11,7 @@
 #include "dedupd/daemon/server.h"
 #include "dedupd/daemon/admin.h"
 #include "dedupd/daemon/log.h"
+#include "dedupd/daemon/metrics.h"
 #include "dedupd/daemon/pstate.h"
 #include "dedupd/common/proto.h"
 
@@ -66,6 +67,9 @@ struct dd_server {
 	unsigned int emfile_logged;
 	struct dd_scanner *scanner;
 	struct dd_pstate_ctl pc;
+	struct dd_metrics *metrics; /* NULL: neither /metrics nor a textfile */
+	int mtfd;                   /* the metrics textfile timer (owned by metrics) */
+	char mt_error[512];         /* the last textfile error logged, to log it once */
 	struct conn *conns;
 	unsigned int nconns;
 	struct admin_ctx admin;
@@ -141,6 +145,9 @@ static void reload(struct dd_server *srv)
 		else
 			apply_conf(srv);
 		dd_pstate_reconfigure(&srv->pc, srv->o.conf);
+		if (srv->metrics)
+			dd_metrics_set_textfile(srv->metrics, srv->o.conf->metrics.textfile,
+						srv->o.conf->metrics.textfile_interval_sec);
 		log_info("configuration reloaded");
 	}
 	dd_conf_free(&next);
@@ -179,6 +186,62 @@ static int watchdog_timer(const struct dd_conf *c)
 	its.it_value = its.it_interval;
 	timerfd_settime(fd, 0, &its, NULL);
 	return fd;
+}
+
+/* ---- metrics ----------------------------------------------------------------- */
+
+/* The HTTP thread cannot read the pressure module: give it a copy. */
+static void metrics_pressure(struct dd_server *srv)
+{
+	if (srv->metrics)
+		dd_metrics_set_pressure(srv->metrics, srv->pc.p ? dd_pressure_get(srv->pc.p) : NULL,
+					srv->pc.transitions);
+}
+
+static void metrics_textfile(struct dd_server *srv)
+{
+	char err[512];
+	int r = dd_metrics_textfile_tick(srv->metrics, err, sizeof(err));
+
+	if (r < 0 && strcmp(err, srv->mt_error)) {
+		log_warning("%s, ignoring", err);
+		snprintf(srv->mt_error, sizeof(srv->mt_error), "%s", err);
+	} else if (r == 0 && srv->mt_error[0]) {
+		log_info("metrics textfile %s written again", srv->o.conf->metrics.textfile);
+		srv->mt_error[0] = 0;
+	}
+}
+
+/*
+ * Start the /metrics listener and the textfile timer. An address set on the
+ * command line or in the file must work; the built-in default is taken only
+ * if free, so that a second dedupd (tests, a demo next to the service) runs.
+ */
+static int metrics_start(struct dd_server *srv)
+{
+	const struct dd_conf_metrics *mc = &srv->o.conf->metrics;
+	struct dd_metrics_opts mo = { .scanner = srv->scanner, .listen = mc->listen,
+				      .textfile = mc->textfile,
+				      .textfile_interval_sec = mc->textfile_interval_sec };
+	char err[512];
+
+	srv->metrics = dd_metrics_new(&mo, err, sizeof(err));
+	if (!srv->metrics && mc->listen[0] && !srv->o.metrics_listen_required && errno != ENOMEM) {
+		log_warning("%s; running without /metrics (this is the built-in default: set "
+			    "[metrics] listen to another address, or \"\" to turn it off), ignoring",
+			    err);
+		mo.listen = NULL;
+		srv->metrics = dd_metrics_new(&mo, err, sizeof(err));
+	}
+	if (!srv->metrics) {
+		log_error("%s", err);
+		return -EINVAL;
+	}
+	srv->mtfd = dd_metrics_textfile_fd(srv->metrics);
+	metrics_pressure(srv);
+	if (dd_metrics_address(srv->metrics)[0])
+		log_info("metrics at http://%s/metrics", dd_metrics_address(srv->metrics));
+	return 0;
 }
 
 /* ---- agent channel (runs on the scan thread) ---------------------------- */
@@ -544,7 +607,7 @@ struct dd_server *dd_server_new(const struct dd_server_opts *o)
 	if (!srv)
 		return NULL;
 	srv->o = *o;
-	srv->lfd = srv->sfd = srv->ep = srv->wdfd = -1;
+	srv->lfd = srv->sfd = srv->ep = srv->wdfd = srv->mtfd = -1;
 	srv->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	srv->socket_path = strdup(o->conf->daemon.socket);
 	sigemptyset(&mask);
@@ -565,14 +628,20 @@ struct dd_server *dd_server_new(const struct dd_server_opts *o)
 		log_error("cannot create the scanner: %s", strerror(errno));
 		goto fail;
 	}
-	srv->lfd = listen_on(srv->socket_path, o->conf->daemon.socket_mode,
-			     o->conf->daemon.socket_group);
-	if (srv->lfd < 0)
-		goto fail;
 	if (dd_pstate_start(&srv->pc, o->conf, srv->ep) < 0)
 		goto fail;
 	dd_pstate_knobs(&srv->pc, o->conf, &knobs);
 	dd_scanner_set_knobs(srv->scanner, &knobs);
+	/* /metrics before the control socket: once dedupctl can connect, a
+	 * scrape works too. */
+	if (metrics_start(srv) < 0)
+		goto fail;
+	srv->lfd = listen_on(srv->socket_path, o->conf->daemon.socket_mode,
+			     o->conf->daemon.socket_group);
+	if (srv->lfd < 0)
+		goto fail;
+	ev.data.ptr = &srv->mtfd;
+	epoll_ctl(srv->ep, EPOLL_CTL_ADD, srv->mtfd, &ev);
 	ev.data.ptr = &srv->lfd;
 	epoll_ctl(srv->ep, EPOLL_CTL_ADD, srv->lfd, &ev);
 	ev.data.ptr = &srv->sfd;
@@ -584,6 +653,7 @@ struct dd_server *dd_server_new(const struct dd_server_opts *o)
 	srv->admin.apply_arg = srv;
 	srv->admin.pc = &srv->pc;
 	srv->admin.started = time(NULL);
+	srv->admin.metrics_address = dd_metrics_address(srv->metrics);
 	srv->wdfd = watchdog_timer(o->conf);
 	if (srv->wdfd >= 0) {
 		ev.data.ptr = &srv->wdfd;
@@ -596,8 +666,9 @@ struct dd_server *dd_server_new(const struct dd_server_opts *o)
 	}
 	log_info("listening on %s (pages_to_scan %u, sleep_millisecs %u)", srv->socket_path,
 		 knobs.pages_to_scan, knobs.sleep_millisecs);
-	sd_notifyf(0, "READY=1\nSTATUS=listening on %s\nMAINPID=%d", srv->socket_path,
-		   (int)getpid());
+	sd_notifyf(0, "READY=1\nSTATUS=listening on %s%s%s\nMAINPID=%d", srv->socket_path,
+		   dd_metrics_address(srv->metrics)[0] ? ", metrics on " : "",
+		   dd_metrics_address(srv->metrics), (int)getpid());
 	return srv;
 fail:
 	dd_server_free(srv);
@@ -620,10 +691,13 @@ int dd_server_run(struct dd_server *srv)
 				on_accept(srv);
 			} else if (p == &srv->wdfd) {
 				watchdog_tick(srv);
+			} else if (p == &srv->mtfd) {
+				metrics_textfile(srv);
 			} else if ((char *)p >= (char *)srv->pc.src &&
 				   (char *)p < (char *)(srv->pc.src + DD_PSTATE_MAX_SRC)) {
 				if (dd_pstate_ready(&srv->pc, p))
 					apply_conf(srv);
+				metrics_pressure(srv);
 			} else if (p == &srv->sfd) {
 				struct signalfd_siginfo si;
 
@@ -652,6 +726,10 @@ void dd_server_free(struct dd_server *srv)
 {
 	if (!srv)
 		return;
+	/* The HTTP thread reads the scanner: stop it first. No textfile of a
+	 * stopped daemon is left for node_exporter to serve. */
+	dd_metrics_remove_textfile(srv->metrics);
+	dd_metrics_free(srv->metrics);
 	if (srv->scanner)
 		dd_scanner_stop(srv->scanner); /* no merge in flight after this */
 	while (srv->conns)

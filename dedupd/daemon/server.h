@@ -16,6 +16,8 @@ struct dd_server_opts {
 	struct dd_conf *conf;          /* the running configuration; the server updates it */
 	const char *config_path;       /* NULL: the default path (may be missing) */
 	const char *const *overrides;  /* "key=value" from the command line, NULL-terminated */
+	bool metrics_listen_required;  /* metrics.listen was set explicitly: failing to bind
+					* it is fatal (the built-in default only warns) */
 };
 
 /*
