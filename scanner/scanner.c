@@ -109,6 +109,7 @@ struct dd_sclient {
 	uid_t uid;
 	int uffd;
 	int pagemap;
+	int mem; /* /proc/PID/mem */
 	char maps_path[32];
 	void *agent;
 	atomic_int refs;
@@ -269,6 +270,8 @@ static void client_put(struct dd_sclient *c)
 		close(c->uffd);
 	if (c->pagemap >= 0)
 		close(c->pagemap);
+	if (c->mem >= 0)
+		close(c->mem);
 	free(c->inflight);
 	free(c->expect);
 	free(c->pend);
@@ -341,7 +344,9 @@ struct dd_sclient *dd_scanner_add_client(struct dd_scanner *s, pid_t pid, uid_t 
 	snprintf(c->maps_path, sizeof(c->maps_path), "/proc/%d/maps", (int)pid);
 	snprintf(path, sizeof(path), "/proc/%d/pagemap", (int)pid);
 	c->pagemap = open(path, O_RDONLY | O_CLOEXEC);
-	if (c->pagemap < 0 || fcntl(uffd, F_SETFL, O_NONBLOCK) < 0) {
+	snprintf(path, sizeof(path), "/proc/%d/mem", (int)pid);
+	c->mem = open(path, O_RDONLY | O_CLOEXEC);
+	if (c->pagemap < 0 || c->mem < 0 || fcntl(uffd, F_SETFL, O_NONBLOCK) < 0) {
 		int e = errno;
 		c->uffd = -1; /* on failure the caller keeps it */
 		client_put(c);
@@ -769,12 +774,42 @@ static void pend_add(struct dd_sclient *c, struct dd_region *r, uint32_t idx, ui
 	pthread_mutex_unlock(&c->pend_lock);
 }
 
-static int read_page(pid_t pid, uint64_t addr, void *dst, size_t npages)
+/*
+ * Reading another process's memory. process_vm_readv() pins the pages, and a
+ * read-only pin of an anonymous page that another process still shares
+ * copy-on-write (a forked worker) makes the kernel unshare it: scanning would
+ * copy the very pages we are here to share. /proc/PID/mem does not pin (one
+ * more copy, through a bounce page), so pages that pagemap does not report as
+ * exclusively mapped are read through it.
+ */
+static bool pm_shared_anon(uint64_t pm)
+{
+	return (pm & DD_PM_PRESENT) && !(pm & DD_PM_FILE) && !(pm & DD_PM_EXCLUSIVE);
+}
+
+static int read_mem(const struct dd_sclient *c, uint64_t addr, void *dst, size_t npages)
+{
+	size_t len = npages * DD_PAGE_SIZE;
+
+	return pread(c->mem, dst, len, (off_t)addr) == (ssize_t)len ? 0 : -EFAULT;
+}
+
+/* Read npages from addr of client c, choosing the path page by page. */
+static int read_pages(const struct dd_sclient *c, uint64_t addr, void *dst, size_t npages)
 {
 	struct iovec l = { .iov_base = dst, .iov_len = npages * DD_PAGE_SIZE };
 	struct iovec rm = { .iov_base = (void *)(uintptr_t)addr, .iov_len = l.iov_len };
+	uint64_t pm[READ_BATCH];
+	bool shared = false;
 
-	return process_vm_readv(pid, &l, 1, &rm, 1, 0) == (ssize_t)l.iov_len ? 0 : -EFAULT;
+	if (npages <= READ_BATCH &&
+	    pread(c->pagemap, pm, npages * 8, (off_t)(addr / DD_PAGE_SIZE * 8)) ==
+		    (ssize_t)(npages * 8))
+		for (size_t i = 0; i < npages && !shared; i++)
+			shared = pm_shared_anon(pm[i]);
+	if (shared || npages > READ_BATCH)
+		return read_mem(c, addr, dst, npages);
+	return process_vm_readv(c->pid, &l, 1, &rm, 1, 0) == (ssize_t)l.iov_len ? 0 : -EFAULT;
 }
 
 struct stable_hit {
@@ -1003,7 +1038,7 @@ static void verify(struct dd_worker *w, struct dd_sclient *c, struct merge *q, s
 {
 	for (size_t i = 0, k; i < n; i += k) {
 		k = run_len(q, n, i, false);
-		if (read_page(c->pid, mq_addr(&q[i]), w->vbuf + i * DD_PAGE_SIZE, k) < 0)
+		if (read_pages(c, mq_addr(&q[i]), w->vbuf + i * DD_PAGE_SIZE, k) < 0)
 			for (size_t j = i; j < i + k; j++)
 				q[j].res = q[j].res ? q[j].res : -EFAULT;
 	}
@@ -1207,6 +1242,12 @@ static int scan_batch(struct dd_worker *w, struct dd_sclient *c, struct dd_regio
 			p->flags |= PGF_VOLATILE;
 		}
 		need[i] = true;
+		if (pm_shared_anon(pm[i])) { /* see read_pages(): never pin it */
+			if (read_mem(c, base + (uint64_t)i * DD_PAGE_SIZE,
+				     w->buf + (size_t)i * DD_PAGE_SIZE, 1) < 0)
+				need[i] = false;
+			continue;
+		}
 		if (niov && (char *)lv[niov - 1].iov_base + lv[niov - 1].iov_len ==
 				    (char *)w->buf + (size_t)i * DD_PAGE_SIZE) {
 			lv[niov - 1].iov_len += DD_PAGE_SIZE;
@@ -1218,11 +1259,18 @@ static int scan_batch(struct dd_worker *w, struct dd_sclient *c, struct dd_regio
 		}
 		want += DD_PAGE_SIZE;
 	}
-	if (!niov)
-		return 0;
-	got = process_vm_readv(c->pid, lv, niov, rv, niov, 0);
+	got = niov ? process_vm_readv(c->pid, lv, niov, rv, niov, 0) : 0;
 	if (got < 0)
 		return -errno;
+	/* Pages the readv did not reach (unmapped under us) are skipped. */
+	for (size_t v = 0, done = (size_t)got; v < niov; v++) {
+		size_t take = done < lv[v].iov_len ? done : lv[v].iov_len;
+		size_t first = (size_t)((uint8_t *)lv[v].iov_base - w->buf) / DD_PAGE_SIZE;
+
+		for (size_t j = take / DD_PAGE_SIZE; j < lv[v].iov_len / DD_PAGE_SIZE; j++)
+			need[first + j] = false;
+		done -= take;
+	}
 	for (uint32_t i = 0; i < n; i++) {
 		struct dd_page *p = &r->pages[idx0 + i];
 		const uint8_t *pg = w->buf + (size_t)i * DD_PAGE_SIZE;
@@ -1231,8 +1279,6 @@ static int scan_batch(struct dd_worker *w, struct dd_sclient *c, struct dd_regio
 
 		if (!need[i])
 			continue;
-		if ((ssize_t)((const uint8_t *)pg - w->buf) >= got)
-			break; /* the rest was unmapped under us */
 		scanned++;
 		csum = dd_page_hash(pg);
 		zero = s->knobs.zero_pages && !(p->flags & PGF_REMAPPED) && dd_page_is_zero(pg);
