@@ -906,9 +906,12 @@ static bool monitor_run(struct monitor *m, uint64_t until_ms, int fd)
 	return false;
 }
 
+/* For step(): only the child's answer matters, not the state. */
+#define ANY_STATE ((enum dd_pstate) - 1)
+
 /*
  * Send @op to the child and run the loop until it has answered and the state
- * is @want, within 2 s of the command (the crossing happens after the
+ * is @want (or ANY_STATE), within 2 s of the command (the crossing happens after the
  * command is sent, so this bounds the time from crossing to state change).
  */
 static void step(struct monitor *m, struct child *ch, char op, uint64_t arg, enum dd_pstate want,
@@ -920,7 +923,7 @@ static void step(struct monitor *m, struct child *ch, char op, uint64_t arg, enu
 	bool acked = false;
 
 	ck_assert_int_eq(write(ch->cmd_fd, &cmd, sizeof(cmd)), (ssize_t)sizeof(cmd));
-	while (!acked || s->state != want) {
+	while (!acked || (want != ANY_STATE && s->state != want)) {
 		if (!acked && monitor_run(m, deadline, ch->ack_fd)) {
 			ck_assert_int_eq(read(ch->ack_fd, &cmd, sizeof(cmd)), (ssize_t)sizeof(cmd));
 			acked = true;
@@ -928,7 +931,8 @@ static void step(struct monitor *m, struct child *ch, char op, uint64_t arg, enu
 		} else if (acked) {
 			monitor_run(m, dd_pressure_now_ms() + 10, -1);
 		}
-		ck_assert_msg(dd_pressure_now_ms() < deadline || (acked && s->state == want),
+		ck_assert_msg(dd_pressure_now_ms() < deadline ||
+				      (acked && (want == ANY_STATE || s->state == want)),
 			      "%s: %s after 2 s, want %s (free %u pm, usage %llu, acked %d, "
 			      "stalls/s %u, psi some %u full %u pm, last: %s)",
 			      what, dd_pstate_name(s->state), dd_pstate_name(want), s->free_pm,
@@ -955,7 +959,11 @@ static void real_pressure(bool use_bpf)
 {
 	const char *tag = use_bpf ? "bpf" : "psi";
 	const struct dd_pressure_snapshot *s;
-	struct dd_pressure_opts o = { .use_bpf = use_bpf, .stall_report_us = 1 }; /* every stall */
+	/* Every stall reported; no host PSI trigger: this cgroup's own reclaim
+	 * stalls count in the host's PSI, and a trigger firing escalates the state
+	 * a step for 2 s, racing the exact states expected here (PSI averages
+	 * still count). */
+	struct dd_pressure_opts o = { .use_bpf = use_bpf, .stall_report_us = 1, .psi_trigger = "" };
 	struct dd_pressure *p;
 	struct monitor m;
 	struct child ch;
@@ -1073,7 +1081,9 @@ START_TEST(test_bpf_loads)
 	before = s->memcg_reclaims;
 	child_start(&ch, &c, data);
 	monitor_start(&m, p, ch.ack_fd);
-	step(&m, &ch, 'F', c.limit - 320 * 1024, s->state, "read 16 MiB cgroup full");
+	/* Any state: the cgroup's own reclaim stalls count in the host's PSI, so
+	 * the trigger may fire and escalate; this test is about the counters. */
+	step(&m, &ch, 'F', c.limit - 320 * 1024, ANY_STATE, "read 16 MiB cgroup full");
 	dd_pressure_tick(p, dd_pressure_now_ms());
 	ck_assert_msg(s->memcg_reclaims > before, "memcg reclaim counter did not move");
 	ck_assert_uint_gt(s->memcg_stall_us, 0);
