@@ -577,6 +577,10 @@ static void child_main(const char *cgdir, const char *usage, uint64_t limit, con
 			sample(&w);
 			posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
 			sample(&w);
+			/* Back to the anon level set before the fill: a sanitizer
+			 * build may have grown its own heap meanwhile. */
+			if (cmd.arg && read_u64(usage) > cmd.arg)
+				child_adjust(&w, region, &touched, cmd.arg);
 		} else {
 			_exit(0);
 		}
@@ -926,7 +930,7 @@ static void real_pressure(enum mode mode)
 				      (unsigned long long)r.max_stalls,
 				      (unsigned long long)r.max_memcg);
 		}
-		step(&r, 'D', 0, +1, 250, "hard", "page cache dropped");
+		step(&r, 'D', usage_for(300), +1, 250, "hard", "page cache dropped");
 	}
 	step(&r, 'U', usage_for(525), +1, 450, "soft", "anon to 5.25% free");
 	step(&r, 'U', usage_for(5000), +1, 650, "high", "anon to 50% free");
