@@ -392,7 +392,10 @@ START_TEST(test_client_killed_mid_merge)
 	waitpid(a.pid, NULL, 0);
 	ck_assert(h_wait_stat(sock, "clients", 1, false, 5000));
 	c = kid_start(2);
-	ck_assert(h_wait_stat(sock, "pages_sharing", NDUP, false, 15000));
+	ck_assert_msg(h_wait_stat(sock, "pages_sharing", NDUP, false, 15000),
+		      "pages_sharing %lld, pages_shared %lld, want %u",
+		      (long long)h_stat(sock, "pages_sharing"), (long long)h_stat(sock, "pages_shared"),
+		      NDUP);
 	ck_assert_int_eq(h_stat(sock, "pages_shared"), NDUP);
 	ck_assert_int_eq(kid_cmd(&b, 'v'), 0);
 	ck_assert_int_eq(kid_cmd(&c, 'v'), 0);
