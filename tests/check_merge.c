@@ -641,6 +641,47 @@ START_TEST(test_scan_keeps_cow_pages_shared)
 }
 END_TEST
 
+/* A restarted daemon (crash, or systemctl restart) takes its clients back:
+ * libdedup reconnects and offers its ranges again, and the new daemon merges
+ * them into its own store. Nothing is lost meanwhile. */
+START_TEST(test_restart_readopts_clients)
+{
+	static const int sigs[] = { SIGKILL, SIGTERM };
+	struct kid k[2];
+
+	H_SKIP_UNLESS_ROOT();
+	for (unsigned i = 0; i < 2; i++)
+		k[i] = kid_start(i);
+	ck_assert(h_wait_stat(sock, "pages_sharing", NDUP, false, 15000));
+	ck_assert(h_wait_stat(sock, "zero_pages", 2 * NZERO, false, 15000));
+	for (unsigned round = 0; round < 2; round++) {
+		h_daemon_stop(daemon_pid, sigs[round]);
+		daemon_pid = h_daemon_start(sock, fast_args);
+		ck_assert_msg(h_wait_stat(sock, "clients", 2, false, 10000),
+			      "round %u: %lld clients came back", round,
+			      (long long)h_stat(sock, "clients"));
+		ck_assert_int_eq(h_stat(sock, "pages_registered"), 2 * NPAGES);
+		/* Nothing was un-shared: the merged duplicates still map the old
+		 * daemon's store (the clients' mappings keep it alive). Zero pages
+		 * may be back as anonymous pages after the last round's verify. */
+		for (unsigned i = 0; i < 2; i++)
+			ck_assert_uint_le(kid_cmd(&k[i], 'a'), NPAGES - NDUP);
+		/* Touching them (verify reads every byte) makes them present;
+		 * the new daemon then merges them into its own store. */
+		for (unsigned i = 0; i < 2; i++)
+			ck_assert_int_eq(kid_cmd(&k[i], 'v'), 0);
+		ck_assert_msg(h_wait_stat(sock, "pages_sharing", NDUP, false, 15000),
+			      "round %u: pages_sharing %lld", round,
+			      (long long)h_stat(sock, "pages_sharing"));
+		ck_assert(h_wait_stat(sock, "zero_pages", 2 * NZERO, false, 15000));
+		for (unsigned i = 0; i < 2; i++)
+			ck_assert_int_eq(kid_cmd(&k[i], 'v'), 0);
+	}
+	for (unsigned i = 0; i < 2; i++)
+		kid_stop(&k[i]);
+}
+END_TEST
+
 /* Run dd-workload --ksm (plain madvise(MADV_MERGEABLE)) under the preload. */
 static pid_t run_preloaded(const char *socket_path, int *out_fd)
 {
@@ -710,6 +751,7 @@ static Suite *merge_suite(void)
 	tcase_add_test(tc, test_sigterm_leaves_clients_intact);
 	tcase_add_test(tc, test_vma_budget_holds);
 	tcase_add_test(tc, test_scan_keeps_cow_pages_shared);
+	tcase_add_test(tc, test_restart_readopts_clients);
 	tcase_add_test(tc, test_preload_routes_madvise);
 	tcase_add_test(tc, test_preload_falls_back_without_daemon);
 	suite_add_tcase(s, tc);

@@ -37,6 +37,8 @@ struct dd_agent {
 	pthread_t thread;
 	void *stack;
 	atomic_bool alive;
+	atomic_bool stopping; /* dd_agent_stop(): no reconnect */
+	dd_agent_lost_fn lost;
 };
 
 struct store_fd {
@@ -139,6 +141,8 @@ static void *agent_main(void *arg)
 	for (int i = 0; i < nstores; i++)
 		close(stores[i].fd);
 	atomic_store(&a->alive, false);
+	if (!atomic_load(&a->stopping) && a->lost)
+		a->lost(); /* nothing is frozen any more: the daemon is gone */
 	return NULL;
 }
 
@@ -163,7 +167,7 @@ static int agent_hello(int sock, uint64_t client_id, uint64_t token)
 }
 
 int dd_agent_start(const char *sock_path, uint64_t client_id, uint64_t token,
-		   struct dd_agent **out)
+		   dd_agent_lost_fn lost, struct dd_agent **out)
 {
 	struct dd_agent *a = calloc(1, sizeof(*a));
 	sigset_t all, old;
@@ -174,6 +178,7 @@ int dd_agent_start(const char *sock_path, uint64_t client_id, uint64_t token,
 		return -ENOMEM;
 	a->sock = a->pagemap = -1;
 	a->stack = MAP_FAILED;
+	a->lost = lost;
 	r = dd_sock_connect(sock_path);
 	if (r < 0)
 		goto fail;
@@ -216,6 +221,7 @@ void dd_agent_stop(struct dd_agent *a)
 {
 	if (!a)
 		return;
+	atomic_store(&a->stopping, true);
 	if (a->sock >= 0)
 		shutdown(a->sock, SHUT_RDWR);
 	if (a->stack != MAP_FAILED)

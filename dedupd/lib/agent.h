@@ -12,9 +12,13 @@
 
 struct dd_agent;
 
+/* Called on the agent thread, once, when the daemon goes away (not after
+ * dd_agent_stop()). It must not wait for the agent thread. */
+typedef void (*dd_agent_lost_fn)(void);
+
 /* Connect the agent channel and start the thread. 0 or -errno. */
 int dd_agent_start(const char *sock_path, uint64_t client_id, uint64_t token,
-		   struct dd_agent **out);
+		   dd_agent_lost_fn lost, struct dd_agent **out);
 
 /* Stop the thread and close its connection; NULL-safe. */
 void dd_agent_stop(struct dd_agent *a);

@@ -6,8 +6,14 @@
  * g.lock) and one agent connection served by the agent thread (agent.c). The
  * userfaultfd is created here, handed to dedupd in HELLO and closed: only the
  * daemon holds it, so if dedupd dies the kernel releases it and wakes every
- * writer that was frozen (DESIGN.md §4). Registered ranges are remembered so
- * that a reconnect after a daemon restart can offer them again.
+ * writer that was frozen (DESIGN.md §4).
+ *
+ * Registered ranges are remembered. When the agent sees the daemon go away, a
+ * detached thread reconnects (0.2 s, doubling to 5 s, for as long as it takes)
+ * and offers them again, so a restarted dedupd (systemctl restart, or
+ * Restart=on-failure after a crash) takes its clients back. Pages merged by the
+ * old daemon stay shared meanwhile; the new one merges them into its own store.
+ * DEDUP_RECONNECT=0 turns this off; dedup_shutdown() stops it.
  */
 #include "dedupd/lib/dedup.h"
 #include "dedupd/lib/agent.h"
@@ -17,6 +23,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,13 +34,24 @@
 
 #define REQUEST_TIMEOUT_MS 30000
 
+struct range {
+	uint64_t addr, len;
+	struct dedup_opts opts;
+};
+
 static struct {
 	pthread_mutex_t lock;
 	int ctl;
 	uint32_t seq;
 	struct dd_agent *agent;
 	bool atfork_done;
+	bool shut;		/* dedup_shutdown(): no reconnect */
+	atomic_bool reconnecting; /* a reconnect thread runs */
+	struct range *ranges;	/* what this process registered */
+	size_t nranges, capranges;
 } g = { .lock = PTHREAD_MUTEX_INITIALIZER, .ctl = -1 };
+
+static void agent_lost(void);
 
 static __thread char errbuf[512];
 
@@ -143,6 +161,8 @@ static void atfork_child(void)
 	g.ctl = -1;
 	dd_agent_forget(g.agent);
 	g.agent = NULL;
+	g.nranges = 0; /* the parent's registrations are not the child's */
+	atomic_store(&g.reconnecting, false);
 	pthread_mutex_init(&g.lock, NULL);
 }
 
@@ -177,7 +197,7 @@ static int connect_locked(void)
 	close(uffd); /* only dedupd holds it from now on */
 	if (r < 0)
 		goto fail;
-	r = dd_agent_start(socket_path(), idtok[0], idtok[1], &g.agent);
+	r = dd_agent_start(socket_path(), idtok[0], idtok[1], agent_lost, &g.agent);
 	if (r < 0) {
 		set_err("cannot start the dedup agent: %s", strerror(-r));
 		goto fail;
@@ -188,28 +208,126 @@ fail:
 	return r;
 }
 
-int dedup_register(void *addr, size_t len, const struct dedup_opts *opts)
+static int send_register(uint64_t addr, uint64_t len, const struct dedup_opts *opts)
 {
-	struct dd_msg_register m = { .addr = (uintptr_t)addr, .len = len };
-	int r;
+	struct dd_msg_register m = { .addr = addr, .len = len };
 
-	errbuf[0] = 0;
 	if (opts) {
 		m.policy = opts->domain;
 		m.salt = opts->salt;
 		m.min_bytes = opts->min_bytes;
 		m.shares = opts->shares;
 	}
+	dd_msg_init(&m.h, DD_MSG_REGISTER, sizeof(m), ++g.seq);
+	return request(&m, sizeof(m), -1, NULL);
+}
+
+static void remember(uint64_t addr, uint64_t len, const struct dedup_opts *opts)
+{
+	if (g.nranges == g.capranges) {
+		size_t cap = g.capranges ? g.capranges * 2 : 16;
+		struct range *v = realloc(g.ranges, cap * sizeof(*v));
+
+		if (!v)
+			return; /* only a reconnect would miss it */
+		g.ranges = v;
+		g.capranges = cap;
+	}
+	g.ranges[g.nranges++] = (struct range){ addr, len, opts ? *opts : (struct dedup_opts){ 0 } };
+}
+
+static void forget(uint64_t addr, uint64_t len)
+{
+	for (size_t i = 0; i < g.nranges; i++)
+		if (g.ranges[i].addr == addr && g.ranges[i].len == len) {
+			g.ranges[i] = g.ranges[--g.nranges];
+			return;
+		}
+}
+
+int dedup_register(void *addr, size_t len, const struct dedup_opts *opts)
+{
+	int r;
+
+	errbuf[0] = 0;
 	pthread_mutex_lock(&g.lock);
+	g.shut = false;
 	r = connect_locked();
 	if (r == 0) {
-		dd_msg_init(&m.h, DD_MSG_REGISTER, sizeof(m), ++g.seq);
-		r = request(&m, sizeof(m), -1, NULL);
+		r = send_register((uintptr_t)addr, len, opts);
+		if (r == 0)
+			remember((uintptr_t)addr, len, opts);
 		if (r == -ECONNRESET || r == -EPIPE || r == -ETIMEDOUT)
 			disconnect_locked();
 	}
 	pthread_mutex_unlock(&g.lock);
 	return r;
+}
+
+/* ---- reconnecting after a daemon restart --------------------------------- */
+
+/* Offer the remembered ranges again; drop those the new daemon refuses
+ * (unmapped meanwhile, say). g.lock held, connected. */
+static void reregister_locked(void)
+{
+	for (size_t i = 0; i < g.nranges;) {
+		int r = send_register(g.ranges[i].addr, g.ranges[i].len, &g.ranges[i].opts);
+
+		if (r == -ECONNRESET || r == -EPIPE || r == -ETIMEDOUT)
+			return;
+		if (r < 0 && r != -EEXIST)
+			g.ranges[i] = g.ranges[--g.nranges];
+		else
+			i++;
+	}
+}
+
+static void *reconnect_main(void *arg)
+{
+	unsigned wait_ms = 200;
+
+	(void)arg;
+	for (;;) {
+		struct timespec ts = { wait_ms / 1000, (long)(wait_ms % 1000) * 1000000L };
+		bool done;
+
+		nanosleep(&ts, NULL);
+		pthread_mutex_lock(&g.lock);
+		if (g.shut || !g.nranges) { /* shut down, or nothing to offer */
+			done = true;
+		} else {
+			disconnect_locked(); /* joins the old agent, which has ended */
+			done = connect_locked() == 0;
+			if (done)
+				reregister_locked();
+		}
+		if (done)
+			atomic_store(&g.reconnecting, false);
+		pthread_mutex_unlock(&g.lock);
+		if (done)
+			return NULL;
+		wait_ms = wait_ms * 2 > 5000 ? 5000 : wait_ms * 2;
+	}
+}
+
+/*
+ * On the agent thread: the daemon went away. It takes no lock: an application
+ * thread holding g.lock may be joining this very thread (disconnect_locked);
+ * the reconnect thread checks g.shut and the ranges under the lock itself.
+ */
+static void agent_lost(void)
+{
+	const char *env = getenv("DEDUP_RECONNECT");
+	pthread_attr_t attr;
+	pthread_t t;
+
+	if ((env && !strcmp(env, "0")) || atomic_exchange(&g.reconnecting, true))
+		return;
+	pthread_attr_init(&attr);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	if (pthread_create(&t, &attr, reconnect_main, NULL) != 0)
+		atomic_store(&g.reconnecting, false);
+	pthread_attr_destroy(&attr);
 }
 
 int dedup_unregister(void *addr, size_t len)
@@ -219,6 +337,7 @@ int dedup_unregister(void *addr, size_t len)
 
 	errbuf[0] = 0;
 	pthread_mutex_lock(&g.lock);
+	forget((uintptr_t)addr, len);
 	if (g.ctl >= 0) {
 		dd_msg_init(&m.h, DD_MSG_UNREGISTER, sizeof(m), ++g.seq);
 		r = request(&m, sizeof(m), -1, NULL);
@@ -242,6 +361,8 @@ int dedup_connected(void)
 void dedup_shutdown(void)
 {
 	pthread_mutex_lock(&g.lock);
+	g.shut = true;
+	g.nranges = 0;
 	disconnect_locked();
 	pthread_mutex_unlock(&g.lock);
 }
