@@ -664,6 +664,15 @@ struct dd_server *dd_server_new(const struct dd_server_opts *o)
 		dd_log_errno(DD_LOG_ERR, r, "cannot start the scanner threads");
 		goto fail;
 	}
+	/* Accepted by the configuration, not enforced yet: say so rather than
+	 * ignore them silently. */
+	if (o->conf->daemon.admin_group[0])
+		log_warning("admin_group '%s' is not enforced yet: changing commands still need "
+			    "root, ignoring", o->conf->daemon.admin_group);
+	if (!o->conf->daemon.readonly_open)
+		log_warning("readonly_open = no is not enforced yet: read-only commands stay "
+			    "open to whoever may connect to the socket (socket_mode, "
+			    "socket_group), ignoring");
 	log_info("listening on %s (pages_to_scan %u, sleep_millisecs %u)", srv->socket_path,
 		 knobs.pages_to_scan, knobs.sleep_millisecs);
 	sd_notifyf(0, "READY=1\nSTATUS=listening on %s%s%s\nMAINPID=%d", srv->socket_path,
