@@ -572,6 +572,30 @@ static int parse_bool(const char *v, bool *out)
 	return -EINVAL;
 }
 
+/*
+ * The whole number at the start of v, and where its unit starts (blanks
+ * skipped). 1 on success; 0 if the number is too large for 64 bits (the
+ * caller reports it out of range); -EINVAL with a sentence in why if there is
+ * no whole number.
+ */
+static int number_and_unit(const char *v, uint64_t *n, const char **unit, const char *units,
+			   char *why, size_t len)
+{
+	const char *end = v;
+	int r = parse_u64(v, &end, n);
+
+	if (r == -EINVAL || (r == 0 && *end == '.')) {
+		snprintf(why, len, "expected a whole number, optionally with a unit (%s)", units);
+		return -EINVAL;
+	}
+	if (r < 0)
+		return 0;
+	while (*end == ' ' || *end == '\t')
+		end++;
+	*unit = end;
+	return 1;
+}
+
 /* A whole number with an optional time unit, in the unit of the key
  * (unit_ms: 1 for milliseconds, 1000 for seconds). */
 static int parse_duration(const char *v, uint64_t unit_ms, uint64_t *out, char *why, size_t len)
@@ -581,23 +605,14 @@ static int parse_duration(const char *v, uint64_t unit_ms, uint64_t *out, char *
 		uint64_t ms;
 	} units[] = { { "ms", 1 },    { "s", 1000 },	{ "sec", 1000 },
 		      { "m", 60000 }, { "min", 60000 }, { "h", 3600000 } };
-	const char *end = v;
+	const char *end;
 	uint64_t n;
-	int r;
+	int r = number_and_unit(v, &n, &end, "ms, s, min, h", why, len);
 
-	r = parse_u64(v, &end, &n);
-	if (r == -EINVAL || (r == 0 && *end == '.')) {
-		snprintf(why, len,
-			 "expected a whole number, optionally with a unit (ms, s, min, "
-			 "h)");
-		return -EINVAL;
+	if (r <= 0) {
+		*out = UINT64_MAX; /* r == 0: too large for any unit, out of range */
+		return r;
 	}
-	if (r < 0) { /* too large for any unit: out of range */
-		*out = UINT64_MAX;
-		return 0;
-	}
-	while (*end == ' ' || *end == '\t')
-		end++;
 	if (!*end) {
 		*out = n;
 		return 0;
@@ -627,23 +642,14 @@ static int parse_size(const char *v, uint64_t *out, char *why, size_t len)
 	static const char *const units[] = {
 		"", "B", "K", "KiB", "M", "MiB", "G", "GiB", "T", "TiB"
 	};
-	const char *end = v;
+	const char *end;
 	uint64_t n;
-	int r;
+	int r = number_and_unit(v, &n, &end, "K, M, G, T, KiB, MiB, GiB, TiB", why, len);
 
-	r = parse_u64(v, &end, &n);
-	if (r == -EINVAL || (r == 0 && *end == '.')) {
-		snprintf(why, len,
-			 "expected a whole number, optionally with a unit (K, M, G, "
-			 "T, KiB, MiB, GiB, TiB)");
-		return -EINVAL;
+	if (r <= 0) {
+		*out = UINT64_MAX; /* r == 0: too large for any unit, out of range */
+		return r;
 	}
-	if (r < 0) {
-		*out = UINT64_MAX;
-		return 0;
-	}
-	while (*end == ' ' || *end == '\t')
-		end++;
 	for (size_t i = 0; i < ARRAY_SIZE(units); i++) {
 		unsigned shift = (unsigned)(i / 2) * 10;
 

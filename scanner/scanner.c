@@ -188,7 +188,6 @@ struct dd_scanner {
 	pthread_t scan_thread, fault_thread;
 	bool running;
 	atomic_bool stop;
-	int wake_fd;    /* eventfd: wakes the scan thread (stop, knobs changed) */
 	int fault_wake; /* eventfd in fault_ep: stop, or a sync request */
 	int fault_ep;   /* epoll over the clients' uffds + fault_wake */
 	uint64_t last_gc_ms;
@@ -214,7 +213,7 @@ struct dd_scanner {
 	struct timespec pass_start;
 	/* statistics */
 	atomic_uint_fast64_t pages_scanned, full_scans, merges, merge_failed, cow_breaks,
-		pages_volatile, zero_pages, faults, vmas_added, unstable_count, last_pass_ms,
+		pages_volatile, zero_pages, faults, unstable_count, last_pass_ms,
 		scan_cpu_ns, registered, nregions;
 };
 
@@ -831,8 +830,6 @@ static int stable_visit(struct dd_table_node *tn, void *arg)
 }
 
 struct unstable_hit {
-	struct dd_scanner *s;
-	const void *page;
 	struct dd_region *self;
 	uint32_t self_idx;
 	struct dd_unstable *node;
@@ -946,7 +943,7 @@ static void match_page(struct dd_worker *w, struct dd_region *r, uint32_t idx, c
 	struct dd_scanner *s = w->s;
 	struct dd_page *p = &r->pages[idx];
 	struct stable_hit sh = { .page = page };
-	struct unstable_hit uh = { .s = s, .page = page, .self = r, .self_idx = idx };
+	struct unstable_hit uh = { .self = r, .self_idx = idx };
 	struct dd_unstable *u;
 	int64_t slot;
 
@@ -1219,7 +1216,7 @@ static int scan_batch(struct dd_worker *w, struct dd_sclient *c, struct dd_regio
 	bool need[READ_BATCH];
 	size_t niov = 0;
 	uint64_t scanned = 0;
-	ssize_t got, want = 0;
+	ssize_t got;
 	uint16_t gen = (uint16_t)atomic_load(&s->full_scans);
 
 	if (pread(c->pagemap, pm, n * sizeof(pm[0]), (off_t)(base / DD_PAGE_SIZE * 8)) !=
@@ -1257,7 +1254,6 @@ static int scan_batch(struct dd_worker *w, struct dd_sclient *c, struct dd_regio
 			rv[niov++] = (struct iovec){ (void *)(uintptr_t)(base + i * DD_PAGE_SIZE),
 						     DD_PAGE_SIZE };
 		}
-		want += DD_PAGE_SIZE;
 	}
 	got = niov ? process_vm_readv(c->pid, lv, niov, rv, niov, 0) : 0;
 	if (got < 0)
@@ -1330,7 +1326,6 @@ static int scan_batch(struct dd_worker *w, struct dd_sclient *c, struct dd_regio
 	}
 	atomic_fetch_add(&s->pages_scanned, scanned);
 	atomic_fetch_add(&s->pass_volatile, vol);
-	(void)want;
 	return 0;
 }
 
@@ -1624,7 +1619,6 @@ struct dd_scanner *dd_scanner_new(const struct dd_scan_knobs *k, const struct dd
 	s->knobs = *k;
 	s->ops = *ops;
 	the_scanner = s;
-	s->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	s->fault_wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	s->fault_ep = epoll_create1(EPOLL_CLOEXEC);
 	s->stable = dd_table_new(1 << 12);
@@ -1644,7 +1638,7 @@ struct dd_scanner *dd_scanner_new(const struct dd_scan_knobs *k, const struct dd
 		w->vbuf = malloc((size_t)MAX_MERGE * DD_PAGE_SIZE);
 		w->mq = calloc(MAX_MERGE, sizeof(*w->mq));
 	}
-	if (s->wake_fd < 0 || s->fault_wake < 0 || s->fault_ep < 0 || !s->stable ||
+	if (s->fault_wake < 0 || s->fault_ep < 0 || !s->stable ||
 	    !s->unstable || !s->workers || !workers_ok(s) ||
 	    epoll_ctl(s->fault_ep, EPOLL_CTL_ADD, s->fault_wake, &ev) < 0) {
 		dd_scanner_free(s);
@@ -1723,8 +1717,6 @@ void dd_scanner_free(struct dd_scanner *s)
 	rcu_barrier();
 	dd_table_free(s->stable);
 	dd_table_free(s->unstable);
-	if (s->wake_fd >= 0)
-		close(s->wake_fd);
 	if (s->fault_wake >= 0)
 		close(s->fault_wake);
 	if (s->fault_ep >= 0)

@@ -94,6 +94,17 @@ static void fixed(FILE *f, uint64_t v, unsigned digits)
 	fprintf(f, "%" PRIu64 ".%0*" PRIu64 "\n", v / div, (int)digits, v % div);
 }
 
+/* A PSI family with its "some" and "full" samples, v/10^digits each. */
+static void psi_family(FILE *f, const char *name, const char *type, const char *help,
+		       uint64_t some, uint64_t full, unsigned digits)
+{
+	family(f, name, type, help);
+	fprintf(f, "%s{kind=\"some\"} ", name);
+	fixed(f, some, digits);
+	fprintf(f, "%s{kind=\"full\"} ", name);
+	fixed(f, full, digits);
+}
+
 static void gauge_fixed(FILE *f, const char *name, const char *help, uint64_t v, unsigned digits)
 {
 	family(f, name, "gauge", help);
@@ -228,24 +239,15 @@ static void format_pressure(FILE *f, const struct dd_metrics_snapshot *s)
 		      p->total_bytes);
 	}
 	if (p->psi_valid) {
-		family(f, "dedupd_psi_memory_avg10_ratio", "gauge",
-		       "PSI memory pressure, share of the last 10 s with stalled tasks.");
-		fprintf(f, "dedupd_psi_memory_avg10_ratio{kind=\"some\"} ");
-		fixed(f, p->psi_some_avg10_pm, 4);
-		fprintf(f, "dedupd_psi_memory_avg10_ratio{kind=\"full\"} ");
-		fixed(f, p->psi_full_avg10_pm, 4);
-		family(f, "dedupd_psi_memory_avg60_ratio", "gauge",
-		       "PSI memory pressure, share of the last 60 s with stalled tasks.");
-		fprintf(f, "dedupd_psi_memory_avg60_ratio{kind=\"some\"} ");
-		fixed(f, p->psi_some_avg60_pm, 4);
-		fprintf(f, "dedupd_psi_memory_avg60_ratio{kind=\"full\"} ");
-		fixed(f, p->psi_full_avg60_pm, 4);
-		family(f, "dedupd_psi_memory_stalled_seconds_total", "counter",
-		       "PSI memory: total time some or all tasks were stalled.");
-		fprintf(f, "dedupd_psi_memory_stalled_seconds_total{kind=\"some\"} ");
-		fixed(f, p->psi_some_total_us, 6);
-		fprintf(f, "dedupd_psi_memory_stalled_seconds_total{kind=\"full\"} ");
-		fixed(f, p->psi_full_total_us, 6);
+		psi_family(f, "dedupd_psi_memory_avg10_ratio", "gauge",
+			   "PSI memory pressure, share of the last 10 s with stalled tasks.",
+			   p->psi_some_avg10_pm, p->psi_full_avg10_pm, 4);
+		psi_family(f, "dedupd_psi_memory_avg60_ratio", "gauge",
+			   "PSI memory pressure, share of the last 60 s with stalled tasks.",
+			   p->psi_some_avg60_pm, p->psi_full_avg60_pm, 4);
+		psi_family(f, "dedupd_psi_memory_stalled_seconds_total", "counter",
+			   "PSI memory: total time some or all tasks were stalled.",
+			   p->psi_some_total_us, p->psi_full_total_us, 6);
 	}
 	if (p->bpf_active) {
 		counter(f, "dedupd_reclaim_stalls_total",
