@@ -23,7 +23,7 @@ else
 Q := @
 endif
 
-PKGS := liburcu-cds liburcu libbpf libsystemd inih json-c libmicrohttpd libxxhash
+PKGS := liburcu-cds liburcu libbpf libsystemd inih json-c libmicrohttpd libxxhash libcurl
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 CHECK_LIBS = $(shell pkg-config --libs check 2>/dev/null)
@@ -49,6 +49,7 @@ BPF_SRC     := $(filter-out %.bpf.c,$(wildcard bpf/*.c))
 CONF_SRC    := $(wildcard conf/*.c)
 COMMON_SRC  := $(wildcard dedupd/common/*.c)
 DAEMON_SRC  := $(filter-out dedupd/daemon/main.c,$(wildcard dedupd/daemon/*.c))
+RECLAIM_SRC := $(wildcard dedupd/reclaim/*.c)
 LIB_SRC     := $(wildcard dedupd/lib/*.c)
 PRELOAD_SRC := $(wildcard dedupd/preload/*.c)
 CTL_SRC     := $(wildcard dedupd/ctl/*.c)
@@ -57,7 +58,7 @@ TEST_SRC    := $(wildcard tests/check_*.c)
 
 obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 SKELS     := $(patsubst bpf/%.bpf.c,$(BUILD)/bpf/%.skel.h,$(BPF_PROGS))
-CORE_OBJS := $(call obj,$(HASH_SRC) $(SCANNER_SRC) $(BPF_SRC) $(CONF_SRC) $(COMMON_SRC) $(DAEMON_SRC))
+CORE_OBJS := $(call obj,$(HASH_SRC) $(SCANNER_SRC) $(BPF_SRC) $(CONF_SRC) $(COMMON_SRC) $(RECLAIM_SRC) $(DAEMON_SRC))
 LIB_OBJS  := $(call obj,$(LIB_SRC) $(COMMON_SRC))
 CORE_LIB  := $(BUILD)/libdd-core.a
 LIBDEDUP  := $(BUILD)/libdedup.so

@@ -17,6 +17,7 @@ libsystemd-dev
 libinih-dev
 libjson-c-dev
 libmicrohttpd-dev
+libcurl4-openssl-dev
 "
 # Tests only (check_ops): promtool checks the /metrics exposition (Debian ships
 # it in the prometheus package, ~95 MB; its service is not started without

@@ -153,6 +153,9 @@ static const struct knob knobs[] = {
 	{ F(reclaim, balloon), .kind = K_BOOL, .reloadable = true },
 	{ F(reclaim, pageout), .kind = K_BOOL, .reloadable = true },
 	{ F(reclaim, throttle), .kind = K_BOOL, .reloadable = true },
+	{ F(reclaim, client_overhead_bytes), .kind = K_SIZE, RANGE(0, SZ(40)), .reloadable = true },
+	{ F(reclaim, balloon_timeout_millisecs), .kind = K_MSEC, RANGE(10, 60000),
+	  .reloadable = true },
 	/* [metrics] */
 	{ STR(metrics, listen, check_listen) },
 	{ STR(metrics, textfile, check_textfile), .reloadable = true },
@@ -223,6 +226,8 @@ void dd_conf_init(struct dd_conf *c)
 			.balloon = true,
 			.pageout = true,
 			.throttle = true,
+			.client_overhead_bytes = 32 << 20,
+			.balloon_timeout_millisecs = 2000,
 		},
 		.metrics = {
 			.listen = "127.0.0.1:9848",

@@ -115,6 +115,8 @@ struct dd_conf_reclaim {
 	bool balloon;		    /* soft state and worse: inflate balloons */
 	bool pageout;		    /* hard and worse: MADV_PAGEOUT idle pages */
 	bool throttle;		    /* low: hold clients to target with cgroup limits */
+	uint64_t client_overhead_bytes;	   /* admission: charged per client besides its min */
+	uint32_t balloon_timeout_millisecs; /* a balloon backend's answer, per call */
 };
 
 /* [metrics] */

@@ -132,6 +132,9 @@ struct dd_sclient {
 	pthread_mutex_t pend_lock;
 	struct pend *pend;
 	size_t npend, cappend;
+	/* active-memory sample (lock): pages write-protected to see writes */
+	uint64_t *sample;
+	uint32_t nsample;
 	struct dd_sclient *next;
 };
 
@@ -274,6 +277,7 @@ static void client_put(struct dd_sclient *c)
 	free(c->inflight);
 	free(c->expect);
 	free(c->pend);
+	free(c->sample);
 	pthread_mutex_destroy(&c->lock);
 	pthread_mutex_destroy(&c->fault_lock);
 	pthread_mutex_destroy(&c->pend_lock);
@@ -1834,4 +1838,178 @@ void dd_scanner_regions(struct dd_scanner *s, void (*fn)(const struct dd_region_
 		pthread_mutex_unlock(&c->lock);
 		client_put(c);
 	}
+}
+
+/* ---- active-memory sampling ------------------------------------------- */
+
+static struct dd_sclient *client_by_id(struct dd_scanner *s, uint64_t id)
+{
+	struct dd_sclient *c;
+
+	pthread_mutex_lock(&s->lock);
+	for (c = s->clients; c && c->id != id; c = c->next)
+		;
+	if (c)
+		atomic_fetch_add(&c->refs, 1);
+	pthread_mutex_unlock(&s->lock);
+	return c;
+}
+
+/* The region of c holding addr and its record (c->lock held). */
+static struct dd_page *page_at(struct dd_sclient *c, uint64_t addr)
+{
+	for (struct dd_region *r = c->regions; r; r = r->next)
+		if (!r->dead && addr >= r->start &&
+		    addr < r->start + (uint64_t)r->npages * DD_PAGE_SIZE)
+			return &r->pages[(addr - r->start) / DD_PAGE_SIZE];
+	return NULL;
+}
+
+static bool sampleable(const struct dd_page *p)
+{
+	return p && p->state != PG_MERGED && p->state != PG_ZERO && p->state != PG_GONE;
+}
+
+static uint64_t xorshift(uint64_t *x)
+{
+	*x ^= *x << 13;
+	*x ^= *x >> 7;
+	*x ^= *x << 17;
+	return *x;
+}
+
+/* A random registered page of c, uniformly over all its pages (c->lock held). */
+static uint64_t random_page(struct dd_sclient *c, uint64_t total, uint64_t *rng)
+{
+	uint64_t k = xorshift(rng) % total;
+
+	for (struct dd_region *r = c->regions; r; r = r->next) {
+		if (r->dead)
+			continue;
+		if (k < r->npages)
+			return r->start + k * DD_PAGE_SIZE;
+		k -= r->npages;
+	}
+	return 0;
+}
+
+static bool pm_entry(struct dd_sclient *c, uint64_t addr, uint64_t *pm)
+{
+	off_t off = (off_t)(addr / DD_PAGE_SIZE * sizeof(uint64_t));
+
+	return pread(c->pagemap, pm, sizeof(*pm), off) == (ssize_t)sizeof(*pm);
+}
+
+static void sample_drop(struct dd_sclient *c)
+{
+	for (uint32_t i = 0; i < c->nsample; i++) {
+		uint64_t pm;
+
+		pthread_mutex_lock(&c->fault_lock);
+		if (!ranges_hit(c->inflight, c->ninflight, c->sample[i]) &&
+		    pm_entry(c, c->sample[i], &pm) && (pm & DD_PM_UFFD_WP))
+			wp_off(c->uffd, c->sample[i], DD_PAGE_SIZE);
+		pthread_mutex_unlock(&c->fault_lock);
+	}
+	c->nsample = 0;
+}
+
+int dd_scanner_sample_begin(struct dd_scanner *s, uint64_t client_id, uint32_t n, uint64_t seed)
+{
+	struct dd_sclient *c = client_by_id(s, client_id);
+	uint64_t total = 0, rng = seed | 1;
+	uint32_t tries;
+	int r = 0;
+
+	if (!c)
+		return -ESRCH;
+	pthread_mutex_lock(&c->lock);
+	sample_drop(c);
+	for (struct dd_region *g = c->regions; g; g = g->next)
+		total += g->dead ? 0 : g->npages;
+	free(c->sample);
+	c->sample = n && total ? calloc(n, sizeof(*c->sample)) : NULL;
+	if (n && total && !c->sample)
+		r = -ENOMEM;
+	/* Resident, unmerged pages only: up to 8 draws per wanted page, so a
+	 * mostly empty client yields a smaller sample instead of a long loop. */
+	for (tries = 0; c->sample && c->nsample < n && tries < 8 * n; tries++) {
+		uint64_t a = random_page(c, total, &rng), pm;
+		struct uffdio_writeprotect wp = { .range = { a, DD_PAGE_SIZE },
+						  .mode = UFFDIO_WRITEPROTECT_MODE_WP };
+		bool dup = false;
+
+		for (uint32_t i = 0; i < c->nsample && !dup; i++)
+			dup = c->sample[i] == a;
+		if (dup || !sampleable(page_at(c, a)) || !pm_entry(c, a, &pm) ||
+		    (pm & (DD_PM_PRESENT | DD_PM_FILE | DD_PM_UFFD_WP)) != DD_PM_PRESENT)
+			continue;
+		if (ioctl(c->uffd, UFFDIO_WRITEPROTECT, &wp) == 0)
+			c->sample[c->nsample++] = a;
+	}
+	if (!r)
+		r = (int)c->nsample;
+	pthread_mutex_unlock(&c->lock);
+	client_put(c);
+	return r;
+}
+
+int dd_scanner_sample_end(struct dd_scanner *s, uint64_t client_id, uint32_t *touched)
+{
+	struct dd_sclient *c = client_by_id(s, client_id);
+	uint32_t valid = 0;
+
+	*touched = 0;
+	if (!c)
+		return -ESRCH;
+	pthread_mutex_lock(&c->lock);
+	for (uint32_t i = 0; i < c->nsample; i++) {
+		uint64_t a = c->sample[i], pm;
+
+		/* A page merged, zapped or unmapped meanwhile tells nothing. */
+		if (!sampleable(page_at(c, a)) || !pm_entry(c, a, &pm) ||
+		    (pm & (DD_PM_PRESENT | DD_PM_FILE)) != DD_PM_PRESENT)
+			continue;
+		valid++;
+		if (!(pm & DD_PM_UFFD_WP))
+			(*touched)++; /* the fault thread lifted it: written */
+	}
+	sample_drop(c);
+	pthread_mutex_unlock(&c->lock);
+	client_put(c);
+	return (int)valid;
+}
+
+size_t dd_scanner_cold_ranges(struct dd_scanner *s, uint64_t client_id, uint64_t max_bytes,
+			      struct iovec *iov, size_t cap)
+{
+	struct dd_sclient *c = client_by_id(s, client_id);
+	uint64_t left = max_bytes / DD_PAGE_SIZE;
+	size_t n = 0;
+
+	if (!c)
+		return 0;
+	pthread_mutex_lock(&c->lock);
+	for (struct dd_region *r = c->regions; r && left && n < cap; r = r->next) {
+		if (r->dead)
+			continue;
+		for (uint32_t i = 0; i < r->npages && left && n < cap; i++) {
+			const struct dd_page *p = &r->pages[i];
+			uint64_t a = r->start + (uint64_t)i * DD_PAGE_SIZE;
+
+			if (p->state != PG_UNSTABLE || (p->flags & PGF_VOLATILE))
+				continue; /* only pages whose checksum held: unique and unwritten */
+			if (n && (uint64_t)(uintptr_t)iov[n - 1].iov_base + iov[n - 1].iov_len == a) {
+				iov[n - 1].iov_len += DD_PAGE_SIZE;
+			} else {
+				iov[n].iov_base = (void *)(uintptr_t)a;
+				iov[n].iov_len = DD_PAGE_SIZE;
+				n++;
+			}
+			left--;
+		}
+	}
+	pthread_mutex_unlock(&c->lock);
+	client_put(c);
+	return n;
 }

@@ -104,6 +104,31 @@ int dd_scanner_unregister(struct dd_scanner *s, struct dd_sclient *c, uint64_t a
 
 void dd_scanner_stats(struct dd_scanner *s, struct dd_scan_stats *out);
 
+/*
+ * Active-memory sampling (ESX): write-protect up to n random resident,
+ * unmerged pages of the client's regions (seed picks them). A write to one
+ * faults, and the fault thread lifts the protection, so
+ * dd_scanner_sample_end() counts as touched every sampled page that is no
+ * longer protected; it then lifts the protection of the others. Only writes
+ * are seen: a page that is only read stays protected. Pages merged, zapped or
+ * unmapped meanwhile are not counted.
+ * begin: the number of pages sampled (may be < n, 0 for a client with nothing
+ * resident), -ESRCH (no such client), -ENOMEM. A new begin drops the last
+ * sample. end: the number of valid pages, *touched of them written; -ESRCH.
+ */
+int dd_scanner_sample_begin(struct dd_scanner *s, uint64_t client_id, uint32_t n, uint64_t seed);
+int dd_scanner_sample_end(struct dd_scanner *s, uint64_t client_id, uint32_t *touched);
+
+/*
+ * Cold pages of a client, for paging out: runs of its registered pages that
+ * are unique (in the unstable table, not merged) and whose checksum held from
+ * one pass to the next (not written lately; reads are not seen), up to max_bytes, as at most cap iovecs
+ * in address order. Returns the number of iovecs (0 for an unknown client).
+ */
+struct iovec;
+size_t dd_scanner_cold_ranges(struct dd_scanner *s, uint64_t client_id, uint64_t max_bytes,
+			      struct iovec *iov, size_t cap);
+
 /* Per-region figures for `dedupctl regions`. fn is called once per region. */
 struct dd_region_info {
 	pid_t pid;

@@ -1027,7 +1027,7 @@ START_TEST(test_key_list)
 			ck_assert_str_eq(a, b);
 		}
 	}
-	ck_assert_uint_eq(n, 36 + 7);
+	ck_assert_uint_eq(n, 38 + 7);
 }
 END_TEST
 

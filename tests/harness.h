@@ -69,7 +69,7 @@ static inline void h_sock_path(char *buf, size_t len, const char *tag)
 static inline pid_t h_daemon_start(const char *sock, const char *const *extra)
 {
 	char exe[256], log[300];
-	const char *argv[32];
+	const char *argv[64];
 	int n = 0;
 	pid_t pid;
 
@@ -79,7 +79,7 @@ static inline pid_t h_daemon_start(const char *sock, const char *const *extra)
 	argv[n++] = "--foreground";
 	argv[n++] = "--socket";
 	argv[n++] = sock;
-	for (; extra && *extra && n < 30; extra++)
+	for (; extra && *extra && n < 62; extra++)
 		argv[n++] = *extra;
 	argv[n] = NULL;
 	pid = fork();

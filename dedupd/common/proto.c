@@ -47,6 +47,10 @@ size_t dd_msg_min_len(uint16_t type)
 		return sizeof(struct dd_msg_agent_reply);
 	case DD_MSG_ADMIN:
 		return sizeof(struct dd_msg_admin);
+	case DD_MSG_BALLOON:
+		return sizeof(struct dd_msg_balloon);
+	case DD_MSG_BALLOON_INFO:
+		return sizeof(struct dd_msg_balloon_info);
 	default:
 		return 0;
 	}

@@ -11,6 +11,12 @@
  *                HELLO_OK). The daemon then sends STORE, REMAP and ZAP on it
  *                and the agent answers each REMAP/ZAP with AGENT_REPLY.
  *   ADMIN        dedupctl: a text command; answered by RESULT whose text is JSON.
+ * Reclaim: the daemon sends BALLOON (a balloon size) on the agent channel, and
+ * the agent answers with a one-entry AGENT_REPLY at once; the application's
+ * handler runs later on its own thread, and the client reports the size it
+ * reached with BALLOON_INFO on its control connection (answered by RESULT).
+ * BALLOON_INFO also names a VMM API socket (QMP, Firecracker, Cloud
+ * Hypervisor) that the daemon may use to balloon the client.
  * Integers are host-endian (the peers share one host). Sizes are checked on
  * receipt: a packet whose length disagrees with its header or its type is
  * refused with -EBADMSG and the connection closed.
@@ -41,6 +47,8 @@ enum dd_msg_type {
 	DD_MSG_ZAP,
 	DD_MSG_AGENT_REPLY,
 	DD_MSG_ADMIN,
+	DD_MSG_BALLOON,	     /* daemon -> agent: set the libdedup balloon */
+	DD_MSG_BALLOON_INFO, /* client -> daemon: its balloon backend and size */
 	DD_MSG_TYPE_MAX,
 };
 
@@ -131,6 +139,29 @@ struct dd_msg_agent_reply {
 	uint32_t n;
 	uint32_t pad;
 	int32_t res[]; /* per entry: 0 or -errno */
+};
+
+struct dd_msg_balloon {
+	struct dd_msg_hdr h;
+	uint64_t bytes; /* balloon size: memory the application should give back */
+};
+
+/* Balloon backends, as the values of enum dd_conf_balloon. */
+enum dd_backend_kind {
+	DD_BACKEND_NONE = 0,
+	DD_BACKEND_CALLBACK = 1, /* dedup_set_balloon_handler() */
+	DD_BACKEND_QMP = 2,
+	DD_BACKEND_FIRECRACKER = 3,
+	DD_BACKEND_CLOUD_HYPERVISOR = 4,
+};
+
+#define DD_BALLOON_PATH_MAX 108
+struct dd_msg_balloon_info {
+	struct dd_msg_hdr h;
+	uint32_t backend; /* enum dd_backend_kind */
+	int32_t status;	  /* the handler's last result: 0 or -errno */
+	int64_t bytes;	  /* balloon size reached; -1: unknown */
+	char path[DD_BALLOON_PATH_MAX]; /* API socket of a VMM backend, NUL-terminated */
 };
 
 struct dd_msg_admin {

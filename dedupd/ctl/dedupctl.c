@@ -45,6 +45,11 @@ static const char usage_text[] =
 	"                      held, the inputs behind it (free memory, PSI, reclaim\n"
 	"                      stalls from eBPF), the source, the scan rate, and the\n"
 	"                      recent transitions\n"
+	"  clients             one line per client: pid, command, shares, active\n"
+	"                      fraction f, Pss, rho (shares per MiB, idle-taxed),\n"
+	"                      target, minimum, balloon backend, balloon size/target,\n"
+	"                      guest pressure, throttled; then each client's last\n"
+	"                      reclaim actions with their reasons\n"
 	"  set KEY=VALUE       change a setting at run time (root), with the rules of\n"
 	"                      dedupd.conf(5): pages_to_scan, sleep_millisecs,\n"
 	"                      merge_batch_pages, max_vmas_per_client, zero_pages, ...\n"
@@ -262,6 +267,77 @@ static void print_regions(struct json_object *a)
 		printf("(no registered regions)\n");
 }
 
+static double mibf(struct json_object *o, const char *k)
+{
+	struct json_object *v;
+
+	return json_object_object_get_ex(o, k, &v) ? (double)json_object_get_int64(v) / 1048576.0
+						   : 0;
+}
+
+static const char *str_of(struct json_object *o, const char *k)
+{
+	struct json_object *v;
+
+	return json_object_object_get_ex(o, k, &v) ? json_object_get_string(v) : "";
+}
+
+static void print_clients(struct json_object *o)
+{
+	struct json_object *a = NULL, *v;
+	size_t n;
+
+	printf("state %s, free %.0f of %.0f MiB, to free %.0f MiB, tax rate %s, reserved %.0f MiB\n",
+	       str_of(o, "state"), mibf(o, "free_bytes"), mibf(o, "total_bytes"),
+	       mibf(o, "need_bytes"), str_of(o, "tax_rate"), mibf(o, "reserved_bytes"));
+	json_object_object_get_ex(o, "clients", &a);
+	n = a ? json_object_array_length(a) : 0;
+	printf("%-8s %-16s %7s %5s %9s %9s %9s %8s %-11s %15s %5s %4s\n", "PID", "COMMAND",
+	       "SHARES", "F", "PSS_MiB", "RHO", "TARGET", "MIN_MiB", "BALLOON", "SIZE/TGT_MiB",
+	       "GUEST", "THR");
+	for (size_t i = 0; i < n; i++) {
+		struct json_object *c = json_object_array_get_idx(a, i);
+		char size[32], gp[8];
+		double f = 0, rho = 0;
+		int g = -1;
+
+		if (json_object_object_get_ex(c, "active_fraction", &v))
+			f = json_object_get_double(v);
+		if (json_object_object_get_ex(c, "rho", &v))
+			rho = json_object_get_double(v);
+		if (json_object_object_get_ex(c, "guest_pressure", &v))
+			g = json_object_get_int(v);
+		snprintf(size, sizeof(size), "%.0f/%.0f", mibf(c, "balloon_bytes") < 0 ? 0 :
+			 mibf(c, "balloon_bytes"), mibf(c, "balloon_target_bytes"));
+		snprintf(gp, sizeof(gp), g < 0 ? "-" : "%d%%", g);
+		printf("%-8s %-16s %7s %5.2f %9.1f %9.3g %9.1f %8.0f %-11s %15s %5s %4s\n",
+		       str_of(c, "pid"), str_of(c, "comm"), str_of(c, "shares"), f,
+		       mibf(c, "pss_bytes"), rho, mibf(c, "target_bytes"), mibf(c, "min_bytes"),
+		       str_of(c, "balloon_backend"), size, gp,
+		       json_object_object_get_ex(c, "throttled", &v) && json_object_get_boolean(v)
+			       ? "yes" : "no");
+	}
+	if (!n)
+		printf("(no clients)\n");
+	for (size_t i = 0; i < n; i++) {
+		struct json_object *c = json_object_array_get_idx(a, i), *acts = NULL;
+
+		if (json_object_object_get_ex(c, "balloon_error", &v) && *json_object_get_string(v))
+			printf("pid %s: balloon: %s\n", str_of(c, "pid"), json_object_get_string(v));
+		if (!json_object_object_get_ex(c, "actions", &acts))
+			continue;
+		for (size_t k = 0; k < json_object_array_length(acts); k++) {
+			struct json_object *e = json_object_array_get_idx(acts, k);
+			time_t t = (time_t)(json_object_object_get_ex(e, "at_ms", &v)
+						    ? json_object_get_int64(v) / 1000 : 0);
+			char when[32];
+
+			strftime(when, sizeof(when), "%H:%M:%S", localtime(&t));
+			printf("pid %s %s: %s\n", str_of(c, "pid"), when, str_of(e, "action"));
+		}
+	}
+}
+
 /* ---- estimate ------------------------------------------------------------- */
 
 #define ADD_U64(o, k, v) json_object_object_add(o, k, json_object_new_uint64(v))
@@ -405,6 +481,8 @@ static int run_once(const struct opts *o, struct prev *prev)
 	}
 	if (json_object_is_type(j, json_type_array))
 		print_regions(j);
+	else if (!strcmp(o->verb, "clients"))
+		print_clients(j);
 	else
 		print_object(j, "", prev);
 	json_object_put(j);
@@ -614,8 +692,8 @@ static int parse_tail(struct opts *o, int argc, char **argv, int i)
 
 static int check_command(const struct opts *o)
 {
-	static const char *const verbs[] = { "stats", "status", "regions", "state", "set",
-					     "estimate" };
+	static const char *const verbs[] = { "stats", "status", "regions", "state", "clients",
+					     "set", "estimate" };
 	bool known = false;
 
 	for (size_t i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++)

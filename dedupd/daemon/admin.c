@@ -177,11 +177,13 @@ int dd_admin_handle(struct admin_ctx *a, int fd, uid_t uid, const struct dd_msg_
 	}
 	if (!strcmp(cmd, "set"))
 		return do_set(a, fd, m->h.seq, uid, arg);
+	if (!strcmp(cmd, "clients") && a->reclaim)
+		return reply_json(fd, m->h.seq, dd_reclaim_json(a->reclaim));
 	if (!strcmp(cmd, "state")) {
 		dd_scanner_get_knobs(a->scanner, &k);
 		return reply_json(fd, m->h.seq, dd_pstate_json(a->pc, &k));
 	}
 	snprintf(msg, sizeof(msg), "unknown command '%.1000s' (known: stats, status, regions, "
-		 "state, set KEY=VALUE)", cmd);
+		 "state, clients, set KEY=VALUE)", cmd);
 	return dd_msg_send_result(fd, m->h.seq, -EINVAL, 0, msg);
 }

@@ -14,6 +14,7 @@
 #include "scanner/scanner.h"
 #include "conf/conf.h"
 #include "dedupd/daemon/pstate.h"
+#include "dedupd/daemon/reclaim.h"
 
 struct admin_ctx {
 	struct dd_scanner *scanner;
@@ -24,6 +25,7 @@ struct admin_ctx {
 	void *apply_arg;
 	const struct dd_pstate_ctl *pc; /* memory pressure */
 	const char *metrics_address;    /* "127.0.0.1:9848", "" if /metrics is off */
+	struct dd_reclaim *reclaim;     /* clients' allocations and reclaim actions */
 };
 
 /* Answer one ADMIN message on fd. 0, or -errno if the answer could not be sent. */

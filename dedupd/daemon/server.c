@@ -13,6 +13,7 @@
 #include "dedupd/daemon/log.h"
 #include "dedupd/daemon/metrics.h"
 #include "dedupd/daemon/pstate.h"
+#include "dedupd/daemon/reclaim.h"
 #include "dedupd/common/proto.h"
 
 #include <errno.h>
@@ -67,6 +68,7 @@ struct dd_server {
 	unsigned int emfile_logged;
 	struct dd_scanner *scanner;
 	struct dd_pstate_ctl pc;
+	struct dd_reclaim *reclaim;
 	struct dd_metrics *metrics; /* NULL: neither /metrics nor a textfile */
 	int mtfd;                   /* the metrics textfile timer (owned by metrics) */
 	char mt_error[512];         /* the last textfile error logged, to log it once */
@@ -111,6 +113,17 @@ static void apply_conf(void *arg)
 	dd_pstate_knobs(&srv->pc, srv->o.conf, &k);
 	dd_scanner_set_knobs(srv->scanner, &k);
 	dd_log_set_level(srv->o.conf->daemon.log_level);
+	if (srv->reclaim)
+		dd_reclaim_configure(srv->reclaim, srv->o.conf);
+}
+
+/* Every pressure tick: the reclaim thread acts on the state and free memory. */
+static void reclaim_pressure(struct dd_server *srv)
+{
+	const struct dd_pressure_snapshot *ps = srv->pc.p ? dd_pressure_get(srv->pc.p) : NULL;
+
+	if (ps && ps->free_valid && srv->reclaim)
+		dd_reclaim_pressure(srv->reclaim, ps->state, ps->total_bytes, ps->free_bytes);
 }
 
 static void log_change(const char *key, const char *old_value, const char *new_value,
@@ -286,6 +299,36 @@ static int agent_batch(void *p, bool zap, const struct dd_remap_entry *e, uint32
 	return r;
 }
 
+/* On the reclaim thread: ask the agent to set the libdedup balloon. */
+static int agent_balloon(void *p, uint64_t bytes)
+{
+	struct agent_chan *a = p;
+	struct dd_msg_balloon m = { .bytes = bytes };
+	union {
+		char raw[DD_MSG_MAX];
+		struct dd_msg_agent_reply r;
+	} u;
+	ssize_t got;
+	int r;
+
+	pthread_mutex_lock(&a->lock);
+	dd_msg_init(&m.h, DD_MSG_BALLOON, sizeof(m), ++a->seq);
+	r = dd_msg_send(a->fd, &m, sizeof(m), -1);
+	while (r == 0) {
+		got = dd_msg_recv(a->fd, u.raw, sizeof(u.raw), NULL, a->timeout_ms);
+		if (got <= 0) {
+			r = got == 0 ? -ECONNRESET : (int)got;
+			break;
+		}
+		if (u.r.h.type != DD_MSG_AGENT_REPLY || u.r.h.seq != a->seq)
+			continue; /* a late answer to a batch that timed out */
+		r = u.r.n == 1 ? u.r.res[0] : -EBADMSG;
+		break;
+	}
+	pthread_mutex_unlock(&a->lock);
+	return r;
+}
+
 static int agent_send_store(void *p, uint32_t domain, int memfd)
 {
 	struct agent_chan *a = p;
@@ -323,6 +366,8 @@ static void conn_close(struct dd_server *srv, struct conn *c)
 	if (c->sc) {
 		log_info("client %d (id %llu) disconnected", (int)c->pid,
 			 (unsigned long long)dd_sclient_id(c->sc));
+		if (srv->reclaim) /* waits out an action */
+			dd_reclaim_remove(srv->reclaim, dd_sclient_id(c->sc));
 		dd_scanner_remove_client(srv->scanner, c->sc); /* waits out a merge */
 	}
 	agent_free(c->agent);
@@ -408,6 +453,9 @@ static int on_agent_hello(struct dd_server *srv, struct conn *c,
 	c->fd = -1; /* now owned by the channel */
 	owner->agent = a;
 	dd_scanner_set_agent(srv->scanner, owner->sc, a);
+	if (dd_reclaim_add(srv->reclaim, m->client_id, owner->pid, owner->uid, a) < 0)
+		log_warning("client %d: out of memory: it will not be reclaimed from",
+			    (int)owner->pid);
 	return 1;
 }
 
@@ -421,8 +469,13 @@ static int on_register(struct dd_server *srv, struct conn *c, const struct dd_ms
 	if (!c->agent)
 		return dd_msg_send_result(c->fd, m->h.seq, -ENOTCONN, 0,
 					  "the client's agent is not connected");
-	r = dd_scanner_register(srv->scanner, c->sc, m->addr, m->len, m->policy, m->salt, err,
+	r = dd_reclaim_register(srv->reclaim, dd_sclient_id(c->sc), m->shares, m->min_bytes, err,
 				sizeof(err));
+	if (r == -ESRCH)
+		r = 0; /* not tracked for reclaim (out of memory at AGENT_HELLO) */
+	if (r == 0)
+		r = dd_scanner_register(srv->scanner, c->sc, m->addr, m->len, m->policy, m->salt,
+					err, sizeof(err));
 	if (r < 0)
 		log_info("client %d: register refused: %s", (int)c->pid, err);
 	else
@@ -440,6 +493,26 @@ static int on_unregister(struct dd_server *srv, struct conn *c,
 	if (c->kind != CONN_CLIENT)
 		return dd_msg_send_result(c->fd, m->h.seq, -EPROTO, 0, "UNREGISTER before HELLO");
 	r = dd_scanner_unregister(srv->scanner, c->sc, m->addr, m->len, err, sizeof(err));
+	return dd_msg_send_result(c->fd, m->h.seq, r, 0, r < 0 ? err : NULL);
+}
+
+static int on_balloon_info(struct dd_server *srv, struct conn *c,
+			   const struct dd_msg_balloon_info *m)
+{
+	char err[512] = "", path[DD_BALLOON_PATH_MAX];
+	int r;
+
+	if (c->kind != CONN_CLIENT || !c->agent)
+		return dd_msg_send_result(c->fd, m->h.seq, -EPROTO, 0,
+					  "BALLOON_INFO before the agent connected");
+	if (!memchr(m->path, 0, sizeof(m->path)))
+		return dd_msg_send_result(c->fd, m->h.seq, -EINVAL, 0,
+					  "balloon socket path not NUL-terminated");
+	memcpy(path, m->path, sizeof(path));
+	r = dd_reclaim_balloon_info(srv->reclaim, dd_sclient_id(c->sc), m->backend, path,
+				    m->bytes, m->status, err, sizeof(err));
+	if (r < 0)
+		log_info("client %d: balloon info refused: %s", (int)c->pid, err);
 	return dd_msg_send_result(c->fd, m->h.seq, r, 0, r < 0 ? err : NULL);
 }
 
@@ -478,6 +551,9 @@ static int on_message(struct dd_server *srv, struct conn *c)
 		break;
 	case DD_MSG_UNREGISTER:
 		r = on_unregister(srv, c, (const void *)buf);
+		break;
+	case DD_MSG_BALLOON_INFO:
+		r = on_balloon_info(srv, c, (const void *)buf);
 		break;
 	case DD_MSG_ADMIN:
 		if (c->kind == CONN_NEW)
@@ -598,6 +674,7 @@ static int listen_on(const char *path, mode_t mode, const char *group)
 struct dd_server *dd_server_new(const struct dd_server_opts *o)
 {
 	struct dd_scan_ops ops = { .batch = agent_batch, .send_store = agent_send_store };
+	struct dd_reclaim_ops rops = { .balloon = agent_balloon };
 	struct epoll_event ev = { .events = EPOLLIN };
 	struct dd_server *srv = calloc(1, sizeof(*srv));
 	struct dd_scan_knobs knobs;
@@ -664,6 +741,13 @@ struct dd_server *dd_server_new(const struct dd_server_opts *o)
 		dd_log_errno(DD_LOG_ERR, r, "cannot start the scanner threads");
 		goto fail;
 	}
+	srv->reclaim = dd_reclaim_new(o->conf, srv->scanner, &rops);
+	r = srv->reclaim ? dd_reclaim_start(srv->reclaim) : -errno;
+	if (r < 0) {
+		dd_log_errno(DD_LOG_ERR, r, "cannot start the reclaim thread");
+		goto fail;
+	}
+	srv->admin.reclaim = srv->reclaim;
 	/* Accepted by the configuration, not enforced yet: say so rather than
 	 * ignore them silently. */
 	if (o->conf->daemon.admin_group[0])
@@ -707,6 +791,7 @@ int dd_server_run(struct dd_server *srv)
 				if (dd_pstate_ready(&srv->pc, p))
 					apply_conf(srv);
 				metrics_pressure(srv);
+				reclaim_pressure(srv);
 			} else if (p == &srv->sfd) {
 				struct signalfd_siginfo si;
 
@@ -739,6 +824,10 @@ void dd_server_free(struct dd_server *srv)
 	 * stopped daemon is left for node_exporter to serve. */
 	dd_metrics_remove_textfile(srv->metrics);
 	dd_metrics_free(srv->metrics);
+	/* Reclaim uses the scanner and the agents: it goes before them, and
+	 * deflates every balloon and lifts every limit on its way out. */
+	dd_reclaim_free(srv->reclaim);
+	srv->reclaim = srv->admin.reclaim = NULL;
 	if (srv->scanner)
 		dd_scanner_stop(srv->scanner); /* no merge in flight after this */
 	while (srv->conns)

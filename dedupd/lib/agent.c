@@ -41,6 +41,22 @@ struct dd_agent {
 	dd_agent_lost_fn lost;
 };
 
+static _Atomic(dd_agent_balloon_fn) balloon_hook;
+
+void dd_agent_set_balloon_hook(dd_agent_balloon_fn fn)
+{
+	atomic_store(&balloon_hook, fn);
+}
+
+/* A BALLOON request: pass it on; the size reached comes later, on the
+ * control connection. */
+static int do_balloon(const struct dd_msg_balloon *m)
+{
+	dd_agent_balloon_fn fn = atomic_load(&balloon_hook);
+
+	return fn ? fn(m->bytes) : -ENOTSUP;
+}
+
 struct store_fd {
 	uint32_t domain;
 	int fd;
@@ -105,6 +121,7 @@ static void *agent_main(void *arg)
 		struct dd_msg_hdr h;
 		struct dd_msg_store store;
 		struct dd_msg_batch batch;
+		struct dd_msg_balloon balloon;
 	} in;
 	union {
 		char raw[sizeof(struct dd_msg_agent_reply) + DD_BATCH_MAX * sizeof(int32_t)];
@@ -126,15 +143,20 @@ static void *agent_main(void *arg)
 		}
 		if (fd >= 0)
 			close(fd);
-		if (in.h.type != DD_MSG_REMAP && in.h.type != DD_MSG_ZAP)
+		if (in.h.type == DD_MSG_BALLOON) {
+			out.r.res[0] = do_balloon(&in.balloon);
+			out.r.n = 1;
+		} else if (in.h.type == DD_MSG_REMAP || in.h.type == DD_MSG_ZAP) {
+			for (uint32_t i = 0; i < in.batch.n; i++)
+				out.r.res[i] = do_entry(a, &in.batch.e[i], in.h.type == DD_MSG_ZAP,
+							stores, nstores);
+			out.r.n = in.batch.n;
+		} else {
 			continue;
-		for (uint32_t i = 0; i < in.batch.n; i++)
-			out.r.res[i] = do_entry(a, &in.batch.e[i], in.h.type == DD_MSG_ZAP, stores,
-						nstores);
-		out.r.n = in.batch.n;
+		}
 		out.r.pad = 0;
 		dd_msg_init(&out.r.h, DD_MSG_AGENT_REPLY,
-			    sizeof(out.r) + in.batch.n * sizeof(int32_t), in.h.seq);
+			    sizeof(out.r) + out.r.n * sizeof(int32_t), in.h.seq);
 		if (dd_msg_send(a->sock, &out.r, out.r.h.len, -1) < 0)
 			break;
 	}

@@ -16,6 +16,12 @@ struct dd_agent;
  * dd_agent_stop()). It must not wait for the agent thread. */
 typedef void (*dd_agent_lost_fn)(void);
 
+/* Called on the agent thread for a BALLOON request: hand the size to the
+ * balloon thread and return at once, 0 or -ENOTSUP (no handler). It must not
+ * block or allocate. */
+typedef int (*dd_agent_balloon_fn)(uint64_t bytes);
+void dd_agent_set_balloon_hook(dd_agent_balloon_fn fn);
+
 /* Connect the agent channel and start the thread. 0 or -errno. */
 int dd_agent_start(const char *sock_path, uint64_t client_id, uint64_t token,
 		   dd_agent_lost_fn lost, struct dd_agent **out);

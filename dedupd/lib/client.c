@@ -52,6 +52,26 @@ static struct {
 } g = { .lock = PTHREAD_MUTEX_INITIALIZER, .ctl = -1 };
 
 static void agent_lost(void);
+static int send_balloon_info_locked(void);
+static int balloon_hook(uint64_t bytes);
+
+/* Ballooning (dedup_set_balloon_handler/_backend). The agent thread only
+ * stores a request here and signals; the balloon thread runs the handler and
+ * reports on the control connection. bl.lock is never held while g.lock is
+ * taken by the same thread, except in the order g.lock -> bl.lock. */
+static struct {
+	pthread_mutex_t lock;
+	pthread_cond_t cv;
+	dedup_balloon_fn fn;
+	void *arg;
+	bool thread_up;
+	bool pending;
+	uint64_t want;	    /* last size asked for */
+	int64_t bytes;	    /* size reached; -1 unknown */
+	int32_t status;	    /* the handler's last result */
+	int backend;	    /* enum dd_backend_kind */
+	char path[DD_BALLOON_PATH_MAX];
+} bl = { .lock = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER, .bytes = -1 };
 
 static __thread char errbuf[512];
 
@@ -202,6 +222,9 @@ static int connect_locked(void)
 		set_err("cannot start the dedup agent: %s", strerror(-r));
 		goto fail;
 	}
+	r = send_balloon_info_locked();
+	if (r == -ECONNRESET || r == -EPIPE || r == -ETIMEDOUT)
+		goto fail;
 	return 0;
 fail:
 	disconnect_locked();
@@ -320,7 +343,15 @@ static void agent_lost(void)
 	const char *env = getenv("DEDUP_RECONNECT");
 	pthread_attr_t attr;
 	pthread_t t;
+	bool inflated;
 
+	/* Nobody manages the balloon any more: let the application take its
+	 * memory back. */
+	pthread_mutex_lock(&bl.lock);
+	inflated = bl.fn && bl.bytes > 0;
+	pthread_mutex_unlock(&bl.lock);
+	if (inflated)
+		balloon_hook(0);
 	if ((env && !strcmp(env, "0")) || atomic_exchange(&g.reconnecting, true))
 		return;
 	pthread_attr_init(&attr);
@@ -365,4 +396,140 @@ void dedup_shutdown(void)
 	g.nranges = 0;
 	disconnect_locked();
 	pthread_mutex_unlock(&g.lock);
+}
+
+/* ---- ballooning ------------------------------------------------------------ */
+
+/* Tell the daemon how this process can be ballooned and how far it got.
+ * g.lock held, connected. 0 (also when there is nothing to say) or -errno. */
+static int send_balloon_info_locked(void)
+{
+	struct dd_msg_balloon_info m = { 0 };
+
+	pthread_mutex_lock(&bl.lock);
+	m.backend = bl.fn ? DD_BACKEND_CALLBACK : (uint32_t)bl.backend;
+	if (bl.backend != DEDUP_BALLOON_NONE) /* a VMM binding wins over a handler */
+		m.backend = (uint32_t)bl.backend;
+	m.status = bl.status;
+	m.bytes = bl.bytes;
+	memcpy(m.path, bl.path, sizeof(m.path));
+	pthread_mutex_unlock(&bl.lock);
+	if (m.backend == DD_BACKEND_NONE)
+		return 0;
+	dd_msg_init(&m.h, DD_MSG_BALLOON_INFO, sizeof(m), ++g.seq);
+	return request(&m, sizeof(m), -1, NULL);
+}
+
+/* 0 when not connected (the info goes out when it connects), else the
+ * daemon's answer. */
+static int report_balloon(void)
+{
+	int r = 0;
+
+	pthread_mutex_lock(&g.lock);
+	if (g.ctl >= 0)
+		r = send_balloon_info_locked();
+	if (r == -ECONNRESET || r == -EPIPE)
+		disconnect_locked();
+	pthread_mutex_unlock(&g.lock);
+	return r;
+}
+
+static void *balloon_main(void *arg)
+{
+	(void)arg;
+	pthread_mutex_lock(&bl.lock);
+	for (;;) {
+		dedup_balloon_fn fn;
+		void *fa;
+		uint64_t want;
+		int64_t got;
+
+		while (!bl.pending)
+			pthread_cond_wait(&bl.cv, &bl.lock);
+		bl.pending = false;
+		fn = bl.fn;
+		fa = bl.arg;
+		want = bl.want;
+		if (!fn)
+			continue;
+		pthread_mutex_unlock(&bl.lock);
+		got = fn(want, fa);
+		pthread_mutex_lock(&bl.lock);
+		if (got < 0) {
+			bl.status = (int32_t)got;
+		} else {
+			bl.status = 0;
+			bl.bytes = got;
+		}
+		pthread_mutex_unlock(&bl.lock);
+		(void)report_balloon();
+		pthread_mutex_lock(&bl.lock);
+	}
+	return NULL;
+}
+
+/* On the agent thread: no blocking beyond bl.lock, which nobody holds long. */
+static int balloon_hook(uint64_t bytes)
+{
+	int r = 0;
+
+	pthread_mutex_lock(&bl.lock);
+	if (!bl.fn || !bl.thread_up) {
+		r = -ENOTSUP;
+	} else {
+		bl.want = bytes;
+		bl.pending = true;
+		pthread_cond_signal(&bl.cv);
+	}
+	pthread_mutex_unlock(&bl.lock);
+	return r;
+}
+
+int dedup_set_balloon_handler(dedup_balloon_fn fn, void *arg)
+{
+	int r = 0;
+
+	pthread_mutex_lock(&bl.lock);
+	bl.fn = fn;
+	bl.arg = arg;
+	if (fn && !bl.thread_up) {
+		pthread_attr_t attr;
+		pthread_t t;
+
+		pthread_attr_init(&attr);
+		pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+		r = -pthread_create(&t, &attr, balloon_main, NULL);
+		pthread_attr_destroy(&attr);
+		bl.thread_up = r == 0;
+		if (r == 0)
+			pthread_setname_np(t, "dedup-balloon");
+	}
+	if (fn && bl.bytes < 0)
+		bl.bytes = 0;
+	pthread_mutex_unlock(&bl.lock);
+	dd_agent_set_balloon_hook(balloon_hook);
+	if (r == 0)
+		r = report_balloon();
+	return r;
+}
+
+int dedup_set_balloon_backend(int backend, const char *path)
+{
+	size_t len = path ? strlen(path) : 0;
+
+	if (backend == DEDUP_BALLOON_NONE) {
+		len = 0;
+	} else if ((backend != DEDUP_BALLOON_QMP && backend != DEDUP_BALLOON_FIRECRACKER &&
+		    backend != DEDUP_BALLOON_CLOUD_HYPERVISOR) ||
+		   !len || len >= DD_BALLOON_PATH_MAX) {
+		set_err("bad balloon backend %d or socket path", backend);
+		return -EINVAL;
+	}
+	pthread_mutex_lock(&bl.lock);
+	bl.backend = backend;
+	memset(bl.path, 0, sizeof(bl.path));
+	memcpy(bl.path, path ? path : "", len);
+	pthread_mutex_unlock(&bl.lock);
+	return report_balloon();
 }

@@ -57,6 +57,36 @@ const char *dedup_strerror(void);
 /* 1 if this process is connected to dedupd, else 0. */
 int dedup_connected(void);
 
+/*
+ * Ballooning. Under memory pressure dedupd may ask this process to give memory
+ * back, the way a guest's balloon driver does. The handler gets the balloon
+ * size wanted: how many bytes of its memory the application should release
+ * now (free caches, munmap or MADV_DONTNEED buffers it can rebuild); a smaller
+ * size than before lets it take memory back, 0 all of it. It returns the
+ * balloon size it reached (bytes released, which may be less than asked) or a
+ * negative errno. It runs on a libdedup thread, never on the agent, one call
+ * at a time; it may take its time and call anything but the dedup_set_*
+ * functions. NULL removes the handler. 0 or -errno.
+ */
+typedef int64_t (*dedup_balloon_fn)(uint64_t bytes, void *arg);
+int dedup_set_balloon_handler(dedup_balloon_fn fn, void *arg);
+
+/* Balloon backends for processes that are virtual machine monitors. */
+enum dedup_balloon_backend {
+	DEDUP_BALLOON_NONE = 0,
+	DEDUP_BALLOON_QMP = 2,		    /* QEMU: QMP socket, virtio-balloon */
+	DEDUP_BALLOON_FIRECRACKER = 3,	    /* Firecracker: API socket */
+	DEDUP_BALLOON_CLOUD_HYPERVISOR = 4, /* Cloud Hypervisor: API socket */
+};
+
+/*
+ * Tell dedupd that this process is a VMM whose guest it may balloon through
+ * the API socket at path (which must belong to this process's user). The
+ * configuration file's [client.NAME] balloon binding, if any, wins.
+ * 0, -EINVAL (unknown backend, path empty or too long), or -errno.
+ */
+int dedup_set_balloon_backend(int backend, const char *path);
+
 /* Disconnect from dedupd and stop the agent thread (also done at exit). */
 void dedup_shutdown(void);
 

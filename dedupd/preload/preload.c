@@ -16,6 +16,12 @@
  * Environment: DEDUPD_SOCKET (daemon socket), DEDUP_DOMAIN (all, uid, client,
  * salt), DEDUP_SALT (with salt), DEDUP_SHARES, DEDUP_MIN (bytes),
  * DEDUP_MMAP_MIN_BYTES, DEDUP_PRELOAD_DEBUG=1 (say on stderr what happens).
+ * A VMM names its balloon API socket with DEDUP_QMP, DEDUP_FIRECRACKER or
+ * DEDUP_CLOUD_HYPERVISOR, so that dedupd can balloon its guest under pressure.
+ *
+ * A registration refused by admission control (DEDUP_MIN does not fit) is
+ * said on stderr once, and the range runs on undeduplicated: it is not handed
+ * to KSM either, since the host has no room for the reservation.
  */
 #include "dedupd/lib/dedup.h"
 
@@ -80,9 +86,35 @@ static void env_opts(struct dedup_opts *o)
 	o->min_bytes = env_u64("DEDUP_MIN");
 }
 
+/* Bind the balloon backend named in the environment, once. */
+static void env_balloon(void)
+{
+	static const struct {
+		const char *env;
+		int backend;
+	} b[] = { { "DEDUP_QMP", DEDUP_BALLOON_QMP },
+		  { "DEDUP_FIRECRACKER", DEDUP_BALLOON_FIRECRACKER },
+		  { "DEDUP_CLOUD_HYPERVISOR", DEDUP_BALLOON_CLOUD_HYPERVISOR } };
+	static int done;
+
+	if (done++)
+		return;
+	for (size_t i = 0; i < sizeof(b) / sizeof(b[0]); i++) {
+		const char *v = getenv(b[i].env);
+
+		if (v && *v) {
+			int r = dedup_set_balloon_backend(b[i].backend, v);
+
+			debug("balloon backend %s=%s: %s", b[i].env, v, r ? strerror(-r) : "ok");
+			return;
+		}
+	}
+}
+
 /* Page-align the range the way madvise() would. */
 static int offer(void *addr, size_t len)
 {
+	static int refused_said;
 	struct dedup_opts o;
 	uintptr_t a = (uintptr_t)addr;
 	size_t l = (len + 4095) & ~(size_t)4095;
@@ -92,12 +124,19 @@ static int offer(void *addr, size_t len)
 		return -EINVAL;
 	env_opts(&o);
 	busy++;
+	env_balloon();
 	r = dedup_register(addr, l, &o);
 	busy--;
 	if (r == -EEXIST)
 		r = 0; /* already registered */
 	debug("register %p+%zu: %s%s%s", addr, l, r ? strerror(-r) : "ok", r ? ": " : "",
 	      r ? dedup_strerror() : "");
+	if (r == -ENOSPC) {
+		if (!refused_said++)
+			fprintf(stderr, "libdedup-preload[%d]: dedupd refused admission: %s; "
+				"running without deduplication\n", (int)getpid(), dedup_strerror());
+		return 0;
+	}
 	return r;
 }
 
