@@ -67,18 +67,21 @@ static void write_file(const char *path, const char *text)
 	ck_assert_int_eq(fclose(f), 0);
 }
 
+/* Made by the runner before the forked tests, which inherit its name. */
 static char tmpdir[64];
 
 static const char *tmp_path(const char *name)
 {
 	static char path[256];
 
-	if (!tmpdir[0]) {
-		snprintf(tmpdir, sizeof(tmpdir), "/tmp/dd-check-actions.XXXXXX");
-		ck_assert_ptr_nonnull(mkdtemp(tmpdir));
-	}
 	snprintf(path, sizeof(path), "%s/%s", tmpdir, name);
 	return path;
+}
+
+static void parse_setup(void)
+{
+	snprintf(tmpdir, sizeof(tmpdir), "/tmp/dd-check-actions.XXXXXX");
+	ck_assert_ptr_nonnull(mkdtemp(tmpdir));
 }
 
 static void parse_teardown(void)
@@ -1049,7 +1052,7 @@ Suite *actions_suite(void)
 	TCase *tc;
 
 	tc = tcase_create("parse");
-	tcase_add_unchecked_fixture(tc, NULL, parse_teardown);
+	tcase_add_unchecked_fixture(tc, parse_setup, parse_teardown);
 	tcase_add_test(tc, test_swap_status_parse);
 	tcase_add_loop_test(tc, test_swap_status_bad, 0,
 			    (int)(sizeof(bad_meminfo) / sizeof(bad_meminfo[0])));

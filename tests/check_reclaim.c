@@ -231,6 +231,8 @@ struct child_box {
 	atomic_uint_fast64_t balloon;	  /* balloon size it holds, bytes */
 	atomic_uint_fast64_t max_balloon; /* largest balloon held */
 	atomic_int registered;		  /* 1 ok, < 0: -errno of dedup_register */
+	atomic_int verify;		  /* test: 1 asks the child to check its bytes */
+	atomic_int verified;		  /* child: 1 every byte as written, -1 not */
 	char err[256];
 };
 
@@ -302,6 +304,20 @@ static void child_main(const struct child_spec *s, struct child_box *box)
 	atomic_store(&box->registered, r == 0 ? 1 : r);
 	for (;;) {
 		uint64_t keep = npages - atomic_load(&box->balloon) / 4096;
+
+		if (atomic_exchange(&box->verify, 0)) {
+			static uint8_t want[4096];
+			int ok = 1;
+
+			/* Only what it never wrote itself: pages 0..n get a counter. */
+			for (uint64_t i = (uint64_t)(s->write_fraction * (double)npages); i < keep;
+			     i++) {
+				h_fill(want, s->seed, i);
+				if (memcmp(want, cmem + i * 4096, 4096))
+					ok = -1;
+			}
+			atomic_store(&box->verified, ok);
+		}
 		uint64_t n = (uint64_t)(s->write_fraction * (double)npages);
 
 		if (n > keep)
@@ -780,9 +796,145 @@ START_TEST(test_backend_not_a_socket)
 }
 END_TEST
 
+/* ---- hard: page out; low: throttle ------------------------------------------ */
+
+static bool zram(const char *how)
+{
+	char cmd[128];
+
+	snprintf(cmd, sizeof(cmd), "sh tests/zram-swap.sh %s >/dev/null", how);
+	return system(cmd) == 0;
+}
+
+static long status_kib(pid_t pid, const char *field)
+{
+	char path[64], line[256];
+	size_t fl = strlen(field);
+	long v = -1;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	f = fopen(path, "re");
+	while (f && fgets(line, sizeof(line), f))
+		if (!strncmp(line, field, fl) && line[fl] == ':')
+			v = strtol(line + fl + 1, NULL, 10);
+	if (f)
+		fclose(f);
+	return v;
+}
+
+static bool in_throttle_group(pid_t pid)
+{
+	char path[64], buf[4096];
+
+	snprintf(path, sizeof(path), "/proc/%d/cgroup", (int)pid);
+	return memcg_read(path, buf, sizeof(buf)) && strstr(buf, "dedupd.throttle/client-");
+}
+
+/*
+ * One idle client of 112 MiB and one writer of 64 MiB, no balloon handlers,
+ * in a 256 MiB cgroup with zram swap. Thresholds high 40 / soft 35 / hard 25
+ * / low 20 % put 30 % free in hard (pageout); then the limit is cut to
+ * usage + 20 %, ~17 % free: low (pageout and throttle).
+ */
+START_TEST(test_hard_pageout_low_throttle)
+{
+	char sock[256], cg[256], cgarg[300];
+	const char *args[] = { "--no-bpf", "--cgroup", cgarg,
+			       "--set", "pressure.psi_trigger=",
+			       "--set", "pressure.high_free_percent=40",
+			       "--set", "pressure.soft_free_percent=35",
+			       "--set", "pressure.hard_free_percent=25",
+			       "--set", "pressure.low_free_percent=20",
+			       "--set", "pressure.tick_millisecs=100",
+			       "--set", "reclaim.sample_period_sec=1",
+			       "--set", "reclaim.throttle=no", NULL };
+	struct child_box *bi = box_new(), *bw = box_new();
+	struct child_spec idle = { .bytes = 112 * MIB, .seed = 31, .cgroup = cg };
+	struct child_spec writer = { .bytes = 64 * MIB, .seed = 32, .write_fraction = 1,
+				     .cgroup = cg };
+	long swap_kib = 0;
+	bool throttled = false, released = false, low_seen = false;
+	double paged = 0;
+	char *t = NULL;
+	pid_t d, ki, kw;
+
+	if (!can_run(__func__))
+		return;
+	if (!zram("up 512")) {
+		printf("SKIP %s: no zram swap (tests/zram-swap.sh up failed)\n", __func__);
+		return;
+	}
+	memcg_dir(cg, sizeof(cg), "dd-check-reclaim", runner, "hard");
+	ck_assert_int_eq(memcg_make(cg, 256 * MIB), 0);
+	snprintf(cgarg, sizeof(cgarg), "%s", cg);
+	h_sock_path(sock, sizeof(sock), "reclaim-hard");
+	setenv("DEDUPD_SOCKET", sock, 1);
+	d = h_daemon_start(sock, args);
+	ki = child_start(&idle, bi);
+	kw = child_start(&writer, bw);
+	ck_assert_int_eq(atomic_load(&bi->registered), 1);
+	ck_assert_int_eq(atomic_load(&bw->registered), 1);
+	/* hard: the idle client's cold pages go to swap */
+	for (int i = 0; i < 200; i++) {
+		struct json_object *doc = clients_json(sock);
+
+		paged = field_d(client_of(doc, ki), "pageout_bytes");
+		json_object_put(doc);
+		swap_kib = status_kib(ki, "VmSwap");
+		if (swap_kib >= 8 * 1024 && paged > 0)
+			break;
+		h_sleep_ms(100);
+	}
+	printf("hard: idle client VmSwap %ld KiB, dedupd paged out %.0f KiB, writer VmSwap %ld KiB\n",
+	       swap_kib, paged / 1024, status_kib(kw, "VmSwap"));
+	/* low: the throttle holds a victim in a cgroup of its own */
+	ck_assert_int_eq(h_admin(sock, "set reclaim.throttle=yes", &t), 0);
+	free(t);
+	{
+		/* Tighten the cgroup to ~18 % free: low. */
+		char lim[32];
+		uint64_t use = memcg_u64(cg, "memory.usage_in_bytes");
+
+		snprintf(lim, sizeof(lim), "%llu\n", (unsigned long long)(use + use / 5));
+		ck_assert_int_eq(memcg_write(cg, "memory.limit_in_bytes", lim), 0);
+	}
+	for (int i = 0; i < 100 && !throttled; i++) {
+		struct json_object *doc = clients_json(sock);
+
+		low_seen |= !strcmp(doc_state(doc), "low");
+		json_object_put(doc);
+		throttled = in_throttle_group(ki) || in_throttle_group(kw);
+		h_sleep_ms(100);
+	}
+	/* recovery: the limit is lifted and the client goes back */
+	memcg_write(cg, "memory.limit_in_bytes", "1073741824\n");
+	for (int i = 0; i < 100 && !released; i++) {
+		released = !in_throttle_group(ki) && !in_throttle_group(kw);
+		h_sleep_ms(100);
+	}
+	atomic_store(&bi->verify, 1);
+	for (int i = 0; i < 200 && !atomic_load(&bi->verified); i++)
+		h_sleep_ms(50);
+	printf("low: state low seen %d, throttled %d, released after recovery %d; idle client "
+	       "verified %d\n", low_seen, throttled, released, atomic_load(&bi->verified));
+	child_stop(ki);
+	child_stop(kw);
+	h_daemon_stop(d, SIGTERM);
+	memcg_remove(cg);
+	zram("down");
+	ck_assert_msg(swap_kib >= 8 * 1024, "hard state: nothing paged out (VmSwap %ld KiB)",
+		      swap_kib);
+	ck_assert_msg(paged >= 8.0 * MIB, "dedupd counts %.0f bytes paged out", paged);
+	ck_assert_msg(low_seen && throttled, "low state %d, throttled %d", low_seen, throttled);
+	ck_assert_msg(released, "the limit was not lifted after recovery");
+	ck_assert_int_eq(atomic_load(&bi->verified), 1);
+}
+END_TEST
+
 static void teardown(void)
 {
-	static const char *const tags[] = { "0", "0.75", "stall", "garbage" };
+	static const char *const tags[] = { "0", "0.75", "stall", "garbage", "hard" };
 
 	for (size_t i = 0; i < sizeof(tags) / sizeof(tags[0]); i++) {
 		char cg[256];
@@ -790,6 +942,7 @@ static void teardown(void)
 		memcg_dir(cg, sizeof(cg), "dd-check-reclaim", runner, tags[i]);
 		memcg_remove(cg);
 	}
+	zram("down");
 }
 
 static Suite *reclaim_suite(void)
@@ -816,6 +969,7 @@ static Suite *reclaim_suite(void)
 	tcase_add_test(live, test_vmm_stalls);
 	tcase_add_test(live, test_vmm_garbage);
 	tcase_add_test(live, test_backend_not_a_socket);
+	tcase_add_test(live, test_hard_pageout_low_throttle);
 	suite_add_tcase(s, live);
 	return s;
 }

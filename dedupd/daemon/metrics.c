@@ -58,6 +58,7 @@ struct dd_metrics {
 	bool pressure_valid;
 	struct dd_pressure_snapshot ps;
 	uint64_t transitions;
+	struct dd_reclaim *reclaim;
 
 	int timer_fd;
 	char textfile[4096];
@@ -337,10 +338,31 @@ static void format_process(FILE *f, const struct dd_metrics_snapshot *s)
 		    (uint64_t)(s->start_time_sec * 1000), 3);
 }
 
+static void format_reclaim(FILE *f, const struct dd_reclaim_totals *t)
+{
+	gauge(f, "dedupd_reclaim_clients", "Clients the reclaim engine tracks.", t->clients);
+	gauge(f, "dedupd_reclaim_balloon_bytes",
+	      "Memory all balloons hold now, as the backends report it.", t->balloon_bytes);
+	gauge(f, "dedupd_reclaim_balloon_target_bytes",
+	      "Memory all balloons were last asked to hold.", t->balloon_target_bytes);
+	counter(f, "dedupd_reclaim_pageout_bytes_total",
+		"Bytes of cold client pages advised with MADV_PAGEOUT.", t->pageout_bytes);
+	gauge(f, "dedupd_reclaim_throttled_clients",
+	      "Clients held to a target by a cgroup memory limit now.", t->throttled);
+	counter(f, "dedupd_reclaim_actions_total",
+		"Balloon changes, pageouts and limits set by the reclaim engine.", t->actions);
+	counter(f, "dedupd_admission_refused_total",
+		"Registrations refused because their minimum did not fit.", t->admission_refused);
+	gauge(f, "dedupd_admission_reserved_bytes", "Sum of the admitted clients' minimums.",
+	      t->reserved_bytes);
+}
+
 int dd_metrics_format(FILE *f, const struct dd_metrics_snapshot *s)
 {
 	format_scan(f, &s->st, &s->knobs);
 	format_pressure(f, s);
+	if (s->reclaim_valid)
+		format_reclaim(f, &s->rt);
 	format_clients(f, s);
 	format_process(f, s);
 	return ferror(f) ? -EIO : 0;
@@ -494,6 +516,10 @@ int dd_metrics_render(struct dd_metrics *m, char **buf, size_t *len)
 	s->pressure_valid = m->pressure_valid;
 	s->ps = m->ps;
 	s->pressure_transitions = m->transitions;
+	if (m->reclaim) {
+		s->reclaim_valid = true;
+		dd_reclaim_totals(m->reclaim, &s->rt);
+	}
 	pthread_mutex_unlock(&m->lock);
 	s->now_ms = dd_pressure_now_ms();
 	s->start_time_sec = m->start_time_sec;
@@ -514,6 +540,15 @@ int dd_metrics_render(struct dd_metrics *m, char **buf, size_t *len)
 	free(l.v);
 	free(s);
 	return r;
+}
+
+void dd_metrics_set_reclaim(struct dd_metrics *m, struct dd_reclaim *r)
+{
+	if (!m)
+		return;
+	pthread_mutex_lock(&m->lock);
+	m->reclaim = r;
+	pthread_mutex_unlock(&m->lock);
 }
 
 void dd_metrics_set_pressure(struct dd_metrics *m, const struct dd_pressure_snapshot *ps,

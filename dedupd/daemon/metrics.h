@@ -23,6 +23,7 @@
 
 #include "bpf/pressure.h"
 #include "scanner/scanner.h"
+#include "dedupd/daemon/reclaim.h"
 
 /* Per-client series are kept for this many clients (those with the most
  * registered pages); the rest are summed under client="other", so a host
@@ -55,9 +56,15 @@ struct dd_metrics_snapshot {
 	double start_time_sec;			 /* Unix time the daemon started */
 	const struct dd_metrics_client *clients; /* at most DD_METRICS_MAX_CLIENTS */
 	size_t nclients;
+	bool reclaim_valid;
+	struct dd_reclaim_totals rt;	/* balloons, pageouts, limits, admission */
 	struct dd_metrics_client other; /* the rest, summed; client_id unused */
 	size_t nother;			/* how many clients are in other */
 };
+
+/* The reclaim engine whose totals a scrape shows (NULL: none). */
+struct dd_metrics;
+void dd_metrics_set_reclaim(struct dd_metrics *m, struct dd_reclaim *r);
 
 /* Render s in the text exposition format. 0, or -EIO if writing failed. */
 int dd_metrics_format(FILE *f, const struct dd_metrics_snapshot *s);

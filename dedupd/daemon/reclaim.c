@@ -593,6 +593,8 @@ static void do_pageout(struct dd_reclaim *r, struct rc_client *c, uint64_t bytes
 		r->tot.pageout_bytes += (uint64_t)done;
 		r->tot.actions++;
 		note(c, "paged out %" PRIu64 " MiB of cold pages: %s", (uint64_t)done / MIB, why);
+		if (err[0])
+			log_debug("reclaim: client %d: pageout: %s", (int)c->pid, err);
 	} else if (done < 0) {
 		note(c, "pageout failed: %s", err);
 	}
@@ -613,6 +615,13 @@ static void do_throttle(struct dd_reclaim *r, struct rc_client *c, uint64_t limi
 			snprintf(r->throttle_error, sizeof(r->throttle_error), "%s", err);
 			return;
 		}
+		if (err[0]) /* what a crashed predecessor left, cleaned up */
+			log_info("reclaim: %s", err);
+		if (!dd_throttle_charges_move(r->throttle))
+			log_info("reclaim: this kernel does not move memory charges between "
+				 "cgroups: a throttle limits only what a client allocates after "
+				 "it is held");
+		err[0] = 0;
 	}
 	e = dd_throttle_hold(r->throttle, c->pid, limit, err, sizeof(err));
 	pthread_mutex_lock(&r->lock);
@@ -621,6 +630,8 @@ static void do_throttle(struct dd_reclaim *r, struct rc_client *c, uint64_t limi
 			r->tot.actions++;
 			note(c, "held at %" PRIu64 " MiB by a cgroup limit: %s", limit / MIB, why);
 		}
+		if (e == DD_THROTTLE_RAISED)
+			log_debug("reclaim: client %d: %s", (int)c->pid, err);
 		c->throttled = true;
 	} else {
 		note(c, "throttle failed: %s", err);
@@ -789,6 +800,20 @@ static void act(struct dd_reclaim *r, struct snap *v, size_t n, enum dd_pstate s
 					       .min_bytes = c->min_bytes,
 					       .max_bytes = c->max_bytes,
 					       .active = c->act.estimate };
+		/* A guest that reports its free memory is not ballooned past
+		 * it, less a reserve of 5 % of its RAM: the hint ESX takes from
+		 * its balloon driver's statistics. */
+		if (c->backend >= DD_BACKEND_QMP && c->vstats.guest_available_bytes >= 0 &&
+		    c->vstats.guest_total_bytes > 0) {
+			int64_t spare = c->vstats.guest_available_bytes -
+					c->vstats.guest_total_bytes / 20;
+			uint64_t floor_b = spare > 0 && (uint64_t)spare < c->pss
+						   ? c->pss - (uint64_t)spare
+						   : spare > 0 ? 0 : c->pss;
+
+			if (floor_b > in[i].min_bytes)
+				in[i].min_bytes = floor_b;
+		}
 		in[i].eligible = (rc.balloon && balloon_usable(c, now)) ||
 				 (st >= DD_PSTATE_HARD && rc.pageout && swap_free && c->pidfd >= 0) ||
 				 (st == DD_PSTATE_LOW && rc.throttle);

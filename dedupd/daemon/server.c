@@ -748,6 +748,7 @@ struct dd_server *dd_server_new(const struct dd_server_opts *o)
 		goto fail;
 	}
 	srv->admin.reclaim = srv->reclaim;
+	dd_metrics_set_reclaim(srv->metrics, srv->reclaim);
 	/* Accepted by the configuration, not enforced yet: say so rather than
 	 * ignore them silently. */
 	if (o->conf->daemon.admin_group[0])
@@ -824,6 +825,7 @@ void dd_server_free(struct dd_server *srv)
 	 * stopped daemon is left for node_exporter to serve. */
 	dd_metrics_remove_textfile(srv->metrics);
 	dd_metrics_free(srv->metrics);
+	srv->metrics = NULL;
 	/* Reclaim uses the scanner and the agents: it goes before them, and
 	 * deflates every balloon and lifts every limit on its way out. */
 	dd_reclaim_free(srv->reclaim);

@@ -633,8 +633,9 @@ int dd_throttle_release(struct dd_throttle *t, pid_t pid, char *err, size_t errl
 		return -ENOENT;
 	}
 	client_dir(t, pid, dir, sizeof(dir));
-	/* Lifted first: pages charged to the group stay charged to it after the
-	 * process leaves, until they are freed. */
+	/* Lifted first: that wakes the process if it waits at the limit (v1), and
+	 * the pages charged to the group stay charged to it, until freed, after
+	 * the process has left. */
 	(void)write_limit(t, dir, t->kind == DD_THROTTLE_V2 ? "max" : "-1");
 	if (in_group(t, pid, dir)) {
 		r = move_back(t, pid, c->origin);

@@ -6,7 +6,6 @@ set -eu
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
-ME=$0
 
 usage() {
 	cat <<EOF
@@ -45,10 +44,12 @@ Commands:
   stop NAME             QMP quit, then SIGTERM, then SIGKILL if QEMU lingers
   stop-all              stop every guest of the run directory
   list                  running guests: name, pid, RSS and anonymous RSS of QEMU
-  mem NAME              QEMU's memory for guest NAME, in KiB: the guest RAM mapping
-                        (found by its size) from /proc/PID/smaps: ram_kib rss_kib
-                        anon_kib anon_huge_kib ksm_kib swap_kib flags, and the whole
-                        process: process_rss_kib process_anon_kib
+  mem NAME              QEMU's memory for guest NAME, in KiB, from /proc/PID/smaps:
+                        summed over the mappings of the guest RAM (pc.ram, found
+                        with QMP gpa2hva 0): ram_kib vmas rss_kib pss_kib anon_kib
+                        anon_huge_kib shared_kib file_mapped_kib ksm_kib swap_kib
+                        flags (of the first mapping); then the whole process:
+                        process_rss_kib process_anon_kib process_shmem_kib
   log NAME [LINES]      the end of NAME's serial console log (default 40 lines)
   paths NAME            the files of NAME: console log, QEMU log, sockets, pidfile
   expect MIB SEED [PCT...]
@@ -672,21 +673,43 @@ cmd_mem() {
 	p=$(guest_pid "$1")
 	mib=$(tr '\0' '\n' <"/proc/$p/cmdline" | sed -n '/^-m$/{n;p;}' | head -n 1)
 	isnum "$mib" || die "cannot tell the RAM size of $1 from its QEMU command line"
-	awk -v want=$((mib * 1024)) '
-		/^[0-9a-f]+-[0-9a-f]+ / { cur = ($0 ~ / 00:00 0 *$/) ; next }
-		/^Size:/ { take = cur && $2 == want && !done; if (take) { n++; ram = $2 } next }
-		take && /^Rss:/ { rss = $2 }
-		take && /^Anonymous:/ { anon = $2 }
-		take && /^AnonHugePages:/ { huge = $2 }
-		take && /^KSM:/ { ksm = $2 }
-		take && /^Swap:/ { swap = $2 }
-		take && /^VmFlags:/ { sub(/^VmFlags: */, ""); sub(/ *$/, ""); flags = $0; done = 1; take = 0 }
+	# Where QEMU keeps guest physical address 0 (the pc.ram block): the RAM may be
+	# many mappings once something (dedupd) has remapped pages of it.
+	hva=$(qmp_send "$RUN/$1.hqmp" 10 \
+		'{"execute":"human-monitor-command","arguments":{"command-line":"gpa2hva 0"}}' |
+		sed -n 's/.* is 0x\([0-9a-fA-F]*\).*/\1/p')
+	[ -n "$hva" ] || die "QEMU of $1 did not tell where its RAM is (gpa2hva 0)"
+	awk -v start="$hva" -v kib=$((mib * 1024)) '
+		function hex(s,    i, n) {
+			n = 0
+			s = tolower(s)
+			for (i = 1; i <= length(s); i++)
+				n = n * 16 + index("0123456789abcdef", substr(s, i, 1)) - 1
+			return n
+		}
+		BEGIN { lo = hex(start); hi = lo + kib * 1024 }
+		/^[0-9a-f]+-[0-9a-f]+ / {
+			split($1, a, "-")
+			inr = hex(a[1]) >= lo && hex(a[2]) <= hi
+			if (inr) { vmas++; size += (hex(a[2]) - hex(a[1])) / 1024; if ($6 != "") filek += (hex(a[2]) - hex(a[1])) / 1024 }
+			next
+		}
+		!inr { next }
+		/^Rss:/ { rss += $2 }
+		/^Pss:/ { pss += $2 }
+		/^Anonymous:/ { anon += $2 }
+		/^AnonHugePages:/ { huge += $2 }
+		/^Shared_(Clean|Dirty):/ { shared += $2 }
+		/^KSM:/ { ksm += $2 }
+		/^Swap:/ { swap += $2 }
+		/^VmFlags:/ && !flags { sub(/^VmFlags: */, ""); sub(/ *$/, ""); flags = $0 }
 		END {
-			if (!n) { print "no mapping of " want " KiB in smaps" > "/dev/stderr"; exit 1 }
-			printf "ram_kib=%d rss_kib=%d anon_kib=%d anon_huge_kib=%d ksm_kib=%d swap_kib=%d flags=\"%s\"\n",
-				ram, rss, anon, huge, ksm, swap, flags
-		}' "/proc/$p/smaps" || die "cannot find the guest RAM of $1 in /proc/$p/smaps"
-	awk '/^VmRSS:/ { r = $2 } /^RssAnon:/ { a = $2 } END { printf "process_rss_kib=%d process_anon_kib=%d\n", r, a }' \
+			if (size != kib) { print "mappings of the guest RAM add up to " size " KiB, not " kib > "/dev/stderr"; exit 1 }
+			printf "ram_kib=%d vmas=%d rss_kib=%d pss_kib=%d anon_kib=%d anon_huge_kib=%d shared_kib=%d file_mapped_kib=%d ksm_kib=%d swap_kib=%d flags=\"%s\"\n",
+				size, vmas, rss, pss, anon, huge, shared, filek, ksm, swap, flags
+		}' "/proc/$p/smaps" || die "cannot account for the guest RAM of $1 in /proc/$p/smaps"
+	awk '/^VmRSS:/ { r = $2 } /^RssAnon:/ { a = $2 } /^RssShmem:/ { s = $2 }
+		END { printf "process_rss_kib=%d process_anon_kib=%d process_shmem_kib=%d\n", r, a, s }' \
 		"/proc/$p/status"
 }
 
