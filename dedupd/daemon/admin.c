@@ -111,15 +111,19 @@ static void region_cb(const struct dd_region_info *ri, void *arg)
 	json_object_array_add(arg, o);
 }
 
-static int do_set(struct admin_ctx *a, int fd, uint32_t seq, uid_t uid, char *arg)
+static int do_set(struct admin_ctx *a, int fd, uint32_t seq, bool privileged, char *arg)
 {
 	char msg[1200], err[1024], *eq = arg ? strchr(arg, '=') : NULL;
 	struct dd_scan_knobs k;
 	struct dd_conf tmp;
 	int r;
 
-	if (uid != 0)
-		return dd_msg_send_result(fd, seq, -EPERM, 0, "set: only root may change dedupd");
+	if (!privileged) {
+		snprintf(msg, sizeof(msg), "set: only root%s%s may change dedupd",
+			 a->conf->daemon.admin_group[0] ? " and members of group " : "",
+			 a->conf->daemon.admin_group);
+		return dd_msg_send_result(fd, seq, -EPERM, 0, msg);
+	}
 	if (!eq)
 		return dd_msg_send_result(fd, seq, -EINVAL, 0, "set: expected KEY=VALUE");
 	*eq = 0;
@@ -143,7 +147,7 @@ static int do_set(struct admin_ctx *a, int fd, uint32_t seq, uid_t uid, char *ar
 	return reply_json(fd, seq, knobs_json(&k));
 }
 
-int dd_admin_handle(struct admin_ctx *a, int fd, uid_t uid, const struct dd_msg_admin *m)
+int dd_admin_handle(struct admin_ctx *a, int fd, bool privileged, const struct dd_msg_admin *m)
 {
 	char cmd[1024], msg[1200], *arg;
 	struct dd_scan_knobs k;
@@ -156,6 +160,12 @@ int dd_admin_handle(struct admin_ctx *a, int fd, uid_t uid, const struct dd_msg_
 	arg = strchr(cmd, ' ');
 	if (arg)
 		*arg++ = 0;
+	if (strcmp(cmd, "set") && !privileged && !a->conf->daemon.readonly_open) {
+		snprintf(msg, sizeof(msg), "%.64s: readonly_open is off: only root%s%s may read "
+			 "dedupd's state", cmd, a->conf->daemon.admin_group[0] ?
+			 " and members of group " : "", a->conf->daemon.admin_group);
+		return dd_msg_send_result(fd, m->h.seq, -EPERM, 0, msg);
+	}
 	if (!strcmp(cmd, "stats"))
 		return reply_json(fd, m->h.seq, stats_json(a->scanner));
 	if (!strcmp(cmd, "status")) {
@@ -176,7 +186,7 @@ int dd_admin_handle(struct admin_ctx *a, int fd, uid_t uid, const struct dd_msg_
 		return reply_json(fd, m->h.seq, o);
 	}
 	if (!strcmp(cmd, "set"))
-		return do_set(a, fd, m->h.seq, uid, arg);
+		return do_set(a, fd, m->h.seq, privileged, arg);
 	if (!strcmp(cmd, "clients") && a->reclaim)
 		return reply_json(fd, m->h.seq, dd_reclaim_json(a->reclaim));
 	if (!strcmp(cmd, "state")) {

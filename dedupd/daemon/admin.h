@@ -7,6 +7,7 @@
 #ifndef DD_ADMIN_H
 #define DD_ADMIN_H
 
+#include <stdbool.h>
 #include <sys/types.h>
 #include <time.h>
 
@@ -28,7 +29,12 @@ struct admin_ctx {
 	struct dd_reclaim *reclaim;     /* clients' allocations and reclaim actions */
 };
 
-/* Answer one ADMIN message on fd. 0, or -errno if the answer could not be sent. */
-int dd_admin_handle(struct admin_ctx *a, int fd, uid_t uid, const struct dd_msg_admin *m);
+/*
+ * Answer one ADMIN message on fd. privileged: the peer is root or in
+ * admin_group (the server decides from SO_PEERCRED / SO_PEERGROUPS); only
+ * they may change dedupd, and with readonly_open = no only they may read.
+ * 0, or -errno if the answer could not be sent.
+ */
+int dd_admin_handle(struct admin_ctx *a, int fd, bool privileged, const struct dd_msg_admin *m);
 
 #endif

@@ -30,6 +30,7 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/timerfd.h>
 #include <sys/un.h>
 #include <systemd/sd-daemon.h>
@@ -37,6 +38,12 @@
 #include <unistd.h>
 
 #define MAX_CONNS 4096
+/* One user may hold this many connections (each costs a few KiB and fds);
+ * root is not limited. 2 per client process: a client uses two. */
+#define MAX_CONNS_PER_UID 512
+#ifndef SO_PEERPIDFD
+#define SO_PEERPIDFD 77
+#endif
 
 enum conn_kind { CONN_NEW, CONN_CLIENT, CONN_ADMIN };
 
@@ -53,6 +60,8 @@ struct conn {
 	pid_t pid;
 	uid_t uid;
 	gid_t gid;
+	int pidfd;	 /* the peer process at connect time (SO_PEERPIDFD); -1 unknown */
+	bool privileged; /* root or a member of admin_group */
 	uint64_t token;
 	struct dd_sclient *sc;
 	struct agent_chan *agent;
@@ -373,6 +382,8 @@ static void conn_close(struct dd_server *srv, struct conn *c)
 	agent_free(c->agent);
 	epoll_ctl(srv->ep, EPOLL_CTL_DEL, c->fd, NULL);
 	close(c->fd);
+	if (c->pidfd >= 0)
+		close(c->pidfd);
 	free(c);
 }
 
@@ -409,6 +420,15 @@ static int on_hello(struct dd_server *srv, struct conn *c, const struct dd_msg_h
 		int e = errno;
 		close(fd);
 		return dd_msg_send_result(c->fd, m->h.seq, -e, 0, "cannot track this process");
+	}
+	/* The scanner opened /proc/PID/{pagemap,mem,maps} by number: make sure
+	 * that number is still the process that connected, not a new one that
+	 * reused it after the peer died. */
+	if (c->pidfd < 0 || syscall(SYS_pidfd_send_signal, c->pidfd, 0, NULL, 0) < 0) {
+		dd_scanner_remove_client(srv->scanner, c->sc);
+		c->sc = NULL;
+		return dd_msg_send_result(c->fd, m->h.seq, -ESRCH, 0,
+					  "the connecting process is gone");
 	}
 	c->kind = CONN_CLIENT;
 	if (getrandom(&c->token, sizeof(c->token), 0) != sizeof(c->token))
@@ -558,13 +578,64 @@ static int on_message(struct dd_server *srv, struct conn *c)
 	case DD_MSG_ADMIN:
 		if (c->kind == CONN_NEW)
 			c->kind = CONN_ADMIN;
-		r = dd_admin_handle(&srv->admin, c->fd, c->uid, (const void *)buf);
+		r = dd_admin_handle(&srv->admin, c->fd, c->privileged, (const void *)buf);
 		break;
 	default:
 		dd_msg_send_result(c->fd, h->seq, -EPROTO, 0, "unexpected message type");
 		r = -EPROTO;
 	}
 	return r;
+}
+
+/* Root, or in admin_group by primary or supplementary group (SO_PEERGROUPS). */
+static bool is_privileged(const struct dd_server *srv, int fd, const struct ucred *cred)
+{
+	const char *name = srv->o.conf->daemon.admin_group;
+	gid_t groups[256];
+	socklen_t len = sizeof(groups);
+	struct group *g;
+	char *end;
+	gid_t gid;
+
+	if (cred->uid == 0)
+		return true;
+	if (!name[0])
+		return false;
+	gid = (gid_t)strtoul(name, &end, 10);
+	if (*end || end == name) {
+		g = getgrnam(name);
+		if (!g)
+			return false;
+		gid = g->gr_gid;
+	}
+	if (cred->gid == gid)
+		return true;
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len) < 0)
+		return false;
+	for (size_t i = 0; i < len / sizeof(gid_t); i++)
+		if (groups[i] == gid)
+			return true;
+	return false;
+}
+
+static unsigned int conns_of(const struct dd_server *srv, uid_t uid)
+{
+	unsigned int n = 0;
+
+	for (const struct conn *c = srv->conns; c; c = c->next)
+		n += c->uid == uid;
+	return n;
+}
+
+/* A pidfd of the peer: the kernel's (SO_PEERPIDFD, Linux 6.5), else opened now. */
+static int peer_pidfd(int fd, pid_t pid)
+{
+	int pfd = -1;
+	socklen_t len = sizeof(pfd);
+
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, &pfd, &len) == 0 && pfd >= 0)
+		return pfd;
+	return (int)syscall(SYS_pidfd_open, pid, 0);
 }
 
 static void on_accept(struct dd_server *srv)
@@ -600,10 +671,22 @@ static void on_accept(struct dd_server *srv)
 		close(fd);
 		return;
 	}
+	if (cred.uid != 0 && conns_of(srv, cred.uid) >= MAX_CONNS_PER_UID) {
+		char msg[128];
+
+		snprintf(msg, sizeof(msg), "too many connections from uid %u (at most %d)",
+			 (unsigned)cred.uid, MAX_CONNS_PER_UID);
+		dd_msg_send_result(fd, 0, -EMFILE, 0, msg);
+		close(fd);
+		free(c);
+		return;
+	}
 	c->fd = fd;
 	c->pid = cred.pid;
 	c->uid = cred.uid;
 	c->gid = cred.gid;
+	c->pidfd = peer_pidfd(fd, cred.pid);
+	c->privileged = is_privileged(srv, fd, &cred);
 	c->next = srv->conns;
 	srv->conns = c;
 	srv->nconns++;
@@ -749,15 +832,6 @@ struct dd_server *dd_server_new(const struct dd_server_opts *o)
 	}
 	srv->admin.reclaim = srv->reclaim;
 	dd_metrics_set_reclaim(srv->metrics, srv->reclaim);
-	/* Accepted by the configuration, not enforced yet: say so rather than
-	 * ignore them silently. */
-	if (o->conf->daemon.admin_group[0])
-		log_warning("admin_group '%s' is not enforced yet: changing commands still need "
-			    "root, ignoring", o->conf->daemon.admin_group);
-	if (!o->conf->daemon.readonly_open)
-		log_warning("readonly_open = no is not enforced yet: read-only commands stay "
-			    "open to whoever may connect to the socket (socket_mode, "
-			    "socket_group), ignoring");
 	log_info("listening on %s (pages_to_scan %u, sleep_millisecs %u)", srv->socket_path,
 		 knobs.pages_to_scan, knobs.sleep_millisecs);
 	sd_notifyf(0, "READY=1\nSTATUS=listening on %s%s%s\nMAINPID=%d", srv->socket_path,

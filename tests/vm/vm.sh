@@ -43,6 +43,7 @@ Commands:
   pid NAME              print the QEMU process id (exit 1 if NAME is not running)
   stop NAME             QMP quit, then SIGTERM, then SIGKILL if QEMU lingers
   stop-all              stop every guest of the run directory
+  clean                 stop-all, then delete the run directory's logs and sockets
   list                  running guests: name, pid, RSS and anonymous RSS of QEMU
   mem NAME              QEMU's memory for guest NAME, in KiB, from /proc/PID/smaps:
                         summed over the mappings of the guest RAM (pc.ram, found
@@ -80,7 +81,8 @@ Environment:
   DEDUP_VM_MODULES      modules to put in the guest and load, with their
                         dependencies (default "virtio_pci virtio_balloon")
   DEDUP_VM_KERNEL_PKG   Debian kernel package to fetch (default: what
-                        linux-image-cloud-amd64 depends on)
+                        linux-image-cloud-amd64 depends on, once: a cached kernel
+                        is used until the cache is deleted or this names another)
 
 Files of guest NAME in the run directory: NAME.console.log (everything the guest
 printed on its serial console), NAME.qemu.log (QEMU's stdout and stderr, with any
@@ -214,8 +216,11 @@ mod_closure() (
 
 fetch_kernel() {
 	if kv=$(kernel_ver); then
-		say "kernel $kv already in $CACHE/kernel"
-		return 0
+		if [ -z "${DEDUP_VM_KERNEL_PKG:-}" ] ||
+			[ "$(cat "$CACHE/kernel/$kv/package" 2>/dev/null)" = "$DEDUP_VM_KERNEL_PKG" ]; then
+			say "kernel $kv already in $CACHE/kernel"
+			return 0
+		fi
 	fi
 	pkg=${DEDUP_VM_KERNEL_PKG:-}
 	if [ -z "$pkg" ]; then
@@ -239,6 +244,8 @@ fetch_kernel() {
 	say "downloading $pkg"
 	if ! (cd "$tmp" && apt-get download -q -o APT::Sandbox::User=root "$pkg") >"$CACHE/.apt.log" 2>&1; then
 		tail -n 5 "$CACHE/.apt.log" >&2
+		! grep -q 'Unable to locate package' "$CACHE/.apt.log" ||
+			die "the Debian archive has no package $pkg (try: apt-cache policy $pkg)"
 		die "cannot download $pkg from the Debian archive: is it reachable? (log: $CACHE/.apt.log)"
 	fi
 	dpkg-deb -x "$tmp"/*.deb "$tmp/x" || die "cannot extract $(ls "$tmp"/*.deb)"
@@ -433,7 +440,7 @@ cmd_boot() {
 			kill "$qpid" 2>/dev/null || true
 			exit 1
 		fi
-		sleep 0.05
+		sleep 0.1
 	done
 	ms=$(($(now_ms) - start))
 	i=0
@@ -651,6 +658,18 @@ cmd_stop_all() {
 	done
 }
 
+cmd_clean() {
+	cmd_stop_all
+	for f in "$RUN"/*.console.log "$RUN"/*.qemu.log "$RUN"/*.serial "$RUN"/*.qmp \
+		"$RUN"/*.hqmp "$RUN"/*.lock "$RUN"/*.socat.err; do
+		[ -e "$f" ] || continue
+		n=${f##*/}
+		n=${n%%.*}
+		guest_pid "$n" >/dev/null || rm -f "$f"
+	done
+	rmdir "$RUN" 2>/dev/null || true
+}
+
 cmd_list() {
 	printf '%-16s %8s %10s %10s\n' NAME PID RSS_KIB ANON_KIB
 	for f in "$RUN"/*.pid; do
@@ -749,6 +768,7 @@ qmp) cmd_qmp "$@" ;;
 pid) cmd_pid "$@" ;;
 stop) cmd_stop "$@" ;;
 stop-all) cmd_stop_all ;;
+clean) cmd_clean ;;
 list) cmd_list ;;
 log) cmd_log "$@" ;;
 mem) cmd_mem "$@" ;;
