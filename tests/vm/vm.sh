@@ -180,6 +180,15 @@ kernel_ver() {
 	echo "$kv"
 }
 
+# The cached kernel's version if it is the one asked for, with the modules asked for.
+kernel_ok() {
+	kv=$(kernel_ver) || return 1
+	[ "$(cat "$CACHE/kernel/$kv/modules.want" 2>/dev/null)" = "$(echo $MODULES)" ] || return 1
+	[ -z "${DEDUP_VM_KERNEL_PKG:-}" ] ||
+		[ "$(cat "$CACHE/kernel/$kv/package" 2>/dev/null)" = "$DEDUP_VM_KERNEL_PKG" ] || return 1
+	echo "$kv"
+}
+
 # A module's file under $1 (the extracted lib/modules/KVER), by name (_ or -).
 mod_file() {
 	n2=$(echo "$2" | tr _ -)
@@ -215,12 +224,9 @@ mod_closure() (
 )
 
 fetch_kernel() {
-	if kv=$(kernel_ver); then
-		if [ -z "${DEDUP_VM_KERNEL_PKG:-}" ] ||
-			[ "$(cat "$CACHE/kernel/$kv/package" 2>/dev/null)" = "$DEDUP_VM_KERNEL_PKG" ]; then
-			say "kernel $kv already in $CACHE/kernel"
-			return 0
-		fi
+	if kv=$(kernel_ok); then
+		say "kernel $kv already in $CACHE/kernel"
+		return 0
 	fi
 	pkg=${DEDUP_VM_KERNEL_PKG:-}
 	if [ -z "$pkg" ]; then
@@ -266,6 +272,7 @@ fetch_kernel() {
 	awk '!seen[$0]++' "$dest.new/modules.order" >"$dest.new/modules.load"
 	rm -f "$dest.new/modules.order"
 	echo "$pkg" >"$dest.new/package"
+	echo $MODULES >"$dest.new/modules.want"
 	rm -rf "$dest"
 	mv "$dest.new" "$dest"
 	echo "$kv" >"$CACHE/kernel/current.new"
@@ -387,7 +394,7 @@ cmd_boot() {
 	if p=$(guest_pid "$name"); then
 		die "guest $name is already running (pid $p)"
 	fi
-	if ! kernel_ver >/dev/null || ! command -v "$QEMU" >/dev/null 2>&1 || ! command -v socat >/dev/null 2>&1; then
+	if ! kernel_ok >/dev/null || ! command -v "$QEMU" >/dev/null 2>&1 || ! command -v socat >/dev/null 2>&1; then
 		cmd_fetch
 	fi
 	cmd_initramfs quiet
