@@ -216,7 +216,7 @@ struct dd_scanner {
 	struct timespec pass_start;
 	/* statistics */
 	atomic_uint_fast64_t pages_scanned, full_scans, merges, merge_failed, cow_breaks,
-		pages_volatile, zero_pages, faults, unstable_count, last_pass_ms,
+		pages_volatile, zero_pages, faults, unstable_count, last_pass_ms, pages_adopted,
 		scan_cpu_ns, registered, nregions;
 };
 
@@ -428,7 +428,7 @@ void dd_scanner_remove_client(struct dd_scanner *s, struct dd_sclient *c)
 }
 
 static struct dd_domain *domain_get(struct dd_scanner *s, uint32_t policy, uint64_t key,
-				    uint64_t salt)
+				    uint64_t salt, int adopt_fd)
 {
 	struct dd_domain *d = NULL;
 
@@ -439,7 +439,13 @@ static struct dd_domain *domain_get(struct dd_scanner *s, uint32_t policy, uint6
 			d = &s->domains[i];
 	if (!d && s->ndomains < MAX_DOMAINS) {
 		d = &s->domains[s->ndomains];
-		d->store = dd_store_new(s->ndomains, s->stable);
+		d->store = NULL;
+		if (adopt_fd >= 0) { /* a restart: carry on with the old store */
+			d->store = dd_store_adopt(s->ndomains, s->stable, adopt_fd);
+			adopt_fd = -1; /* owned (or closed) by dd_store_adopt() */
+		}
+		if (!d->store)
+			d->store = dd_store_new(s->ndomains, s->stable);
 		if (d->store) {
 			d->id = s->ndomains++;
 			d->policy = policy;
@@ -450,7 +456,102 @@ static struct dd_domain *domain_get(struct dd_scanner *s, uint32_t policy, uint6
 		}
 	}
 	pthread_mutex_unlock(&s->lock);
+	if (adopt_fd >= 0)
+		close(adopt_fd);
 	return d;
+}
+
+/* ---- re-adopting an earlier daemon's merges ------------------------------ */
+
+struct store_vma {
+	uint64_t start, end, pgoff;
+	unsigned long ino;
+};
+
+/*
+ * The VMAs inside [addr, addr+len) that map a dedupd store memfd: ours, or
+ * one an earlier daemon left (its clients keep it alive by mapping it).
+ * Returns how many (*out malloc'ed), 0 if none or on error.
+ */
+static size_t store_vmas(const char *maps_path, uint64_t addr, uint64_t len,
+			 struct store_vma **out)
+{
+	char line[512];
+	size_t n = 0, cap = 0;
+	struct store_vma *v = NULL;
+	FILE *f = fopen(maps_path, "re");
+
+	*out = NULL;
+	while (f && fgets(line, sizeof(line), f)) {
+		unsigned long long a, b, off;
+		unsigned long ino;
+		int pos = 0;
+
+		if (sscanf(line, "%llx-%llx %*s %llx %*x:%*x %lu %n", &a, &b, &off, &ino, &pos) < 4 ||
+		    !strstr(line + pos, "/memfd:dedupd-store-") || b <= addr || a >= addr + len)
+			continue;
+		if (n == cap) {
+			struct store_vma *nv = realloc(v, (cap = cap ? cap * 2 : 64) * sizeof(*v));
+
+			if (!nv)
+				break;
+			v = nv;
+		}
+		v[n++] = (struct store_vma){ a, b, off, ino };
+	}
+	if (f)
+		fclose(f);
+	*out = v;
+	return n;
+}
+
+/* An fd of the file a VMA of pid maps (root: /proc/PID/map_files). */
+static int open_vma_file(pid_t pid, const struct store_vma *v)
+{
+	char path[96];
+
+	snprintf(path, sizeof(path), "/proc/%d/map_files/%llx-%llx", (int)pid,
+		 (unsigned long long)v->start, (unsigned long long)v->end);
+	return open(path, O_RDWR | O_CLOEXEC);
+}
+
+/*
+ * Pages of the new region r that still map a slot of its domain's store:
+ * merged by an earlier daemon whose store we adopted. They are MERGED again
+ * and counted, without a copy or a remap. A page that was written since
+ * (anonymous now) stays NEW. c->lock held.
+ */
+static uint64_t adopt_pages(struct dd_sclient *c, struct dd_region *r, const struct store_vma *v,
+			    size_t n)
+{
+	uint64_t adopted = 0, end = r->start + (uint64_t)r->npages * DD_PAGE_SIZE;
+
+	for (size_t k = 0; k < n; k++) {
+		uint64_t a = v[k].start > r->start ? v[k].start : r->start;
+		uint64_t b = v[k].end < end ? v[k].end : end;
+
+		if (!dd_store_is_file(r->dom->store, v[k].ino))
+			continue;
+		for (; a < b; a += DD_PAGE_SIZE) {
+			uint64_t pm = 0, slot = (v[k].pgoff + (a - v[k].start)) / DD_PAGE_SIZE;
+			struct dd_page *p = &r->pages[(a - r->start) / DD_PAGE_SIZE];
+
+			if (pread(c->pagemap, &pm, sizeof(pm), (off_t)(a / DD_PAGE_SIZE * 8)) !=
+			    (ssize_t)sizeof(pm))
+				continue;
+			if ((pm & DD_PM_SWAP) || ((pm & DD_PM_PRESENT) && !(pm & DD_PM_FILE)))
+				continue; /* written since: a private copy */
+			if (slot > UINT32_MAX ||
+			    dd_store_adopt_sharer(r->dom->store, (uint32_t)slot) < 0)
+				continue;
+			p->state = PG_MERGED;
+			p->slot = (uint32_t)slot;
+			p->flags |= PGF_REMAPPED;
+			r->merged++;
+			adopted++;
+		}
+	}
+	return adopted;
 }
 
 static int ensure_store_sent(struct dd_scanner *s, struct dd_sclient *c, struct dd_domain *d)
@@ -474,6 +575,8 @@ int dd_scanner_register(struct dd_scanner *s, struct dd_sclient *c, uint64_t add
 				       .mode = UFFDIO_REGISTER_MODE_WP };
 	struct dd_region *r, **pp;
 	struct dd_domain *d;
+	struct store_vma *sv = NULL;
+	size_t nsv = 0;
 	uint64_t key;
 	int rc;
 
@@ -511,7 +614,8 @@ int dd_scanner_register(struct dd_scanner *s, struct dd_sclient *c, uint64_t add
 			 (unsigned long long)addr, (unsigned long long)len, strerror(errno));
 		goto out;
 	}
-	d = domain_get(s, policy, key, salt);
+	nsv = store_vmas(c->maps_path, addr, len, &sv);
+	d = domain_get(s, policy, key, salt, nsv ? open_vma_file(c->pid, &sv[0]) : -1);
 	if (!d) {
 		rc = -ENOMEM;
 		snprintf(err, errlen, "cannot create a share domain store: %s", strerror(errno));
@@ -538,6 +642,8 @@ int dd_scanner_register(struct dd_scanner *s, struct dd_sclient *c, uint64_t add
 	r->dom = d;
 	r->c = c;
 	atomic_init(&r->refs, 1);
+	if (nsv)
+		atomic_fetch_add(&s->pages_adopted, adopt_pages(c, r, sv, nsv));
 	for (pp = &c->regions; *pp; pp = &(*pp)->next)
 		;
 	*pp = r;
@@ -547,6 +653,7 @@ int dd_scanner_register(struct dd_scanner *s, struct dd_sclient *c, uint64_t add
 	rc = 0;
 out:
 	pthread_mutex_unlock(&c->lock);
+	free(sv);
 	return rc;
 }
 
@@ -1802,6 +1909,7 @@ void dd_scanner_stats(struct dd_scanner *s, struct dd_scan_stats *o)
 	o->merges = atomic_load(&s->merges);
 	o->merge_failed = atomic_load(&s->merge_failed);
 	o->cow_breaks = atomic_load(&s->cow_breaks);
+	o->pages_adopted = atomic_load(&s->pages_adopted);
 	o->faults = atomic_load(&s->faults);
 	o->scan_cpu_ns = atomic_load(&s->scan_cpu_ns);
 	o->last_pass_ms = atomic_load(&s->last_pass_ms);

@@ -61,6 +61,7 @@ struct dd_scan_stats {
 	uint64_t merges;          /* pages merged or zapped, total */
 	uint64_t merge_failed;    /* frozen but not merged (changed, stale, agent error) */
 	uint64_t cow_breaks;      /* merged pages found written */
+	uint64_t pages_adopted;   /* pages found still merged by an earlier daemon */
 	uint64_t store_pages;     /* store slots held, with or without sharers */
 	uint64_t store_freed;
 	uint64_t vmas;            /* VMAs of all clients now */

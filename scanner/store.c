@@ -53,6 +53,9 @@ struct dd_store {
 	uint64_t nr_used, nr_shared, nr_sharers, nr_freed, nr_candidates;
 };
 
+static int grow(struct dd_store *st);
+static bool is_used(const struct dd_store *st, uint32_t i);
+
 struct dd_store *dd_store_new(uint32_t domain, struct dd_table *stable)
 {
 	struct dd_store *st = calloc(1, sizeof(*st));
@@ -79,6 +82,83 @@ struct dd_store *dd_store_new(uint32_t domain, struct dd_table *stable)
 fail:
 	dd_store_free(st);
 	return NULL;
+}
+
+struct dd_store *dd_store_adopt(uint32_t domain, struct dd_table *stable, int fd)
+{
+	struct dd_store *st = calloc(1, sizeof(*st));
+	struct stat sb;
+	off_t data, hole = 0;
+
+	if (!st)
+		return NULL;
+	pthread_mutex_init(&st->lock, NULL);
+	st->domain = domain;
+	st->stable = stable;
+	st->memfd = fd;
+	st->base = MAP_FAILED;
+	if (fstat(fd, &sb) < 0 || sb.st_size % DD_PAGE_SIZE ||
+	    (uint64_t)sb.st_size / DD_PAGE_SIZE > STORE_MAX_SLOTS) {
+		errno = errno ? errno : EINVAL;
+		goto fail;
+	}
+	st->dev = sb.st_dev;
+	st->ino = sb.st_ino;
+	st->base = mmap(NULL, (size_t)STORE_MAX_SLOTS * DD_PAGE_SIZE, PROT_READ | PROT_WRITE,
+			MAP_SHARED | MAP_NORESERVE, fd, 0);
+	if (st->base == MAP_FAILED)
+		goto fail;
+	while ((uint64_t)st->nslots * DD_PAGE_SIZE < (uint64_t)sb.st_size)
+		if (grow(st) < 0)
+			goto fail;
+	/* Every slot with data (holes are slots the old daemon freed) goes back
+	 * in the stable table, without sharers until the regions that map it
+	 * register again (dd_store_adopt_sharer()). */
+	while ((data = lseek(fd, hole, SEEK_DATA)) >= 0) {
+		hole = lseek(fd, data, SEEK_HOLE);
+		if (hole < 0)
+			break;
+		for (uint64_t i = (uint64_t)data / DD_PAGE_SIZE; i < (uint64_t)hole / DD_PAGE_SIZE;
+		     i++) {
+			struct dd_stable *node = calloc(1, sizeof(*node));
+			const void *page = st->base + i * DD_PAGE_SIZE;
+
+			if (!node)
+				goto fail;
+			node->store = st;
+			node->slot = (uint32_t)i;
+			st->used[i / 64] |= 1ULL << (i % 64);
+			st->slots[i] = (struct slot){ .node = node };
+			st->nr_used++;
+			st->nr_candidates++;
+			dd_table_add(st->stable, &node->tn, st->domain, dd_page_hash(page));
+		}
+	}
+	st->cursor = (uint32_t)((uint64_t)sb.st_size / DD_PAGE_SIZE);
+	return st;
+fail:
+	dd_store_free(st);
+	return NULL;
+}
+
+int dd_store_adopt_sharer(struct dd_store *st, uint32_t slot)
+{
+	int r = -ENOENT;
+
+	pthread_mutex_lock(&st->lock);
+	if (slot < st->nslots && is_used(st, slot)) {
+		if (st->slots[slot].sharers++ == 0)
+			st->nr_shared++;
+		st->nr_sharers++;
+		r = 0;
+	}
+	pthread_mutex_unlock(&st->lock);
+	return r;
+}
+
+bool dd_store_is_file(const struct dd_store *st, unsigned long ino)
+{
+	return (unsigned long)st->ino == ino;
 }
 
 static void free_node_rcu(struct rcu_head *h)

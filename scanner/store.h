@@ -30,6 +30,21 @@ struct dd_stable {
 struct dd_store *dd_store_new(uint32_t domain, struct dd_table *stable);
 void dd_store_free(struct dd_store *st); /* NULL-safe; nodes removed (caller in RCU) */
 
+/*
+ * Take over the store memfd of a previous daemon (fd, owned from now on,
+ * found through a client's /proc/PID/map_files): every slot with data is
+ * hashed into the stable table again, with no sharers yet. NULL on failure
+ * (errno; fd closed).
+ */
+struct dd_store *dd_store_adopt(uint32_t domain, struct dd_table *stable, int fd);
+
+/* A registered page that still maps slot: count it as a sharer. 0, or
+ * -ENOENT if the slot holds nothing. */
+int dd_store_adopt_sharer(struct dd_store *st, uint32_t slot);
+
+/* Is this store the file with inode number ino (from /proc/PID/maps)? */
+bool dd_store_is_file(const struct dd_store *st, unsigned long ino);
+
 int dd_store_memfd(const struct dd_store *st);
 const void *dd_store_page(const struct dd_store *st, uint32_t slot);
 

@@ -24,6 +24,7 @@
  * each the next call against a good peer succeeds.
  */
 #include <check.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <json-c/json.h>
@@ -37,6 +38,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -92,7 +94,8 @@ struct fake {
 
 static struct fake *fk;
 static pid_t fake_pid = -1;
-static char sock_dir[64], sock_path[108];
+static char sock_dir[64] = "/tmp/dd-balloon-XXXXXX"; /* one for the run, made by main() */
+static char sock_path[108];
 
 /* ---- fake peers: plumbing ------------------------------------------------ */
 
@@ -705,6 +708,7 @@ static void fake_serve(int lfd)
 			continue;
 		__atomic_add_fetch(&fk->connections, 1, __ATOMIC_SEQ_CST);
 		if (fork() == 0) {
+			prctl(PR_SET_PDEATHSIG, SIGKILL); /* the fake's parent is alive: it forks */
 			close(lfd);
 			if (fk->kind == FAKE_QMP)
 				qmp_serve(cfd);
@@ -719,6 +723,7 @@ static void fake_serve(int lfd)
 static void fake_start(enum fake_kind kind)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	pid_t parent;
 	int lfd;
 
 	fk->kind = kind;
@@ -727,9 +732,14 @@ static void fake_start(enum fake_kind kind)
 	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", sock_path);
 	ck_assert_int_eq(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
 	ck_assert_int_eq(listen(lfd, 16), 0);
+	parent = getpid();
 	fake_pid = fork();
 	ck_assert_int_ge(fake_pid, 0);
 	if (fake_pid == 0) {
+		/* A failed assertion ends the test process without its teardown. */
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		if (getppid() != parent)
+			_exit(0);
 		setpgid(0, 0);
 		fake_serve(lfd);
 		_exit(0);
@@ -752,9 +762,7 @@ static void setup(void)
 	fk->free_bytes = 300 * MIB;
 	fk->avail_bytes = 512 * MIB;
 	fk->caches_bytes = 150 * MIB;
-	snprintf(sock_dir, sizeof(sock_dir), "/tmp/dd-balloon-XXXXXX");
-	ck_assert_ptr_nonnull(mkdtemp(sock_dir));
-	snprintf(sock_path, sizeof(sock_path), "%s/vmm.sock", sock_dir);
+	snprintf(sock_path, sizeof(sock_path), "%s/vmm-%d.sock", sock_dir, (int)getpid());
 }
 
 static void teardown(void)
@@ -765,7 +773,6 @@ static void teardown(void)
 		fake_pid = -1;
 	}
 	unlink(sock_path);
-	rmdir(sock_dir);
 	munmap(fk, sizeof(*fk));
 }
 
@@ -1238,7 +1245,9 @@ START_TEST(test_fc_set_query_round_trip)
 	ck_assert_int_eq(dd_balloon_set(b, MIB - 1, err, sizeof(err)), 0); /* < 1 MiB: 0 */
 	ck_assert_str_eq(fk->body, "{\"amount_mib\":0}");
 	ck_assert_int_eq(fk->balloon_cmds, 2);
-	ck_assert_int_eq(fk->connections, 1); /* keep-alive */
+	/* One connection a call, shared by its requests, none left open between calls. */
+	ck_assert_int_eq(fk->connections, 3);
+	ck_assert_int_eq(fk->requests, 5);
 	assert_new_fds_cloexec(before);
 	peer_free(b);
 }
@@ -1271,6 +1280,7 @@ START_TEST(test_fc_fault_message)
 	char err[256];
 
 	fake_start(FAKE_FC);
+	fk->poll_secs = 1;
 	b = peer(DD_BALLOON_KIND_FIRECRACKER, 2000);
 	set_mode(REFUSE);
 	ck_assert_int_eq(dd_balloon_set(b, 64 * MIB, err, sizeof(err)), -EPROTO);
@@ -1323,6 +1333,7 @@ static void http_bad_peer(enum fake_kind kind, enum fake_mode m, int expect, con
 	uint64_t t0, ms;
 
 	fake_start(kind);
+	fk->poll_secs = 1;
 	b = peer(bk, 400);
 	ck_assert_int_eq(dd_balloon_set(b, 128 * MIB, err, sizeof(err)), 0);
 	set_mode(m);
@@ -1392,7 +1403,8 @@ START_TEST(test_ch_set_query_round_trip)
 	ck_assert_int_eq(st.guest_available_bytes, 512 * MIB);
 	ck_assert_int_eq(st.guest_committed_bytes, 1280 * MIB - 4096);
 	ck_assert_int_eq(dd_balloon_guest_pressure(&st), 71);
-	ck_assert_int_eq(fk->connections, 1);
+	ck_assert_int_eq(fk->connections, 2);
+	ck_assert_int_eq(fk->requests, 4);
 	assert_new_fds_cloexec(before);
 	peer_free(b);
 }
@@ -1529,13 +1541,36 @@ Suite *balloon_suite(void)
 	return s;
 }
 
+/* Sockets of tests that failed before their teardown. */
+static void remove_sock_dir(void)
+{
+	struct dirent *e;
+	DIR *d = opendir(sock_dir);
+	char path[sizeof(sock_dir) + 300];
+
+	while (d && (e = readdir(d)))
+		if (e->d_name[0] != '.') {
+			snprintf(path, sizeof(path), "%s/%s", sock_dir, e->d_name);
+			unlink(path);
+		}
+	if (d)
+		closedir(d);
+	rmdir(sock_dir);
+}
+
 int main(void)
 {
-	SRunner *sr = srunner_create(balloon_suite());
+	SRunner *sr;
 	int failed;
 
+	if (!mkdtemp(sock_dir)) {
+		perror("mkdtemp");
+		return 1;
+	}
+	sr = srunner_create(balloon_suite());
 	srunner_run_all(sr, CK_NORMAL);
 	failed = srunner_ntests_failed(sr);
 	srunner_free(sr);
+	remove_sock_dir();
 	return failed ? 1 : 0;
 }

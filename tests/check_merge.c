@@ -667,6 +667,14 @@ START_TEST(test_restart_readopts_clients)
 		 * may be back as anonymous pages after the last round's verify. */
 		for (unsigned i = 0; i < 2; i++)
 			ck_assert_uint_le(kid_cmd(&k[i], 'a'), NPAGES - NDUP);
+		/* ... and the new daemon adopted that store at registration: the
+		 * pages count as sharing at once, before anything touches them,
+		 * with no copy and no remap. */
+		ck_assert_msg(h_wait_stat(sock, "pages_sharing", NDUP, false, 2000),
+			      "round %u: adopted pages_sharing %lld, pages_adopted %lld", round,
+			      (long long)h_stat(sock, "pages_sharing"),
+			      (long long)h_stat(sock, "pages_adopted"));
+		ck_assert_int_ge(h_stat(sock, "pages_adopted"), NDUP);
 		/* Touching them (verify reads every byte) makes them present;
 		 * the new daemon then merges them into its own store. */
 		for (unsigned i = 0; i < 2; i++)

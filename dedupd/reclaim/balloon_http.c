@@ -2,9 +2,13 @@
 /*
  * The Firecracker and Cloud Hypervisor backends: their REST APIs, HTTP/1.1
  * over the VMM's UNIX socket, spoken through libcurl (CURLOPT_UNIX_SOCKET_PATH).
- * One curl handle per backend object is kept between calls so that its
- * connection is reused; after any transport failure the handle is dropped,
- * and the next call starts with a new one and a new connection.
+ *
+ * A call's requests share one curl handle and so one keep-alive connection;
+ * the handle goes at the end of the call, so nothing stays open between
+ * calls: the VMM's API server keeps a few connection slots for its
+ * orchestrator, and libcurl before 8.8 opens its internal wake-up socketpair
+ * without SOCK_CLOEXEC (curl issue #13618), so it must not outlive the call.
+ * A transport failure drops the handle at once; the next call starts afresh.
  *
  * Firecracker (src/firecracker/swagger/firecracker.yaml, docs/ballooning.md):
  *   GET   /machine-config      {"mem_size_mib": N, ...}: guest RAM (read once)
@@ -52,14 +56,14 @@ struct http {
 	enum dd_balloon_kind kind;
 	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 	int timeout_ms;
-	CURL *curl;	      /* kept for its connection; NULL after a failure */
 	int64_t fc_ram_bytes; /* Firecracker's mem_size_mib in bytes, once read; -1 */
 	bool ch_no_stats;     /* Cloud Hypervisor without vm.balloon-stats */
 };
 
-/* One public call: its deadline and its error text. */
+/* One public call: its connection, deadline and error text. */
 struct call {
 	struct http *h;
+	CURL *curl; /* NULL until the first request, and after a failure */
 	uint64_t deadline_ms;
 	char *err;
 	size_t errlen;
@@ -145,7 +149,7 @@ static int transport_error(struct call *c, CURLcode rc, const char *method, cons
 
 	switch (rc) {
 	case CURLE_COULDNT_CONNECT:
-		curl_easy_getinfo(c->h->curl, CURLINFO_OS_ERRNO, &os_errno);
+		curl_easy_getinfo(c->curl, CURLINFO_OS_ERRNO, &os_errno);
 		if (os_errno <= 0)
 			os_errno = ECONNREFUSED;
 		return call_fail(c, -(int)os_errno, "connect: %s", strerror((int)os_errno));
@@ -206,51 +210,51 @@ static int request(struct call *c, const char *method, const char *path, const c
 	if (left <= 0)
 		return call_fail(c, -ETIMEDOUT, "%s %s: no time left within %d ms", method, path,
 				 h->timeout_ms);
-	if (!h->curl && !(h->curl = curl_easy_init()))
+	if (!c->curl && !(c->curl = curl_easy_init()))
 		return call_fail(c, -ENOMEM, "curl_easy_init failed");
-	curl_easy_reset(h->curl); /* keeps the connection */
+	curl_easy_reset(c->curl); /* keeps the connection for the next request */
 	snprintf(url, sizeof(url), "http://localhost%s", path);
-	rc = curl_easy_setopt(h->curl, CURLOPT_URL, url);
+	rc = curl_easy_setopt(c->curl, CURLOPT_URL, url);
 	if (!rc)
-		rc = curl_easy_setopt(h->curl, CURLOPT_UNIX_SOCKET_PATH, h->path);
+		rc = curl_easy_setopt(c->curl, CURLOPT_UNIX_SOCKET_PATH, h->path);
 	if (!rc)
-		rc = curl_easy_setopt(h->curl, CURLOPT_PROTOCOLS_STR, "http");
+		rc = curl_easy_setopt(c->curl, CURLOPT_PROTOCOLS_STR, "http");
 	if (!rc)
-		rc = curl_easy_setopt(h->curl, CURLOPT_NOSIGNAL, 1L);
+		rc = curl_easy_setopt(c->curl, CURLOPT_NOSIGNAL, 1L);
 	if (!rc)
-		rc = curl_easy_setopt(h->curl, CURLOPT_TIMEOUT_MS, left);
+		rc = curl_easy_setopt(c->curl, CURLOPT_TIMEOUT_MS, left);
 	if (!rc)
-		rc = curl_easy_setopt(h->curl, CURLOPT_CONNECTTIMEOUT_MS, left);
+		rc = curl_easy_setopt(c->curl, CURLOPT_CONNECTTIMEOUT_MS, left);
 	if (!rc)
-		rc = curl_easy_setopt(h->curl, CURLOPT_OPENSOCKETFUNCTION, open_cloexec);
+		rc = curl_easy_setopt(c->curl, CURLOPT_OPENSOCKETFUNCTION, open_cloexec);
 	if (!rc)
-		rc = curl_easy_setopt(h->curl, CURLOPT_WRITEFUNCTION, on_body);
+		rc = curl_easy_setopt(c->curl, CURLOPT_WRITEFUNCTION, on_body);
 	if (!rc)
-		rc = curl_easy_setopt(h->curl, CURLOPT_WRITEDATA, rep);
+		rc = curl_easy_setopt(c->curl, CURLOPT_WRITEDATA, rep);
 	if (!rc && body) {
-		rc = curl_easy_setopt(h->curl, CURLOPT_CUSTOMREQUEST, method);
+		rc = curl_easy_setopt(c->curl, CURLOPT_CUSTOMREQUEST, method);
 		if (!rc)
-			rc = curl_easy_setopt(h->curl, CURLOPT_POSTFIELDS, body);
+			rc = curl_easy_setopt(c->curl, CURLOPT_POSTFIELDS, body);
 		if (!rc)
-			rc = curl_easy_setopt(h->curl, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
+			rc = curl_easy_setopt(c->curl, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
 	} else if (!rc && strcmp(method, "GET")) {
-		rc = curl_easy_setopt(h->curl, CURLOPT_CUSTOMREQUEST, method);
+		rc = curl_easy_setopt(c->curl, CURLOPT_CUSTOMREQUEST, method);
 	}
-	r = rc ? -ENOMEM : set_headers(h->curl, &hdrs, body);
+	r = rc ? -ENOMEM : set_headers(c->curl, &hdrs, body);
 	if (r < 0) {
 		curl_slist_free_all(hdrs);
 		return call_fail(c, r, "%s %s: setting up the request failed", method, path);
 	}
-	rc = curl_easy_perform(h->curl);
+	rc = curl_easy_perform(c->curl);
 	curl_slist_free_all(hdrs);
 	if (rc != CURLE_OK) {
 		r = transport_error(c, rc, method, path, rep);
 		reply_free(rep);
-		curl_easy_cleanup(h->curl);
-		h->curl = NULL;
+		curl_easy_cleanup(c->curl);
+		c->curl = NULL;
 		return r;
 	}
-	curl_easy_getinfo(h->curl, CURLINFO_RESPONSE_CODE, &rep->status);
+	curl_easy_getinfo(c->curl, CURLINFO_RESPONSE_CODE, &rep->status);
 	return 0;
 }
 
@@ -478,6 +482,7 @@ static int64_t ch_ram(struct json_object *mem)
 static int ch_info(struct call *c, struct dd_balloon_stats *st)
 {
 	struct json_object *info, *config, *mem = NULL, *balloon = NULL;
+	bool has_balloon;
 	int64_t actual;
 	int r;
 
@@ -491,10 +496,11 @@ static int ch_info(struct call *c, struct dd_balloon_stats *st)
 	st->guest_ram_bytes = ch_ram(mem);
 	st->target_bytes = dd_balloon_json_bytes(balloon, "size");
 	actual = dd_balloon_json_bytes(info, "memory_actual_size");
+	has_balloon = json_object_is_type(balloon, json_type_object);
 	json_object_put(info);
 	if (st->guest_ram_bytes <= 0)
 		return call_fail(c, -EPROTO, "GET /api/v1/vm.info: no config.memory.size");
-	if (!json_object_is_type(balloon, json_type_object))
+	if (!has_balloon)
 		return call_fail(c, -ENOTSUP, "the VM has no balloon device (no config.balloon)");
 	if (actual >= 0)
 		st->balloon_bytes = actual < st->guest_ram_bytes ? st->guest_ram_bytes - actual : 0;
@@ -503,7 +509,7 @@ static int ch_info(struct call *c, struct dd_balloon_stats *st)
 
 static int ch_set(struct call *c, uint64_t bytes)
 {
-	struct dd_balloon_stats st;
+	struct dd_balloon_stats st = { 0 };
 	long status;
 	int r;
 
@@ -581,19 +587,26 @@ static void *http_create(enum dd_balloon_kind kind, const char *path, int timeou
 
 static void http_destroy(void *be)
 {
-	struct http *h = be;
-
-	if (h->curl)
-		curl_easy_cleanup(h->curl);
-	free(h);
+	free(be);
 }
 
 static void call_init(struct call *c, struct http *h, char *err, size_t errlen)
 {
 	c->h = h;
+	c->curl = NULL;
 	c->deadline_ms = dd_balloon_now_ms() + (uint64_t)h->timeout_ms;
 	c->err = err;
 	c->errlen = errlen;
+}
+
+static int call_end(struct call *c, int r)
+{
+	if (c->curl)
+		curl_easy_cleanup(c->curl);
+	c->curl = NULL;
+	if (r == 0)
+		c->err[0] = '\0';
+	return r;
 }
 
 static int http_set(void *be, uint64_t bytes, char *err, size_t errlen)
@@ -604,9 +617,7 @@ static int http_set(void *be, uint64_t bytes, char *err, size_t errlen)
 
 	call_init(&c, h, err, errlen);
 	r = h->kind == DD_BALLOON_KIND_FIRECRACKER ? fc_set(&c, bytes) : ch_set(&c, bytes);
-	if (r == 0)
-		err[0] = '\0';
-	return r;
+	return call_end(&c, r);
 }
 
 static int http_query(void *be, struct dd_balloon_stats *st, char *err, size_t errlen)
@@ -617,9 +628,7 @@ static int http_query(void *be, struct dd_balloon_stats *st, char *err, size_t e
 
 	call_init(&c, h, err, errlen);
 	r = h->kind == DD_BALLOON_KIND_FIRECRACKER ? fc_query(&c, st) : ch_query(&c, st);
-	if (r == 0)
-		err[0] = '\0';
-	return r;
+	return call_end(&c, r);
 }
 
 const struct dd_balloon_backend dd_balloon_http_backend = {

@@ -540,7 +540,7 @@ cmd_run() {
 	{
 		printf 'DD-RUN %s %s\n' "$tok" "$b64"
 		wait_console "$name" "$off" "^DD-BEGIN $tok\$" "$end" || true
-	} | socat -t 0.2 - "UNIX-CONNECT:$RUN/$name.serial" >/dev/null 2>"$RUN/$name.socat.err" ||
+	} | socat -t 0.02 - "UNIX-CONNECT:$RUN/$name.serial" >/dev/null 2>"$RUN/$name.socat.err" ||
 		die "guest $name: cannot write to $RUN/$name.serial: $(cat "$RUN/$name.socat.err")"
 	if ! log_from "$name" "$off" | grep -q "^DD-BEGIN $tok\$"; then
 		guest_pid "$name" >/dev/null || guest_gone "$name"
