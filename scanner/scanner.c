@@ -568,6 +568,98 @@ static int ensure_store_sent(struct dd_scanner *s, struct dd_sclient *c, struct 
 	return r;
 }
 
+/*
+ * What one client may make us allocate: a page record (16 B) per registered
+ * page and a region header per region. A process registering more than the
+ * host's memory gains nothing (it cannot have more resident), so that is its
+ * limit; a user other than root gets four times that over all its
+ * processes, and a process at most MAX_REGIONS regions. Records then stay
+ * under 0.4 % of host memory per process and 1.6 % per user.
+ */
+#define MAX_REGIONS 65536
+
+static uint64_t host_bytes(void)
+{
+	static uint64_t total;
+	char line[128];
+	unsigned long long kib;
+	FILE *f;
+
+	if (total)
+		return total;
+	f = fopen("/proc/meminfo", "re");
+	while (f && fgets(line, sizeof(line), f))
+		if (sscanf(line, "MemTotal: %llu kB", &kib) == 1)
+			total = (uint64_t)kib * 1024;
+	if (f)
+		fclose(f);
+	return total ? total : UINT64_MAX / 8;
+}
+
+static uint64_t client_pages(struct dd_sclient *c, uint64_t *nregions)
+{
+	uint64_t n = 0;
+
+	*nregions = 0;
+	for (struct dd_region *r = c->regions; r; r = r->next)
+		if (!r->dead) {
+			n += r->npages;
+			(*nregions)++;
+		}
+	return n;
+}
+
+static int check_limits(struct dd_scanner *s, struct dd_sclient *c, uint64_t len, char *err,
+			size_t errlen)
+{
+	uint64_t host = host_bytes(), mine, user = 0, nreg, dummy;
+
+	pthread_mutex_lock(&c->lock);
+	mine = client_pages(c, &nreg) * DD_PAGE_SIZE;
+	pthread_mutex_unlock(&c->lock);
+	if (nreg >= MAX_REGIONS) {
+		snprintf(err, errlen, "too many regions: this process has %llu registered (at most %d)",
+			 (unsigned long long)nreg, MAX_REGIONS);
+		return -E2BIG;
+	}
+	if (mine + len > host) {
+		snprintf(err, errlen, "registration refused: this process would have %llu MiB "
+			 "registered, more than the host's memory (%llu MiB)",
+			 (unsigned long long)((mine + len) >> 20), (unsigned long long)(host >> 20));
+		return -E2BIG;
+	}
+	if (c->uid == 0)
+		return 0;
+	/* Client locks are taken before s->lock elsewhere (register ->
+	 * domain_get): take references under s->lock, count after. */
+	for (uint64_t from = 0;;) {
+		struct dd_sclient *o;
+
+		pthread_mutex_lock(&s->lock);
+		for (o = s->clients; o && (o->id < from || o->uid != c->uid || o == c); o = o->next)
+			;
+		if (o)
+			atomic_fetch_add(&o->refs, 1);
+		pthread_mutex_unlock(&s->lock);
+		if (!o)
+			break;
+		from = o->id + 1;
+		pthread_mutex_lock(&o->lock);
+		if (!o->dead)
+			user += client_pages(o, &dummy) * DD_PAGE_SIZE;
+		pthread_mutex_unlock(&o->lock);
+		client_put(o);
+	}
+	if (user + mine + len > 4 * host) {
+		snprintf(err, errlen, "registration refused: uid %u would have %llu MiB registered, "
+			 "more than four times the host's memory (%llu MiB)", (unsigned)c->uid,
+			 (unsigned long long)((user + mine + len) >> 20),
+			 (unsigned long long)(host >> 20));
+		return -E2BIG;
+	}
+	return 0;
+}
+
 int dd_scanner_register(struct dd_scanner *s, struct dd_sclient *c, uint64_t addr, uint64_t len,
 			uint32_t policy, uint64_t salt, char *err, size_t errlen)
 {
@@ -596,6 +688,9 @@ int dd_scanner_register(struct dd_scanner *s, struct dd_sclient *c, uint64_t add
 	key = policy == DD_DOMAIN_ALL ? 0 : policy == DD_DOMAIN_CLIENT ? c->id : c->uid;
 	if (policy != DD_DOMAIN_SALT)
 		salt = 0;
+	rc = check_limits(s, c, len, err, errlen);
+	if (rc < 0)
+		return rc;
 	pthread_mutex_lock(&c->lock);
 	for (r = c->regions; r; r = r->next)
 		if (addr < r->start + (uint64_t)r->npages * DD_PAGE_SIZE && r->start < addr + len) {

@@ -7,6 +7,9 @@
  * refusal is checked with its message. Needs root (to become other users).
  */
 #include "tests/harness.h"
+#include "dedupd/lib/dedup.h"
+
+#include <sys/mman.h>
 
 #include <grp.h>
 
@@ -155,6 +158,41 @@ START_TEST(test_connections_per_user)
 }
 END_TEST
 
+/* A process cannot make the daemon allocate records for more than the host's
+ * memory: a huge MAP_NORESERVE mapping is refused with the figures. */
+START_TEST(test_registration_bounded)
+{
+	char sock[256];
+	pid_t d, pid;
+	int st;
+
+	H_SKIP_UNLESS_ROOT();
+	d = start(sock, sizeof(sock), "access-big", NULL);
+	setenv("DEDUPD_SOCKET", sock, 1);
+	pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		size_t len = (size_t)1 << 40; /* 1 TiB of address space, nothing resident */
+		void *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
+			       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+		int r;
+
+		if (p == MAP_FAILED)
+			_exit(90);
+		r = dedup_register(p, len, NULL);
+		fprintf(stderr, "1 TiB: %d %s\n", r, dedup_strerror());
+		if (r != -E2BIG || !strstr(dedup_strerror(), "more than the host's memory"))
+			_exit(1);
+		/* A reasonable part of it is fine. */
+		r = dedup_register(p, (size_t)1 << 30, NULL);
+		_exit(r == 0 ? 0 : 2);
+	}
+	waitpid(pid, &st, 0);
+	h_daemon_stop(d, SIGTERM);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child status %d", st);
+}
+END_TEST
+
 static Suite *access_suite(void)
 {
 	Suite *s = suite_create("access");
@@ -165,6 +203,7 @@ static Suite *access_suite(void)
 	tcase_add_test(tc, test_set_root_only_by_default);
 	tcase_add_test(tc, test_readonly_closed);
 	tcase_add_test(tc, test_connections_per_user);
+	tcase_add_test(tc, test_registration_bounded);
 	suite_add_tcase(s, tc);
 	return s;
 }

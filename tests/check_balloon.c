@@ -74,7 +74,7 @@ struct fake {
 	int64_t balloon_bytes; /* the guest's balloon now: the fake guest obeys at once */
 	int64_t target_bytes;  /* Firecracker, Cloud Hypervisor: as configured */
 	bool has_balloon;
-	bool qmp_summary;  /* QEMU >= 2.11: query-memory-size-summary */
+	bool qmp_summary;   /* QEMU >= 2.11: query-memory-size-summary */
 	char qom_path[128]; /* the balloon device in QOM, "" for none */
 	int64_t poll_secs;  /* guest statistics polling (QEMU, Firecracker) */
 	bool guest_silent;  /* QEMU: the guest's driver never reports statistics */
@@ -216,12 +216,12 @@ static const char *jstr(struct json_object *o, const char *key)
 /* ---- fake QEMU (QMP) ------------------------------------------------------ */
 
 #define RET(...) snprintf(out, outlen, "\"return\": " __VA_ARGS__)
-#define ERR(cls, ...)                                                               \
-	do {                                                                        \
-		int n_ = snprintf(out, outlen, "\"error\": {\"class\": \"%s\", \"desc\": \"", \
-				  cls);                                             \
-		n_ += snprintf(out + n_, outlen - (size_t)n_, __VA_ARGS__);         \
-		snprintf(out + n_, outlen - (size_t)n_, "\"}");                    \
+#define ERR(cls, ...)                                                                              \
+	do {                                                                                       \
+		int n_ =                                                                           \
+		    snprintf(out, outlen, "\"error\": {\"class\": \"%s\", \"desc\": \"", cls);     \
+		n_ += snprintf(out + n_, outlen - (size_t)n_, __VA_ARGS__);                        \
+		snprintf(out + n_, outlen - (size_t)n_, "\"}");                                    \
 	} while (0)
 
 static void qmp_stats(char *out, size_t outlen)
@@ -231,8 +231,8 @@ static void qmp_stats(char *out, size_t outlen)
 	if (fk->poll_secs <= 0 || fk->guest_silent) { /* QEMU's initial values */
 		RET("{\"stats\": {\"stat-swap-out\": " U64_MAX_TEXT
 		    ", \"stat-available-memory\": " U64_MAX_TEXT
-		    ", \"stat-free-memory\": " U64_MAX_TEXT
-		    ", \"stat-total-memory\": " U64_MAX_TEXT "}, \"last-update\": 0}");
+		    ", \"stat-free-memory\": " U64_MAX_TEXT ", \"stat-total-memory\": " U64_MAX_TEXT
+		    "}, \"last-update\": 0}");
 		return;
 	}
 	if (fk->avail_bytes < 0)
@@ -262,7 +262,8 @@ static void qmp_qom_list(const char *path, char *out, size_t outlen)
 		dev = fk->qom_path + dl + 1;
 	RET("[{\"name\": \"type\", \"type\": \"string\"}, {\"name\": \"net0\", \"type\": "
 	    "\"child<virtio-net-pci>\"}%s%s%s]",
-	    *dev ? ", {\"name\": \"" : "", dev, *dev ? "\", \"type\": \"child<virtio-balloon-pci>\"}" : "");
+	    *dev ? ", {\"name\": \"" : "", dev,
+	    *dev ? "\", \"type\": \"child<virtio-balloon-pci>\"}" : "");
 }
 
 static void qmp_qom(const char *cmd, struct json_object *args, char *out, size_t outlen)
@@ -300,7 +301,8 @@ static void qmp_balloon(struct json_object *args, char *out, size_t outlen, bool
 	struct json_object *v;
 	int64_t value, target;
 
-	if (!json_object_object_get_ex(args, "value", &v) || !json_object_is_type(v, json_type_int)) {
+	if (!json_object_object_get_ex(args, "value", &v) ||
+	    !json_object_is_type(v, json_type_int)) {
 		violation("balloon without an integer value");
 		ERR("GenericError", "Parameter 'value' is missing");
 		return;
@@ -327,7 +329,8 @@ static void qmp_command(bool *negotiated, const char *cmd, struct json_object *a
 {
 	if (!*negotiated && strcmp(cmd, "qmp_capabilities")) {
 		violation("%s before qmp_capabilities", cmd);
-		ERR("CommandNotFound", "Expecting capabilities negotiation with 'qmp_capabilities'");
+		ERR("CommandNotFound",
+		    "Expecting capabilities negotiation with 'qmp_capabilities'");
 	} else if (!strcmp(cmd, "qmp_capabilities")) {
 		if (*negotiated)
 			ERR("CommandNotFound",
@@ -410,17 +413,19 @@ static void qmp_serve(int fd)
 				return;
 			continue;
 		}
-		putf(fd, "{\"timestamp\": {\"seconds\": %ld, \"microseconds\": 4242}, \"event\": "
-			 "\"RTC_CHANGE\", \"data\": {\"offset\": 0, \"qom-path\": "
-			 "\"/machine/unattached/device[8]\"}}\r\n",
+		putf(fd,
+		     "{\"timestamp\": {\"seconds\": %ld, \"microseconds\": 4242}, \"event\": "
+		     "\"RTC_CHANGE\", \"data\": {\"offset\": 0, \"qom-path\": "
+		     "\"/machine/unattached/device[8]\"}}\r\n",
 		     (long)time(NULL));
 		fk->events_sent++;
 		qmp_command(&negotiated, cmd, args, out, sizeof(out), &changed);
 		putf(fd, "{%s%s}\r\n", out, idtext);
 		/* The guest acknowledges at once; QEMU then reports the new size. */
 		if (changed) {
-			putf(fd, "{\"timestamp\": {\"seconds\": %ld, \"microseconds\": 5}, \"event\": "
-				 "\"BALLOON_CHANGE\", \"data\": {\"actual\": %lld}}\r\n",
+			putf(fd,
+			     "{\"timestamp\": {\"seconds\": %ld, \"microseconds\": 5}, \"event\": "
+			     "\"BALLOON_CHANGE\", \"data\": {\"actual\": %lld}}\r\n",
 			     (long)time(NULL), (long long)(fk->ram_bytes - fk->balloon_bytes));
 			fk->events_sent++;
 		}
@@ -452,7 +457,8 @@ static int read_request(struct conn *cn, struct http_req *rq)
 		if (!*line)
 			break;
 		if (!strncasecmp(line, "Content-Type:", 13))
-			snprintf(rq->ctype, sizeof(rq->ctype), "%s", line + 13 + strspn(line + 13, " "));
+			snprintf(rq->ctype, sizeof(rq->ctype), "%s",
+				 line + 13 + strspn(line + 13, " "));
 		else if (!strncasecmp(line, "Content-Length:", 15))
 			rq->clen = atol(line + 15);
 		else if (!strncasecmp(line, "Transfer-Encoding:", 18))
@@ -469,18 +475,21 @@ static int read_request(struct conn *cn, struct http_req *rq)
 
 static void respond(int fd, int status, const char *json)
 {
-	const char *reason = status == 200 ? "OK" :
-			     status == 204 ? "No Content" :
-			     status == 400 ? "Bad Request" :
-			     status == 404 ? "Not Found" : "Internal Server Error";
+	const char *reason = status == 200   ? "OK"
+			     : status == 204 ? "No Content"
+			     : status == 400 ? "Bad Request"
+			     : status == 404 ? "Not Found"
+					     : "Internal Server Error";
 
 	if (!json) {
-		putf(fd, "HTTP/1.1 %d %s\r\nServer: Firecracker API\r\nConnection: keep-alive\r\n\r\n",
+		putf(fd,
+		     "HTTP/1.1 %d %s\r\nServer: Firecracker API\r\nConnection: keep-alive\r\n\r\n",
 		     status, reason);
 		return;
 	}
-	putf(fd, "HTTP/1.1 %d %s\r\nServer: Firecracker API\r\nConnection: keep-alive\r\n"
-		 "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s",
+	putf(fd,
+	     "HTTP/1.1 %d %s\r\nServer: Firecracker API\r\nConnection: keep-alive\r\n"
+	     "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s",
 	     status, reason, strlen(json), json);
 }
 
@@ -563,12 +572,14 @@ static void fc_route(int fd, const struct http_req *rq)
 	} else if (is(rq, "PATCH", "/balloon")) {
 		n = json_body(rq, "amount_mib");
 		if (n < 0)
-			fault(fd, "An error occurred when deserializing the json body of a request.");
+			fault(fd,
+			      "An error occurred when deserializing the json body of a request.");
 		else if (!fk->has_balloon)
 			fault(fd, "Balloon config error: No balloon device found.");
 		else if (mode() == REFUSE)
-			fault(fd, "Balloon config error: Device is inactive, check if balloon driver "
-				  "is enabled in guest kernel.");
+			fault(fd,
+			      "Balloon config error: Device is inactive, check if balloon driver "
+			      "is enabled in guest kernel.");
 		else if (n > fk->ram_bytes >> 20)
 			fault(fd, "Balloon config error: Amount of pages requested is too large.");
 		else {
@@ -620,12 +631,13 @@ static void ch_balloon_stats(int fd)
 	if (fk->avail_bytes >= 0)
 		snprintf(avail, sizeof(avail), "\"available_memory\": %lld, ",
 			 (long long)fk->avail_bytes);
-	snprintf(body, sizeof(body),
-		 "{\"balloon_actual\": %lld, \"last_update\": 1700000000123, \"stats\": "
-		 "{\"swap_in\": 0, \"swap_out\": 0, \"major_faults\": 17, \"minor_faults\": 131072, "
-		 "\"free_memory\": %lld, \"total_memory\": %lld, %s\"disk_caches\": %lld}}",
-		 (long long)fk->balloon_bytes, (long long)fk->free_bytes,
-		 (long long)(fk->ram_bytes - fk->balloon_bytes), avail, (long long)fk->caches_bytes);
+	snprintf(
+	    body, sizeof(body),
+	    "{\"balloon_actual\": %lld, \"last_update\": 1700000000123, \"stats\": "
+	    "{\"swap_in\": 0, \"swap_out\": 0, \"major_faults\": 17, \"minor_faults\": 131072, "
+	    "\"free_memory\": %lld, \"total_memory\": %lld, %s\"disk_caches\": %lld}}",
+	    (long long)fk->balloon_bytes, (long long)fk->free_bytes,
+	    (long long)(fk->ram_bytes - fk->balloon_bytes), avail, (long long)fk->caches_bytes);
 	respond(fd, 200, body);
 }
 
@@ -642,8 +654,9 @@ static void ch_route(int fd, const struct http_req *rq)
 		if (n < 0)
 			respond(fd, 400, "[\"Error from API\",\"Failed to deserialize JSON\"]");
 		else if (!fk->has_balloon || mode() == REFUSE)
-			respond(fd, 500, "[\"Error from API\",\"The VM could not be resized\","
-					 "\"Error resizing VM\",\"Cannot resize the balloon\"]");
+			respond(fd, 500,
+				"[\"Error from API\",\"The VM could not be resized\","
+				"\"Error resizing VM\",\"Cannot resize the balloon\"]");
 		else {
 			fk->target_bytes = fk->balloon_bytes = n;
 			fk->balloon_cmds++;
@@ -807,7 +820,8 @@ static void assert_new_fds_cloexec(const bool before[MAX_FDS])
 	fds_open(now);
 	for (int i = 0; i < MAX_FDS; i++)
 		if (now[i] && !before[i])
-			ck_assert_msg(fcntl(i, F_GETFD) & FD_CLOEXEC, "fd %d is not close-on-exec", i);
+			ck_assert_msg(fcntl(i, F_GETFD) & FD_CLOEXEC, "fd %d is not close-on-exec",
+				      i);
 }
 
 static int fds_at_start;
@@ -830,7 +844,7 @@ static void peer_free(struct dd_balloon *b)
 		      fk->violations, fk->violation);
 }
 
-#define assert_err_has(err, needle) \
+#define assert_err_has(err, needle)                                                                \
 	ck_assert_msg(strstr(err, needle), "err \"%s\" lacks \"%s\"", err, needle)
 
 static uint64_t now_ms(void)
@@ -874,7 +888,8 @@ START_TEST(test_new_refuses_bad_arguments)
 	ck_assert_int_eq(errno, EINVAL);
 	ck_assert_str_eq(dd_balloon_kind_name(DD_BALLOON_KIND_QMP), "qmp");
 	ck_assert_str_eq(dd_balloon_kind_name(DD_BALLOON_KIND_FIRECRACKER), "firecracker");
-	ck_assert_str_eq(dd_balloon_kind_name(DD_BALLOON_KIND_CLOUD_HYPERVISOR), "cloud-hypervisor");
+	ck_assert_str_eq(dd_balloon_kind_name(DD_BALLOON_KIND_CLOUD_HYPERVISOR),
+			 "cloud-hypervisor");
 	ck_assert_ptr_null(dd_balloon_kind_name((enum dd_balloon_kind)0));
 	dd_balloon_free(NULL);
 }
@@ -1301,7 +1316,8 @@ START_TEST(test_fc_no_balloon_device)
 	fk->has_balloon = false;
 	b = peer(DD_BALLOON_KIND_FIRECRACKER, 2000);
 	ck_assert_int_eq(dd_balloon_set(b, 64 * MIB, err, sizeof(err)), -ENOTSUP);
-	assert_err_has(err, "PATCH /balloon: HTTP 400: Balloon config error: No balloon device found.");
+	assert_err_has(err,
+		       "PATCH /balloon: HTTP 400: Balloon config error: No balloon device found.");
 	ck_assert_int_eq(dd_balloon_query(b, &st, err, sizeof(err)), -ENOTSUP);
 	assert_err_has(err, "GET /balloon: HTTP 400: Balloon device not configured.");
 	peer_free(b);
@@ -1326,7 +1342,7 @@ END_TEST
 static void http_bad_peer(enum fake_kind kind, enum fake_mode m, int expect, const char *needle)
 {
 	enum dd_balloon_kind bk =
-		kind == FAKE_FC ? DD_BALLOON_KIND_FIRECRACKER : DD_BALLOON_KIND_CLOUD_HYPERVISOR;
+	    kind == FAKE_FC ? DD_BALLOON_KIND_FIRECRACKER : DD_BALLOON_KIND_CLOUD_HYPERVISOR;
 	struct dd_balloon *b;
 	struct dd_balloon_stats st;
 	char err[256];
@@ -1369,8 +1385,9 @@ END_TEST
 
 START_TEST(test_fc_truncated_json)
 {
-	http_bad_peer(FAKE_FC, TRUNCATED, -EPROTO,
-		      "GET /balloon: not a JSON object: \"{\"mem_size_mib\": 1024, \"vcpu_count\"\"");
+	http_bad_peer(
+	    FAKE_FC, TRUNCATED, -EPROTO,
+	    "GET /balloon: not a JSON object: \"{\"mem_size_mib\": 1024, \"vcpu_count\"\"");
 }
 END_TEST
 

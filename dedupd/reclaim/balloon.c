@@ -60,8 +60,8 @@ struct dd_balloon *dd_balloon_new(enum dd_balloon_kind kind, const char *path, i
 	const struct dd_balloon_backend *ops = backend_of(kind);
 	struct dd_balloon *b;
 
-	if (!ops || !path || !*path || strlen(path) >= sizeof(((struct sockaddr_un *)0)->sun_path) ||
-	    timeout_ms < 1) {
+	if (!ops || !path || !*path ||
+	    strlen(path) >= sizeof(((struct sockaddr_un *)0)->sun_path) || timeout_ms < 1) {
 		errno = EINVAL;
 		return NULL;
 	}

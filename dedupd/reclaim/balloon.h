@@ -110,7 +110,7 @@ struct dd_balloon_backend {
 	int (*query)(void *be, struct dd_balloon_stats *st, char *err, size_t errlen);
 };
 
-extern const struct dd_balloon_backend dd_balloon_qmp_backend;	 /* balloon_qmp.c */
+extern const struct dd_balloon_backend dd_balloon_qmp_backend;	/* balloon_qmp.c */
 extern const struct dd_balloon_backend dd_balloon_http_backend; /* balloon_http.c */
 
 /*
@@ -125,7 +125,7 @@ uint64_t dd_balloon_now_ms(void);
 
 /* Format err (printf-style) and return r: `return dd_balloon_fail(err, len, -EPROTO, ...)`. */
 int dd_balloon_fail(char *err, size_t errlen, int r, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
+    __attribute__((format(printf, 4, 5)));
 
 /*
  * Copy at most max bytes of a peer's text into out (outlen bytes) as one

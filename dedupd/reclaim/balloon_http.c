@@ -90,7 +90,8 @@ static const char *kind_name(const struct http *h)
 	return dd_balloon_kind_name(h->kind);
 }
 
-static int call_fail(struct call *c, int r, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int call_fail(struct call *c, int r, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 static int call_fail(struct call *c, int r, const char *fmt, ...)
 {
@@ -160,8 +161,9 @@ static int transport_error(struct call *c, CURLcode rc, const char *method, cons
 	case CURLE_PARTIAL_FILE:
 	case CURLE_RECV_ERROR:
 	case CURLE_SEND_ERROR:
-		return call_fail(c, -ECONNRESET, "%s %s: connection closed before a whole reply (%s)",
-				 method, path, curl_easy_strerror(rc));
+		return call_fail(c, -ECONNRESET,
+				 "%s %s: connection closed before a whole reply (%s)", method, path,
+				 curl_easy_strerror(rc));
 	case CURLE_OUT_OF_MEMORY:
 		return call_fail(c, -ENOMEM, "%s %s: out of memory", method, path);
 	case CURLE_WRITE_ERROR:
@@ -192,6 +194,41 @@ static int set_headers(CURL *curl, struct curl_slist **hdrs, bool body)
 	return curl_easy_setopt(curl, CURLOPT_HTTPHEADER, l) == CURLE_OK ? 0 : -ENOMEM;
 }
 
+/* Everything one request needs; the connection survives curl_easy_reset(). */
+static int set_options(struct call *c, const char *method, const char *url, const char *body,
+		       struct reply *rep, long left)
+{
+	CURL *e = c->curl;
+	CURLcode rc;
+
+	curl_easy_reset(e);
+	rc = curl_easy_setopt(e, CURLOPT_URL, url);
+	if (!rc)
+		rc = curl_easy_setopt(e, CURLOPT_UNIX_SOCKET_PATH, c->h->path);
+	if (!rc)
+		rc = curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http");
+	if (!rc)
+		rc = curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+	if (!rc)
+		rc = curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, left);
+	if (!rc)
+		rc = curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, left);
+	if (!rc)
+		rc = curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, open_cloexec);
+	if (!rc)
+		rc = curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+	if (!rc)
+		rc = curl_easy_setopt(e, CURLOPT_WRITEDATA, rep);
+	if (!rc && strcmp(method, "GET"))
+		rc = curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
+	if (!rc && body)
+		rc = curl_easy_setopt(e, CURLOPT_POSTFIELDS,
+				      body); /* not copied: outlives perform */
+	if (!rc && body)
+		rc = curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
+	return rc == CURLE_OK ? 0 : -ENOMEM;
+}
+
 /*
  * One HTTP exchange within what is left of the call's time. Returns 0 with
  * rep->status set whatever the status, or -errno when no reply came.
@@ -199,7 +236,6 @@ static int set_headers(CURL *curl, struct curl_slist **hdrs, bool body)
 static int request(struct call *c, const char *method, const char *path, const char *body,
 		   struct reply *rep)
 {
-	struct http *h = c->h;
 	struct curl_slist *hdrs = NULL;
 	long left = remaining_ms(c);
 	char url[256];
@@ -209,38 +245,13 @@ static int request(struct call *c, const char *method, const char *path, const c
 	memset(rep, 0, sizeof(*rep));
 	if (left <= 0)
 		return call_fail(c, -ETIMEDOUT, "%s %s: no time left within %d ms", method, path,
-				 h->timeout_ms);
+				 c->h->timeout_ms);
 	if (!c->curl && !(c->curl = curl_easy_init()))
 		return call_fail(c, -ENOMEM, "curl_easy_init failed");
-	curl_easy_reset(c->curl); /* keeps the connection for the next request */
 	snprintf(url, sizeof(url), "http://localhost%s", path);
-	rc = curl_easy_setopt(c->curl, CURLOPT_URL, url);
-	if (!rc)
-		rc = curl_easy_setopt(c->curl, CURLOPT_UNIX_SOCKET_PATH, h->path);
-	if (!rc)
-		rc = curl_easy_setopt(c->curl, CURLOPT_PROTOCOLS_STR, "http");
-	if (!rc)
-		rc = curl_easy_setopt(c->curl, CURLOPT_NOSIGNAL, 1L);
-	if (!rc)
-		rc = curl_easy_setopt(c->curl, CURLOPT_TIMEOUT_MS, left);
-	if (!rc)
-		rc = curl_easy_setopt(c->curl, CURLOPT_CONNECTTIMEOUT_MS, left);
-	if (!rc)
-		rc = curl_easy_setopt(c->curl, CURLOPT_OPENSOCKETFUNCTION, open_cloexec);
-	if (!rc)
-		rc = curl_easy_setopt(c->curl, CURLOPT_WRITEFUNCTION, on_body);
-	if (!rc)
-		rc = curl_easy_setopt(c->curl, CURLOPT_WRITEDATA, rep);
-	if (!rc && body) {
-		rc = curl_easy_setopt(c->curl, CURLOPT_CUSTOMREQUEST, method);
-		if (!rc)
-			rc = curl_easy_setopt(c->curl, CURLOPT_POSTFIELDS, body);
-		if (!rc)
-			rc = curl_easy_setopt(c->curl, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
-	} else if (!rc && strcmp(method, "GET")) {
-		rc = curl_easy_setopt(c->curl, CURLOPT_CUSTOMREQUEST, method);
-	}
-	r = rc ? -ENOMEM : set_headers(c->curl, &hdrs, body);
+	r = set_options(c, method, url, body, rep, left);
+	if (r == 0)
+		r = set_headers(c->curl, &hdrs, body);
 	if (r < 0) {
 		curl_slist_free_all(hdrs);
 		return call_fail(c, r, "%s %s: setting up the request failed", method, path);
@@ -403,9 +414,10 @@ static int fc_set(struct call *c, uint64_t bytes)
 	if (r < 0)
 		return r;
 	if (bytes >= (uint64_t)ram)
-		return call_fail(c, -ERANGE,
-				 "a balloon of %llu bytes is not smaller than the guest's %lld bytes",
-				 (unsigned long long)bytes, (long long)ram);
+		return call_fail(
+		    c, -ERANGE,
+		    "a balloon of %llu bytes is not smaller than the guest's %lld bytes",
+		    (unsigned long long)bytes, (long long)ram);
 	r = send_json(c, "PATCH", "/balloon", "amount_mib", (int64_t)(bytes / MIB_BYTES), &status);
 	if (r != -EPROTO || status != 400)
 		return r;
@@ -444,10 +456,9 @@ static int fc_query(struct call *c, struct dd_balloon_stats *st)
 	pages = dd_balloon_json_bytes(o, "actual_pages");
 	st->balloon_bytes = pages >= 0 ? scaled(pages, PAGE_BYTES)
 				       : scaled(dd_balloon_json_bytes(o, "actual_mib"), MIB_BYTES);
-	dd_balloon_stats_guest(st, dd_balloon_json_bytes(o, "total_memory"),
-			       dd_balloon_json_bytes(o, "free_memory"),
-			       dd_balloon_json_bytes(o, "available_memory"),
-			       dd_balloon_json_bytes(o, "disk_caches"));
+	dd_balloon_stats_guest(
+	    st, dd_balloon_json_bytes(o, "total_memory"), dd_balloon_json_bytes(o, "free_memory"),
+	    dd_balloon_json_bytes(o, "available_memory"), dd_balloon_json_bytes(o, "disk_caches"));
 	json_object_put(o);
 	return 0;
 }
@@ -517,9 +528,10 @@ static int ch_set(struct call *c, uint64_t bytes)
 	if (r < 0)
 		return r;
 	if (bytes >= (uint64_t)st.guest_ram_bytes)
-		return call_fail(c, -ERANGE,
-				 "a balloon of %llu bytes is not smaller than the guest's %lld bytes",
-				 (unsigned long long)bytes, (long long)st.guest_ram_bytes);
+		return call_fail(
+		    c, -ERANGE,
+		    "a balloon of %llu bytes is not smaller than the guest's %lld bytes",
+		    (unsigned long long)bytes, (long long)st.guest_ram_bytes);
 	bytes -= bytes % PAGE_BYTES;
 	return send_json(c, "PUT", "/api/v1/vm.resize", "desired_balloon", (int64_t)bytes, &status);
 }
@@ -548,7 +560,8 @@ static int ch_stats(struct call *c, struct dd_balloon_stats *st)
 	actual = dd_balloon_json_bytes(o, "balloon_actual");
 	if (actual >= 0)
 		st->balloon_bytes = actual;
-	if (dd_balloon_json_bytes(o, "last_update") > 0 && json_object_object_get_ex(o, "stats", &s))
+	if (dd_balloon_json_bytes(o, "last_update") > 0 &&
+	    json_object_object_get_ex(o, "stats", &s))
 		dd_balloon_stats_guest(st, dd_balloon_json_bytes(s, "total_memory"),
 				       dd_balloon_json_bytes(s, "free_memory"),
 				       dd_balloon_json_bytes(s, "available_memory"),

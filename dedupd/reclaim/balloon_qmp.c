@@ -71,11 +71,12 @@ struct call {
 	uint64_t deadline_ms;
 	char *err;
 	size_t errlen;
-	bool qmp_error;	      /* the last failure was QEMU's error reply */
-	char qmp_class[64];   /* and its class */
+	bool qmp_error;	    /* the last failure was QEMU's error reply */
+	char qmp_class[64]; /* and its class */
 };
 
-static int call_fail(struct call *c, int r, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int call_fail(struct call *c, int r, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 static int call_fail(struct call *c, int r, const char *fmt, ...)
 {
@@ -340,7 +341,8 @@ static int await_reply(struct call *c, const char *cmd, int64_t id, struct json_
 		}
 		if (!json_object_object_get_ex(msg, "return", &v)) {
 			json_object_put(msg);
-			return call_fail(c, -EPROTO, "%s: a reply with neither return nor error", cmd);
+			return call_fail(c, -EPROTO, "%s: a reply with neither return nor error",
+					 cmd);
 		}
 		*ret = json_object_get(v);
 		json_object_put(msg);
@@ -450,8 +452,9 @@ static int guest_ram(struct call *c, int64_t *ram)
 			plugged = dd_balloon_json_bytes(rv, "plugged-memory");
 			json_object_put(rv);
 			if (base <= 0 || (plugged > 0 && base > INT64_MAX - plugged))
-				return call_fail(c, -EPROTO, "query-memory-size-summary: no "
-							     "\"base-memory\" in the reply");
+				return call_fail(c, -EPROTO,
+						 "query-memory-size-summary: no "
+						 "\"base-memory\" in the reply");
 			*ram = base + (plugged > 0 ? plugged : 0);
 			return 0;
 		}
@@ -503,8 +506,8 @@ static int qom_search(struct call *c, const char *dir, char *out, size_t outlen)
 	r = execute(c, "qom-list", args1("path", json_object_new_string(dir)), &rv);
 	if (r < 0)
 		return r;
-	for (size_t i = 0; json_object_is_type(rv, json_type_array) &&
-			   i < json_object_array_length(rv) && !found;
+	for (size_t i = 0;
+	     json_object_is_type(rv, json_type_array) && i < json_object_array_length(rv) && !found;
 	     i++) {
 		struct json_object *e = json_object_array_get_idx(rv, i);
 
@@ -552,7 +555,8 @@ static int find_balloon(struct call *c)
 		struct json_object *a = qom_args(path, "guest-stats-polling-interval");
 
 		if (a)
-			json_object_object_add(a, "value", json_object_new_int(QMP_STATS_POLL_SECS));
+			json_object_object_add(a, "value",
+					       json_object_new_int(QMP_STATS_POLL_SECS));
 		r = execute(c, "qom-set", a, NULL);
 		if (r < 0 && !c->qmp_error)
 			return r;
@@ -602,9 +606,10 @@ static int do_set(struct call *c, uint64_t bytes)
 	if (r < 0)
 		return r;
 	if (bytes >= (uint64_t)ram)
-		return call_fail(c, -ERANGE,
-				 "a balloon of %llu bytes is not smaller than the guest's %lld bytes",
-				 (unsigned long long)bytes, (long long)ram);
+		return call_fail(
+		    c, -ERANGE,
+		    "a balloon of %llu bytes is not smaller than the guest's %lld bytes",
+		    (unsigned long long)bytes, (long long)ram);
 	bytes -= bytes % QMP_PAGE_BYTES;
 	r = execute(c, "balloon", args1("value", json_object_new_int64(ram - (int64_t)bytes)),
 		    NULL);
