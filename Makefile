@@ -200,3 +200,71 @@ clean:
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
 .SECONDARY:
+
+# ==== fuzz: libFuzzer harnesses (tests/fuzz/README.md) ==== begin
+#   make fuzz           build, then fuzz each harness FUZZ_SECONDS (30) s, one at a time
+#   make fuzz-regress   replay the committed corpus and crash reproducers once (CI)
+# Objects are built with clang, ASan, UBSan and libFuzzer's coverage into
+# $(FUZZ_BUILD)/ (not $(BUILD)/: other flags). FUZZ_TARGETS: a subset of the names.
+FUZZ_BUILD   ?= build-fuzz
+FUZZ_SECONDS ?= 30
+FUZZ_CC      ?= clang
+FUZZ_NAMES   := proto conf conf_set procmaps pressure procstatus qmp http
+FUZZ_TARGETS ?= $(FUZZ_NAMES)
+FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined \
+	-fno-omit-frame-pointer
+FUZZ_CFLAGS  := -std=gnu11 -g -O1 -D_GNU_SOURCE $(WARN) -I. -I$(FUZZ_BUILD)/bpf \
+	$(PKG_CFLAGS) $(FUZZ_SAN)
+FUZZ_BALLOON := dedupd/reclaim/balloon.c dedupd/reclaim/balloon_qmp.c \
+	dedupd/reclaim/balloon_http.c
+# The project sources and libraries each harness links.
+fuzz_src_proto      := dedupd/common/proto.c
+fuzz_src_conf       := conf/conf.c
+fuzz_src_conf_set   := conf/conf.c
+fuzz_src_procmaps   := scanner/procmaps.c
+fuzz_src_pressure   := bpf/pressure.c
+fuzz_src_procstatus := dedupd/reclaim/pageout.c
+fuzz_src_qmp        := $(FUZZ_BALLOON)
+fuzz_src_http       := $(FUZZ_BALLOON)
+fuzz_libs_conf      := -linih
+fuzz_libs_conf_set  := -linih
+fuzz_libs_pressure  := $(shell pkg-config --libs libbpf 2>/dev/null)
+fuzz_libs_qmp       := -ljson-c -lcurl
+fuzz_libs_http      := -ljson-c -lcurl
+FUZZ_BINS := $(patsubst %,$(FUZZ_BUILD)/fuzz_%,$(FUZZ_NAMES))
+
+$(FUZZ_BUILD)/obj/%.o: %.c Makefile
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  FUZZCC  $<")
+	$(Q)$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -MMD -MP -c $< -o $@
+
+# pressure.c includes the BPF skeleton: generated here too, as for $(BUILD).
+$(FUZZ_BUILD)/bpf/pressure.skel.h: bpf/pressure.bpf.c bpf/vmlinux.h $(wildcard bpf/*.h)
+	@mkdir -p $(dir $@)
+	$(Q)$(CLANG) -g -O2 -target bpf -D__TARGET_ARCH_x86 -Ibpf -c $< -o $(@D)/pressure.tmp.o
+	$(Q)$(BPFTOOL) gen object $(@D)/pressure.bpf.o $(@D)/pressure.tmp.o
+	$(Q)$(BPFTOOL) gen skeleton $(@D)/pressure.bpf.o name pressure_bpf > $@.tmp && mv $@.tmp $@
+	$(Q)rm -f $(@D)/pressure.tmp.o
+$(FUZZ_BUILD)/obj/bpf/pressure.o: $(FUZZ_BUILD)/bpf/pressure.skel.h
+
+define FUZZ_LINK
+$(FUZZ_BUILD)/fuzz_$(1): $(FUZZ_BUILD)/obj/tests/fuzz/fuzz_$(1).o \
+		$(patsubst %.c,$(FUZZ_BUILD)/obj/%.o,$(fuzz_src_$(1)))
+	@$$(if $(Q),echo "  FUZZLD  $$@")
+	$(Q)$(FUZZ_CC) -fsanitize=fuzzer $(FUZZ_SAN) -pthread -o $$@ $$^ $(fuzz_libs_$(1))
+endef
+$(foreach n,$(FUZZ_NAMES),$(eval $(call FUZZ_LINK,$(n))))
+
+fuzz-build: $(FUZZ_BINS)
+
+fuzz: deps
+	$(Q)$(MAKE) --no-print-directory fuzz-build
+	$(Q)FUZZ_BUILD=$(FUZZ_BUILD) FUZZ_SECONDS=$(FUZZ_SECONDS) ./tests/fuzz/run.sh fuzz $(FUZZ_TARGETS)
+
+fuzz-regress: deps
+	$(Q)$(MAKE) --no-print-directory fuzz-build
+	$(Q)FUZZ_BUILD=$(FUZZ_BUILD) ./tests/fuzz/run.sh regress $(FUZZ_TARGETS)
+
+.PHONY: fuzz fuzz-build fuzz-regress
+-include $(shell find $(FUZZ_BUILD)/obj -name '*.d' 2>/dev/null)
+# ==== fuzz ==== end

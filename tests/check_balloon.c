@@ -79,6 +79,7 @@ struct fake {
 	int64_t poll_secs;  /* guest statistics polling (QEMU, Firecracker) */
 	bool guest_silent;  /* QEMU: the guest's driver never reports statistics */
 	bool ch_stats;	    /* Cloud Hypervisor serves vm.balloon-stats */
+	bool ch_zones;	    /* Cloud Hypervisor: RAM in two memory zones, one hot-plugged */
 	int64_t free_bytes, avail_bytes, caches_bytes; /* avail -1: not reported */
 
 	int connections;
@@ -606,21 +607,30 @@ static void fc_route(int fd, const struct http_req *rq)
 
 static void ch_info(int fd)
 {
-	char body[2048], balloon[256] = "null";
+	char body[2048], balloon[256] = "null", memory[512];
 
 	if (fk->has_balloon)
 		snprintf(balloon, sizeof(balloon),
 			 "{\"id\": \"__balloon\", \"size\": %lld, \"deflate_on_oom\": false, "
 			 "\"free_page_reporting\": false, \"pci_segment\": 0}",
 			 (long long)fk->target_bytes);
+	if (fk->ch_zones) /* --memory size=0 --memory-zone id=mem0,... id=mem1,...,hotplug */
+		snprintf(memory, sizeof(memory),
+			 "\"size\": 0, \"zones\": [{\"id\": \"mem0\", \"size\": %lld, "
+			 "\"shared\": false}, {\"id\": \"mem1\", \"size\": %lld, "
+			 "\"hotplug_size\": %lld, \"hotplugged_size\": %lld}]",
+			 (long long)(fk->ram_bytes / 2), (long long)(fk->ram_bytes / 4),
+			 (long long)(fk->ram_bytes / 2), (long long)(fk->ram_bytes / 4));
+	else
+		snprintf(memory, sizeof(memory), "\"size\": %lld", (long long)fk->ram_bytes);
 	snprintf(body, sizeof(body),
 		 "{\"config\": {\"cpus\": {\"boot_vcpus\": 2, \"max_vcpus\": 2}, \"memory\": "
-		 "{\"size\": %lld, \"mergeable\": false, \"hotplug_method\": \"Acpi\", "
+		 "{%s, \"mergeable\": false, \"hotplug_method\": \"Acpi\", "
 		 "\"shared\": false, \"hugepages\": false, \"prefault\": false, \"thp\": true}, "
 		 "\"payload\": {\"kernel\": \"/var/lib/vm/vmlinux\"}, \"balloon\": %s, "
 		 "\"iommu\": false, \"watchdog\": false, \"pvpanic\": false}, \"state\": "
 		 "\"Running\", \"memory_actual_size\": %lld, \"device_tree\": {}}",
-		 (long long)fk->ram_bytes, balloon, (long long)(fk->ram_bytes - fk->balloon_bytes));
+		 memory, balloon, (long long)(fk->ram_bytes - fk->balloon_bytes));
 	respond(fd, 200, body);
 }
 
@@ -1289,6 +1299,27 @@ START_TEST(test_fc_without_statistics)
 }
 END_TEST
 
+/* A peer that claims a balloon larger than the guest is held to the guest's size. */
+START_TEST(test_fc_balloon_clamped_to_guest)
+{
+	struct dd_balloon *b;
+	struct dd_balloon_stats st;
+	char err[256];
+
+	fake_start(FAKE_FC);
+	fk->poll_secs = 1;
+	fk->balloon_bytes = 3 * GIB;
+	fk->target_bytes = GIB;
+	b = peer(DD_BALLOON_KIND_FIRECRACKER, 2000);
+	ck_assert_int_eq(dd_balloon_query(b, &st, err, sizeof(err)), 0);
+	ck_assert_int_eq(st.guest_ram_bytes, 2 * GIB);
+	ck_assert_int_eq(st.balloon_bytes, 2 * GIB);
+	ck_assert_int_eq(st.target_bytes, GIB);
+	ck_assert_int_eq(st.guest_total_bytes, -1); /* the fake's negative total: not a size */
+	peer_free(b);
+}
+END_TEST
+
 START_TEST(test_fc_fault_message)
 {
 	struct dd_balloon *b;
@@ -1449,6 +1480,26 @@ START_TEST(test_ch_without_balloon_stats_endpoint)
 }
 END_TEST
 
+/* RAM in memory zones, one with hot-plugged memory: all of it is the guest's. */
+START_TEST(test_ch_memory_zones)
+{
+	struct dd_balloon *b;
+	struct dd_balloon_stats st;
+	char err[256];
+
+	fake_start(FAKE_CH);
+	fk->ch_zones = true;
+	b = peer(DD_BALLOON_KIND_CLOUD_HYPERVISOR, 2000);
+	ck_assert_int_eq(dd_balloon_set(b, 2 * GIB - 4096, err, sizeof(err)), 0);
+	ck_assert_int_eq(dd_balloon_set(b, 2 * GIB, err, sizeof(err)), -ERANGE);
+	ck_assert_int_eq(dd_balloon_set(b, 512 * MIB, err, sizeof(err)), 0);
+	ck_assert_int_eq(dd_balloon_query(b, &st, err, sizeof(err)), 0);
+	ck_assert_int_eq(st.guest_ram_bytes, 2 * GIB);
+	ck_assert_int_eq(st.balloon_bytes, 512 * MIB);
+	peer_free(b);
+}
+END_TEST
+
 START_TEST(test_ch_no_balloon_device)
 {
 	struct dd_balloon *b;
@@ -1536,6 +1587,7 @@ Suite *balloon_suite(void)
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, test_fc_set_query_round_trip);
 	tcase_add_test(tc, test_fc_without_statistics);
+	tcase_add_test(tc, test_fc_balloon_clamped_to_guest);
 	tcase_add_test(tc, test_fc_fault_message);
 	tcase_add_test(tc, test_fc_no_balloon_device);
 	tcase_add_test(tc, test_fc_erange);
@@ -1549,6 +1601,7 @@ Suite *balloon_suite(void)
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, test_ch_set_query_round_trip);
 	tcase_add_test(tc, test_ch_without_balloon_stats_endpoint);
+	tcase_add_test(tc, test_ch_memory_zones);
 	tcase_add_test(tc, test_ch_no_balloon_device);
 	tcase_add_test(tc, test_ch_error_messages);
 	tcase_add_test(tc, test_ch_silent_peer_times_out);

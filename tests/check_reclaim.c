@@ -444,6 +444,33 @@ END_TEST
 /* ---- the ESX idle-tax experiment -------------------------------------------- */
 
 /*
+ * dedupd watching memory cgroup cg, with free-memory thresholds th (high,
+ * soft, hard, low in %), PSI off (the cgroup's own stalls would fire the
+ * host trigger), a 100 ms tick, and the extra arguments.
+ */
+static pid_t pressure_daemon(const char *sock, const char *cg, const int th[4],
+			     const char *const *extra)
+{
+	static char sets[4][64];
+	static const char *const names[4] = { "high", "soft", "hard", "low" };
+	const char *args[48] = { "--no-bpf", "--cgroup", cg, "--set", "pressure.psi_trigger=",
+				 "--set", "pressure.tick_millisecs=100" };
+	int n = 7;
+
+	for (int i = 0; i < 4; i++) {
+		snprintf(sets[i], sizeof(sets[i]), "pressure.%s_free_percent=%d", names[i], th[i]);
+		args[n++] = "--set";
+		args[n++] = sets[i];
+	}
+	for (; extra && *extra && n < 46; extra++)
+		args[n++] = *extra;
+	args[n] = NULL;
+	setenv("DEDUPD_SOCKET", sock, 1);
+	return h_daemon_start(sock, args);
+}
+
+
+/*
  * A 256 MiB cgroup, thresholds high 40 % / soft 20 % / hard 10 % / low 5 %
  * of it. Two clients with equal shares hold 96 MiB each: free is ~23 %, the
  * soft state, and dedupd must free ~40 MiB to get back to high. One client
@@ -452,15 +479,9 @@ END_TEST
  */
 static void idle_tax_run(const char *tax, long *idle_kib, long *active_kib, bool deflate)
 {
-	char sock[256], cg[256], taxarg[64], cgarg[300];
-	const char *args[] = { "--no-bpf", "--cgroup", cgarg,
-			       "--set", "pressure.psi_trigger=",
-			       "--set", "pressure.high_free_percent=40",
-			       "--set", "pressure.soft_free_percent=20",
-			       "--set", "pressure.hard_free_percent=10",
-			       "--set", "pressure.low_free_percent=5",
-			       "--set", "pressure.tick_millisecs=100",
-			       "--set", "reclaim.sample_period_sec=1",
+	static const int th[4] = { 40, 20, 10, 5 };
+	char sock[256], cg[256], taxarg[64];
+	const char *args[] = { "--set", "reclaim.sample_period_sec=1",
 			       "--set", "reclaim.sample_pages=200",
 			       "--set", "reclaim.balloon=no",
 			       "--set", "reclaim.pageout=no",
@@ -478,11 +499,9 @@ static void idle_tax_run(const char *tax, long *idle_kib, long *active_kib, bool
 
 	memcg_dir(cg, sizeof(cg), "dd-check-reclaim", runner, tax);
 	ck_assert_int_eq(memcg_make(cg, 256 * MIB), 0);
-	snprintf(cgarg, sizeof(cgarg), "%s", cg);
 	snprintf(taxarg, sizeof(taxarg), "reclaim.tax_rate=%s", tax);
 	h_sock_path(sock, sizeof(sock), "reclaim-tax");
-	setenv("DEDUPD_SOCKET", sock, 1);
-	d = h_daemon_start(sock, args);
+	d = pressure_daemon(sock, cg, th, args);
 	for (int i = 0; i < 2; i++) {
 		kid[i] = child_start(&spec[i], box[i]);
 		ck_assert_msg(atomic_load(&box[i]->registered) == 1, "register: %s", box[i]->err);
@@ -681,15 +700,9 @@ static void fake_vmm_start(struct fake_vmm *f, int mode)
 
 static void bad_vmm_run(int mode)
 {
-	char sock[256], cg[256], cgarg[300];
-	const char *args[] = { "--no-bpf", "--cgroup", cgarg,
-			       "--set", "pressure.psi_trigger=",
-			       "--set", "pressure.high_free_percent=40",
-			       "--set", "pressure.soft_free_percent=20",
-			       "--set", "pressure.hard_free_percent=10",
-			       "--set", "pressure.low_free_percent=5",
-			       "--set", "pressure.tick_millisecs=100",
-			       "--set", "reclaim.balloon_timeout_millisecs=300",
+	static const int th[4] = { 40, 20, 10, 5 };
+	char sock[256], cg[256];
+	const char *args[] = { "--set", "reclaim.balloon_timeout_millisecs=300",
 			       "--set", "reclaim.pageout=no",
 			       "--set", "reclaim.throttle=no", NULL };
 	struct fake_vmm f = { 0 };
@@ -707,10 +720,8 @@ static void bad_vmm_run(int mode)
 	vmm.backend_path = f.path;
 	memcg_dir(cg, sizeof(cg), "dd-check-reclaim", runner, mode ? "garbage" : "stall");
 	ck_assert_int_eq(memcg_make(cg, 256 * MIB), 0);
-	snprintf(cgarg, sizeof(cgarg), "%s", cg);
 	h_sock_path(sock, sizeof(sock), "reclaim-vmm");
-	setenv("DEDUPD_SOCKET", sock, 1);
-	d = h_daemon_start(sock, args);
+	d = pressure_daemon(sock, cg, th, args);
 	/* Both idle and new (f = 1 until measured): the larger one, the "VMM",
 	 * has the lowest rho and is asked first. */
 	kv = child_start(&vmm, bv);
@@ -806,23 +817,6 @@ static bool zram(const char *how)
 	return system(cmd) == 0;
 }
 
-static long status_kib(pid_t pid, const char *field)
-{
-	char path[64], line[256];
-	size_t fl = strlen(field);
-	long v = -1;
-	FILE *f;
-
-	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-	f = fopen(path, "re");
-	while (f && fgets(line, sizeof(line), f))
-		if (!strncmp(line, field, fl) && line[fl] == ':')
-			v = strtol(line + fl + 1, NULL, 10);
-	if (f)
-		fclose(f);
-	return v;
-}
-
 static bool in_throttle_group(pid_t pid)
 {
 	char path[64], buf[4096];
@@ -839,15 +833,9 @@ static bool in_throttle_group(pid_t pid)
  */
 START_TEST(test_hard_pageout_low_throttle)
 {
-	char sock[256], cg[256], cgarg[300];
-	const char *args[] = { "--no-bpf", "--cgroup", cgarg,
-			       "--set", "pressure.psi_trigger=",
-			       "--set", "pressure.high_free_percent=40",
-			       "--set", "pressure.soft_free_percent=35",
-			       "--set", "pressure.hard_free_percent=25",
-			       "--set", "pressure.low_free_percent=20",
-			       "--set", "pressure.tick_millisecs=100",
-			       "--set", "reclaim.sample_period_sec=1",
+	static const int th[4] = { 40, 35, 25, 20 };
+	char sock[256], cg[256];
+	const char *args[] = { "--set", "reclaim.sample_period_sec=1",
 			       "--set", "reclaim.throttle=no", NULL };
 	struct child_box *bi = box_new(), *bw = box_new();
 	struct child_spec idle = { .bytes = 112 * MIB, .seed = 31, .cgroup = cg };
@@ -867,10 +855,8 @@ START_TEST(test_hard_pageout_low_throttle)
 	}
 	memcg_dir(cg, sizeof(cg), "dd-check-reclaim", runner, "hard");
 	ck_assert_int_eq(memcg_make(cg, 256 * MIB), 0);
-	snprintf(cgarg, sizeof(cgarg), "%s", cg);
 	h_sock_path(sock, sizeof(sock), "reclaim-hard");
-	setenv("DEDUPD_SOCKET", sock, 1);
-	d = h_daemon_start(sock, args);
+	d = pressure_daemon(sock, cg, th, args);
 	ki = child_start(&idle, bi);
 	kw = child_start(&writer, bw);
 	ck_assert_int_eq(atomic_load(&bi->registered), 1);
@@ -881,13 +867,13 @@ START_TEST(test_hard_pageout_low_throttle)
 
 		paged = field_d(client_of(doc, ki), "pageout_bytes");
 		json_object_put(doc);
-		swap_kib = status_kib(ki, "VmSwap");
+		swap_kib = h_proc_kib(ki, "status", "VmSwap");
 		if (swap_kib >= 8 * 1024 && paged > 0)
 			break;
 		h_sleep_ms(100);
 	}
 	printf("hard: idle client VmSwap %ld KiB, dedupd paged out %.0f KiB, writer VmSwap %ld KiB\n",
-	       swap_kib, paged / 1024, status_kib(kw, "VmSwap"));
+	       swap_kib, paged / 1024, h_proc_kib(kw, "status", "VmSwap"));
 	/* low: the throttle holds a victim in a cgroup of its own */
 	ck_assert_int_eq(h_admin(sock, "set reclaim.throttle=yes", &t), 0);
 	free(t);

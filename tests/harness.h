@@ -174,15 +174,15 @@ static inline bool h_wait_stat(const char *sock, const char *name, int64_t want,
 	return false;
 }
 
-/* A field of /proc/PID/smaps_rollup in KiB ("Anonymous", "Rss"), or -1. */
-static inline long h_smaps_kib(pid_t pid, const char *field)
+/* A "Field:  N kB" line of /proc/PID/<file> in KiB, or -1. */
+static inline long h_proc_kib(pid_t pid, const char *file, const char *field)
 {
 	char path[64], line[256];
 	size_t fl = strlen(field);
 	long v = -1;
 	FILE *f;
 
-	snprintf(path, sizeof(path), "/proc/%d/smaps_rollup", (int)pid);
+	snprintf(path, sizeof(path), "/proc/%d/%s", (int)pid, file);
 	f = fopen(path, "re");
 	if (!f)
 		return -1;
@@ -191,6 +191,12 @@ static inline long h_smaps_kib(pid_t pid, const char *field)
 			v = strtol(line + fl + 1, NULL, 10);
 	fclose(f);
 	return v;
+}
+
+/* A field of /proc/PID/smaps_rollup in KiB ("Anonymous", "Rss"), or -1. */
+static inline long h_smaps_kib(pid_t pid, const char *field)
+{
+	return h_proc_kib(pid, "smaps_rollup", field);
 }
 
 /* Deterministic page content: page i of a stream identified by seed. */

@@ -180,7 +180,8 @@ ssize_t dd_msg_recv(int sock, void *buf, size_t cap, int *fd, int timeout_ms)
 	while (n < 0 && errno == EINTR);
 	if (n < 0)
 		return -errno;
-	take_fds(&mh, fd);
+	/* An empty packet reads as the end of the connection: its fds are closed. */
+	take_fds(&mh, n > 0 ? fd : NULL);
 	if (n == 0)
 		return 0;
 	if (mh.msg_flags & MSG_TRUNC)

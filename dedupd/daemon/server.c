@@ -268,6 +268,37 @@ static int metrics_start(struct dd_server *srv)
 
 /* ---- agent channel (runs on the scan thread) ---------------------------- */
 
+/*
+ * Send msg on the agent channel and wait for its AGENT_REPLY with n results
+ * (copied to res). a->lock held. 0, or -errno if no answer came (then the
+ * outcome is unknown).
+ */
+static int agent_call(struct agent_chan *a, struct dd_msg_hdr *msg, size_t len, uint32_t n,
+		      int32_t *res)
+{
+	union {
+		char raw[DD_MSG_MAX];
+		struct dd_msg_agent_reply r;
+	} u;
+	ssize_t got;
+	int r;
+
+	msg->seq = ++a->seq;
+	r = dd_msg_send(a->fd, msg, len, -1);
+	while (r == 0) {
+		got = dd_msg_recv(a->fd, u.raw, sizeof(u.raw), NULL, a->timeout_ms);
+		if (got <= 0)
+			return got == 0 ? -ECONNRESET : (int)got;
+		if (u.r.h.type != DD_MSG_AGENT_REPLY || u.r.h.seq != a->seq)
+			continue; /* a late answer to a request that timed out */
+		if (u.r.n != n)
+			return -EBADMSG;
+		memcpy(res, u.r.res, n * sizeof(*res));
+		return 0;
+	}
+	return r;
+}
+
 static int agent_batch(void *p, bool zap, const struct dd_remap_entry *e, uint32_t n,
 		       int32_t *res)
 {
@@ -276,34 +307,17 @@ static int agent_batch(void *p, bool zap, const struct dd_remap_entry *e, uint32
 	union {
 		char raw[DD_MSG_MAX];
 		struct dd_msg_batch b;
-		struct dd_msg_agent_reply r;
 	} u;
-	ssize_t got;
 	int r;
 
 	if (n > DD_BATCH_MAX)
 		return -E2BIG;
-	pthread_mutex_lock(&a->lock);
-	dd_msg_init(&u.b.h, zap ? DD_MSG_ZAP : DD_MSG_REMAP, len, ++a->seq);
+	dd_msg_init(&u.b.h, zap ? DD_MSG_ZAP : DD_MSG_REMAP, len, 0);
 	u.b.n = n;
 	u.b.pad = 0;
 	memcpy(u.b.e, e, n * sizeof(*e));
-	r = dd_msg_send(a->fd, &u.b, len, -1);
-	while (r == 0) {
-		got = dd_msg_recv(a->fd, u.raw, sizeof(u.raw), NULL, a->timeout_ms);
-		if (got <= 0) {
-			r = got == 0 ? -ECONNRESET : (int)got;
-			break;
-		}
-		if (u.r.h.type != DD_MSG_AGENT_REPLY || u.r.h.seq != a->seq)
-			continue; /* a late answer to a batch that timed out */
-		if (u.r.n != n) {
-			r = -EBADMSG;
-			break;
-		}
-		memcpy(res, u.r.res, n * sizeof(*res));
-		break;
-	}
+	pthread_mutex_lock(&a->lock);
+	r = agent_call(a, &u.b.h, len, n, res);
 	pthread_mutex_unlock(&a->lock);
 	return r;
 }
@@ -313,29 +327,14 @@ static int agent_balloon(void *p, uint64_t bytes)
 {
 	struct agent_chan *a = p;
 	struct dd_msg_balloon m = { .bytes = bytes };
-	union {
-		char raw[DD_MSG_MAX];
-		struct dd_msg_agent_reply r;
-	} u;
-	ssize_t got;
+	int32_t res = 0;
 	int r;
 
+	dd_msg_init(&m.h, DD_MSG_BALLOON, sizeof(m), 0);
 	pthread_mutex_lock(&a->lock);
-	dd_msg_init(&m.h, DD_MSG_BALLOON, sizeof(m), ++a->seq);
-	r = dd_msg_send(a->fd, &m, sizeof(m), -1);
-	while (r == 0) {
-		got = dd_msg_recv(a->fd, u.raw, sizeof(u.raw), NULL, a->timeout_ms);
-		if (got <= 0) {
-			r = got == 0 ? -ECONNRESET : (int)got;
-			break;
-		}
-		if (u.r.h.type != DD_MSG_AGENT_REPLY || u.r.h.seq != a->seq)
-			continue; /* a late answer to a batch that timed out */
-		r = u.r.n == 1 ? u.r.res[0] : -EBADMSG;
-		break;
-	}
+	r = agent_call(a, &m.h, sizeof(m), 1, &res);
 	pthread_mutex_unlock(&a->lock);
-	return r;
+	return r < 0 ? r : res;
 }
 
 static int agent_send_store(void *p, uint32_t domain, int memfd)

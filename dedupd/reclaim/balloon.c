@@ -26,6 +26,7 @@
 
 struct dd_balloon {
 	enum dd_balloon_kind kind;
+	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 	const struct dd_balloon_backend *ops;
 	void *be; /* the backend's state */
 };
@@ -69,6 +70,7 @@ struct dd_balloon *dd_balloon_new(enum dd_balloon_kind kind, const char *path, i
 	if (!b)
 		return NULL;
 	b->kind = kind;
+	snprintf(b->path, sizeof(b->path), "%s", path);
 	b->ops = ops;
 	b->be = ops->create(kind, path, timeout_ms);
 	if (!b->be) {
@@ -110,8 +112,9 @@ int dd_balloon_set(struct dd_balloon *b, uint64_t bytes, char *err, size_t errle
 
 	e = err_buf(err, errlen, own, sizeof(own), &len);
 	if (bytes > INT64_MAX)
-		return dd_balloon_fail(e, len, -ERANGE, "%s: balloon of %llu bytes is too large",
-				       dd_balloon_kind_name(b->kind), (unsigned long long)bytes);
+		return dd_balloon_fail(
+		    e, len, -ERANGE, "%s %s: a balloon of %llu bytes is too large",
+		    dd_balloon_kind_name(b->kind), b->path, (unsigned long long)bytes);
 	return b->ops->set(b->be, bytes, e, len);
 }
 
@@ -132,18 +135,25 @@ void dd_balloon_stats_guest(struct dd_balloon_stats *st, int64_t total, int64_t 
 	st->guest_total_bytes = total;
 	st->guest_free_bytes = free_bytes;
 	/*
-	 * Linux reports MemAvailable to the balloon since 4.16; older guests
-	 * give free memory and disk caches, whose sum is the estimate made the
-	 * old way.
+	 * A guest driver that reports free memory and disk caches but not
+	 * "available" (Linux has sent it since 4.10) gets their sum: the
+	 * estimate that MemAvailable refines.
 	 */
-	if (available < 0 && free_bytes >= 0 && caches >= 0)
+	if (available < 0 && free_bytes >= 0 && caches >= 0 && free_bytes <= INT64_MAX - caches)
 		available = free_bytes + caches;
 	st->guest_available_bytes = available;
 }
 
-/* Committed memory: what the guest sees and cannot give up without paging. */
+/*
+ * Figures that agree with each other whatever the peer said: a balloon no
+ * larger than the guest, available memory no larger than the total, and
+ * committed memory (what the guest sees and cannot give up without paging)
+ * between 0 and the total.
+ */
 static void stats_derive(struct dd_balloon_stats *st)
 {
+	if (st->guest_ram_bytes >= 0 && st->balloon_bytes > st->guest_ram_bytes)
+		st->balloon_bytes = st->guest_ram_bytes;
 	if (st->guest_total_bytes < 0 || st->guest_available_bytes < 0)
 		return;
 	if (st->guest_available_bytes > st->guest_total_bytes)

@@ -36,7 +36,7 @@ enum dd_balloon_kind {
 struct dd_balloon_stats {
 	int64_t balloon_bytes;	 /* balloon size now (memory taken from the guest) */
 	int64_t target_bytes;	 /* balloon size last asked for (by anyone) */
-	int64_t guest_ram_bytes; /* memory the guest was started with */
+	int64_t guest_ram_bytes; /* the guest's memory: boot memory and hot-plugged */
 	/* Guest-reported statistics (virtio-balloon stats, Firecracker's
 	 * /balloon/statistics); -1 when the guest does not report them. */
 	int64_t guest_total_bytes;     /* memory the guest sees now */
@@ -47,13 +47,13 @@ struct dd_balloon_stats {
 
 struct dd_balloon;
 
-/* "qmp", "firecracker", "cloud-hypervisor" (also "ch"); NULL for others. */
+/* "qmp", "firecracker", "cloud-hypervisor"; NULL for others. */
 const char *dd_balloon_kind_name(enum dd_balloon_kind kind);
 
 /*
  * A backend for the API socket at path. Does not connect yet (a VMM that is
  * still starting is not an error); the first call does.
- * timeout_ms bounds each call (connect, send, every reply), >= 1.
+ * timeout_ms (>= 1) bounds each call as a whole: connect, sends, every reply.
  * Returns NULL with errno set (EINVAL: bad kind, path too long or empty).
  */
 struct dd_balloon *dd_balloon_new(enum dd_balloon_kind kind, const char *path, int timeout_ms);
@@ -70,7 +70,8 @@ void dd_balloon_free(struct dd_balloon *b);
  * -ECONNRESET (peer closed the connection before a whole reply),
  * -EPROTO (garbage, or an HTTP/QMP error: err has the peer's message),
  * -ERANGE (size not smaller than the guest's memory: nothing is sent),
- * -ENOTSUP (the VM has no balloon), -ENOMEM.
+ * -ENOTSUP (the VM has no balloon), -ENOMEM; rarely another socket error
+ * (-EACCES: the socket's permissions, -EMFILE).
  * err (errlen bytes, may be NULL) gets one sentence on failure, "" on success.
  */
 int dd_balloon_set(struct dd_balloon *b, uint64_t bytes, char *err, size_t errlen);
@@ -78,7 +79,8 @@ int dd_balloon_set(struct dd_balloon *b, uint64_t bytes, char *err, size_t errle
 /*
  * Current balloon and guest figures; fields the peer does not report are -1
  * (QMP: target_bytes is the last size this object asked for; Firecracker:
- * balloon_bytes needs its statistics enabled). guest_available_bytes falls
+ * balloon_bytes needs its statistics enabled); balloon_bytes is at most
+ * guest_ram_bytes whatever the peer says. guest_available_bytes falls
  * back to free + disk caches for guests that report no "available";
  * guest_committed_bytes is derived here. Returns 0, or -errno as
  * dd_balloon_set() (not -ERANGE).

@@ -465,26 +465,31 @@ static int fc_query(struct call *c, struct dd_balloon_stats *st)
 
 /* ---- Cloud Hypervisor ---- */
 
+/* A sum of byte counts a peer chose: a missing one (-1) adds 0; overflow is -1 for good. */
+static int64_t add_bytes(int64_t sum, int64_t v)
+{
+	if (sum < 0 || v <= 0)
+		return sum;
+	return sum > INT64_MAX - v ? -1 : sum + v;
+}
+
 /* Boot memory, hot-plugged memory and memory zones: what memory_actual_size counts from. */
 static int64_t ch_ram(struct json_object *mem)
 {
-	struct json_object *zones;
-	int64_t sum = 0, v;
+	static const char *const keys[] = { "size", "hotplugged_size" };
+	struct json_object *zones = NULL;
+	size_t nzones;
+	int64_t sum = 0;
 
-	v = dd_balloon_json_bytes(mem, "size");
-	sum += v > 0 ? v : 0;
-	v = dd_balloon_json_bytes(mem, "hotplugged_size");
-	sum += v > 0 ? v : 0;
-	if (json_object_object_get_ex(mem, "zones", &zones) &&
-	    json_object_is_type(zones, json_type_array)) {
-		for (size_t i = 0; i < json_object_array_length(zones); i++) {
-			struct json_object *z = json_object_array_get_idx(zones, i);
+	for (size_t k = 0; k < 2; k++)
+		sum = add_bytes(sum, dd_balloon_json_bytes(mem, keys[k]));
+	json_object_object_get_ex(mem, "zones", &zones);
+	nzones = json_object_is_type(zones, json_type_array) ? json_object_array_length(zones) : 0;
+	for (size_t i = 0; i < nzones; i++) {
+		struct json_object *z = json_object_array_get_idx(zones, i);
 
-			v = dd_balloon_json_bytes(z, "size");
-			sum += v > 0 ? v : 0;
-			v = dd_balloon_json_bytes(z, "hotplugged_size");
-			sum += v > 0 ? v : 0;
-		}
+		for (size_t k = 0; k < 2; k++)
+			sum = add_bytes(sum, dd_balloon_json_bytes(z, keys[k]));
 	}
 	return sum > 0 ? sum : -1;
 }

@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "dedupd/reclaim/pageout.h"
+#include "dedupd/reclaim/errmsg.h"
 
 #ifndef SYS_process_madvise
 #define SYS_process_madvise 440
@@ -39,17 +40,6 @@
 #define PAGEOUT_RETRIES 16 /* EINTR/EAGAIN in a row before giving up */
 #define CHUNK_MAX IOV_MAX  /* the kernel's UIO_MAXIOV: 1024 */
 
-__attribute__((format(printf, 3, 4))) static void set_err(char *err, size_t errlen, const char *fmt,
-							  ...)
-{
-	va_list ap;
-
-	if (!err || !errlen)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
-}
 
 /* The pid behind a pidfd, for messages only; -1 if unknown or exited. */
 static int pidfd_pid(int pidfd)
@@ -138,22 +128,22 @@ static int64_t fatal(int pidfd, int e, char *err, size_t errlen)
 
 	switch (e) {
 	case ESRCH:
-		set_err(err, errlen, "pageout: pidfd %d: the process has exited", pidfd);
+		dd_set_err(err, errlen, "pageout: pidfd %d: the process has exited", pidfd);
 		break;
 	case EBADF:
-		set_err(err, errlen, "pageout: fd %d is not a pidfd", pidfd);
+		dd_set_err(err, errlen, "pageout: fd %d is not a pidfd", pidfd);
 		break;
 	case EPERM:
-		set_err(err, errlen,
+		dd_set_err(err, errlen,
 			"pageout of pid %d: process_madvise: permission denied (needs "
 			"CAP_SYS_NICE and ptrace access to the process)",
 			pid);
 		break;
 	case ENOSYS:
-		set_err(err, errlen, "pageout: process_madvise() is not in this kernel (5.10+)");
+		dd_set_err(err, errlen, "pageout: process_madvise() is not in this kernel (5.10+)");
 		break;
 	default:
-		set_err(err, errlen, "pageout of pid %d: process_madvise: %s", pid, strerror(e));
+		dd_set_err(err, errlen, "pageout of pid %d: process_madvise: %s", pid, strerror(e));
 	}
 	return -e;
 }
@@ -167,9 +157,9 @@ int64_t dd_pageout(int pidfd, const struct iovec *ranges, size_t n, char *err, s
 	bool single = false;
 	int64_t done = 0;
 
-	set_err(err, errlen, "%s", "");
+	dd_set_err(err, errlen, "%s", "");
 	if (n && !ranges) {
-		set_err(err, errlen, "pageout: no ranges given");
+		dd_set_err(err, errlen, "pageout: no ranges given");
 		return -EINVAL;
 	}
 	for (size_t i = 0; i < n; i++)
@@ -210,7 +200,7 @@ int64_t dd_pageout(int pidfd, const struct iovec *ranges, size_t n, char *err, s
 		tries = 0;
 	}
 	if (skipped)
-		set_err(err, errlen,
+		dd_set_err(err, errlen,
 			"pageout of pid %d: %zu of %zu ranges skipped; the first, %p+%#zx: %s",
 			pidfd_pid(pidfd), skipped, nonempty, ranges[first_bad].iov_base,
 			ranges[first_bad].iov_len, range_reason(first_err));

@@ -41,6 +41,7 @@
 #include <unistd.h>
 
 #include "dedupd/reclaim/throttle.h"
+#include "dedupd/reclaim/errmsg.h"
 
 #define ORIGIN_XATTR "trusted.dedupd.origin"
 #define CLIENT_PREFIX "client-"
@@ -65,17 +66,6 @@ struct dd_throttle {
 	size_t nclients, cap;
 };
 
-__attribute__((format(printf, 3, 4))) static void set_err(char *err, size_t errlen, const char *fmt,
-							  ...)
-{
-	va_list ap;
-
-	if (!err || !errlen)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
-}
 
 /* ---- files ---- */
 
@@ -348,13 +338,13 @@ static int root_kind(const char *dir, enum dd_throttle_kind *kind, char *err, si
 			*kind = DD_THROTTLE_V2;
 			return 0;
 		}
-		set_err(err, errlen,
+		dd_set_err(err, errlen,
 			"throttle: %s: the memory controller is not enabled in its "
 			"cgroup.subtree_control",
 			dir);
 		return -ENOTSUP;
 	}
-	set_err(err, errlen, "throttle: %s is not a memory cgroup (neither v1 nor v2)", dir);
+	dd_set_err(err, errlen, "throttle: %s is not a memory cgroup (neither v1 nor v2)", dir);
 	return -ENOTSUP;
 }
 
@@ -367,7 +357,7 @@ static int find_root(const char *root, char *out, size_t len, enum dd_throttle_k
 		if (!realpath(root, out)) {
 			int e = errno;
 
-			set_err(err, errlen, "throttle: cgroup root %s: %s", root, strerror(e));
+			dd_set_err(err, errlen, "throttle: cgroup root %s: %s", root, strerror(e));
 			return -e;
 		}
 		return root_kind(out, kind, err, errlen);
@@ -379,7 +369,7 @@ static int find_root(const char *root, char *out, size_t len, enum dd_throttle_k
 		*kind = DD_THROTTLE_V1;
 		return 0;
 	}
-	set_err(err, errlen,
+	dd_set_err(err, errlen,
 		"throttle: no memory cgroup: neither a cgroup v2 with the memory controller "
 		"nor a v1 memory hierarchy is mounted");
 	return -ENOENT;
@@ -437,13 +427,13 @@ static int raise_to_usage(const struct dd_throttle *t, const char *dir, uint64_t
 	if (r == 0 && usage == want)
 		return 0;
 	if (r < 0) {
-		set_err(err, errlen,
+		dd_set_err(err, errlen,
 			"throttle: %s: cannot get under %llu bytes, nor set the usage %llu as "
 			"the limit: %s",
 			dir, (unsigned long long)want, (unsigned long long)usage, strerror(-r));
 		return r;
 	}
-	set_err(err, errlen,
+	dd_set_err(err, errlen,
 		"throttle: %s: the kernel could not reclaim down to %llu bytes (nothing "
 		"more it can reclaim: no swap?); the limit is the usage, %llu bytes, instead",
 		dir, (unsigned long long)want, (unsigned long long)usage);
@@ -463,7 +453,7 @@ static int set_limit(const struct dd_throttle *t, struct client *c, uint64_t lim
 	if (r == -EBUSY && t->kind == DD_THROTTLE_V1)
 		r = raise_to_usage(t, dir, limit, err, errlen);
 	else if (r < 0)
-		set_err(err, errlen, "throttle: %s/%s: cannot set %s: %s", dir, limit_file(t), val,
+		dd_set_err(err, errlen, "throttle: %s/%s: cannot set %s: %s", dir, limit_file(t), val,
 			strerror(-r));
 	if (r < 0)
 		return r;
@@ -539,7 +529,7 @@ static int prepare_group(const struct dd_throttle *t, const char *dir, const cha
 
 	if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
 		r = -errno;
-		set_err(err, errlen, "throttle: mkdir %s: %s", dir, strerror(errno));
+		dd_set_err(err, errlen, "throttle: mkdir %s: %s", dir, strerror(errno));
 		return r;
 	}
 	/* Only for the crash cleanup; a kernel without cgroupfs xattrs falls
@@ -554,7 +544,7 @@ static int prepare_group(const struct dd_throttle *t, const char *dir, const cha
 	path_join(path, sizeof(path), dir, "memory.oom_control");
 	r = write_str(path, "1");
 	if (r < 0) {
-		set_err(err, errlen, "throttle: %s: cannot disable the OOM killer: %s", path,
+		dd_set_err(err, errlen, "throttle: %s: cannot disable the OOM killer: %s", path,
 			strerror(-r));
 		return r;
 	}
@@ -572,9 +562,9 @@ int dd_throttle_hold(struct dd_throttle *t, pid_t pid, uint64_t limit_bytes, cha
 	struct client *c;
 	int r;
 
-	set_err(err, errlen, "%s", "");
+	dd_set_err(err, errlen, "%s", "");
 	if (pid <= 0 || limit_bytes == 0) {
-		set_err(err, errlen, "throttle: pid %d, limit %llu: invalid", (int)pid,
+		dd_set_err(err, errlen, "throttle: pid %d, limit %llu: invalid", (int)pid,
 			(unsigned long long)limit_bytes);
 		return -EINVAL;
 	}
@@ -584,7 +574,7 @@ int dd_throttle_hold(struct dd_throttle *t, pid_t pid, uint64_t limit_bytes, cha
 
 	r = cgroup_dir(t, pid, origin, sizeof(origin));
 	if (r < 0) {
-		set_err(err, errlen, "throttle: pid %d: %s", (int)pid,
+		dd_set_err(err, errlen, "throttle: pid %d: %s", (int)pid,
 			r == -ESRCH ? "no such process" : "not in the memory hierarchy");
 		return r == -ESRCH ? -ESRCH : -ENOENT;
 	}
@@ -594,7 +584,7 @@ int dd_throttle_hold(struct dd_throttle *t, pid_t pid, uint64_t limit_bytes, cha
 		goto remove_group;
 	c = add_client(t, pid, origin);
 	if (!c) {
-		set_err(err, errlen, "throttle: pid %d: out of memory", (int)pid);
+		dd_set_err(err, errlen, "throttle: pid %d: out of memory", (int)pid);
 		r = -ENOMEM;
 		goto remove_group;
 	}
@@ -604,7 +594,7 @@ int dd_throttle_hold(struct dd_throttle *t, pid_t pid, uint64_t limit_bytes, cha
 		goto drop;
 	r = move_pid(dir, pid);
 	if (r < 0) {
-		set_err(err, errlen, "throttle: moving pid %d into %s: %s", (int)pid, dir,
+		dd_set_err(err, errlen, "throttle: moving pid %d into %s: %s", (int)pid, dir,
 			r == -ESRCH ? "no such process" : strerror(-r));
 		goto drop;
 	}
@@ -627,9 +617,9 @@ int dd_throttle_release(struct dd_throttle *t, pid_t pid, char *err, size_t errl
 	struct client *c = find_client(t, pid);
 	int r = 0, rr;
 
-	set_err(err, errlen, "%s", "");
+	dd_set_err(err, errlen, "%s", "");
 	if (!c) {
-		set_err(err, errlen, "throttle: pid %d is not held", (int)pid);
+		dd_set_err(err, errlen, "throttle: pid %d is not held", (int)pid);
 		return -ENOENT;
 	}
 	client_dir(t, pid, dir, sizeof(dir));
@@ -640,13 +630,13 @@ int dd_throttle_release(struct dd_throttle *t, pid_t pid, char *err, size_t errl
 	if (in_group(t, pid, dir)) {
 		r = move_back(t, pid, c->origin);
 		if (r < 0)
-			set_err(err, errlen, "throttle: moving pid %d back to %s: %s", (int)pid,
+			dd_set_err(err, errlen, "throttle: moving pid %d back to %s: %s", (int)pid,
 				c->origin, strerror(-r));
 	}
 	rr = remove_group(dir);
 	if (rr < 0 && r == 0) {
 		r = rr;
-		set_err(err, errlen, "throttle: rmdir %s: %s (it goes at the next start)", dir,
+		dd_set_err(err, errlen, "throttle: rmdir %s: %s (it goes at the next start)", dir,
 			strerror(-rr));
 	}
 	drop_client(t, c);
@@ -761,7 +751,7 @@ static void cleanup_leftovers(const struct dd_throttle *t, char *err, size_t err
 	closedir(d);
 	empty_group(t, t->group, NULL, &cl); /* nothing should be here; be sure */
 	if (cl.groups || cl.moved || cl.failed)
-		set_err(err, errlen,
+		dd_set_err(err, errlen,
 			"throttle: cleaned up after a previous instance in %s: %u of %u groups "
 			"removed, %u processes moved back%s%s",
 			t->group, cl.removed, cl.groups, cl.moved, cl.failed ? "; failed: " : "",
@@ -789,14 +779,14 @@ static int make_group(struct dd_throttle *t, char *err, size_t errlen)
 
 	if (mkdir(t->group, 0755) < 0 && errno != EEXIST) {
 		r = -errno;
-		set_err(err, errlen, "throttle: mkdir %s: %s", t->group, strerror(errno));
+		dd_set_err(err, errlen, "throttle: mkdir %s: %s", t->group, strerror(errno));
 		return r;
 	}
 	if (t->kind == DD_THROTTLE_V2) {
 		path_join(path, sizeof(path), t->group, "cgroup.subtree_control");
 		r = write_str(path, "+memory");
 		if (r < 0) {
-			set_err(err, errlen, "throttle: %s: cannot enable +memory: %s", path,
+			dd_set_err(err, errlen, "throttle: %s: cannot enable +memory: %s", path,
 				strerror(-r));
 			return r;
 		}
@@ -811,13 +801,13 @@ struct dd_throttle *dd_throttle_new(const char *root, char *err, size_t errlen)
 	enum dd_throttle_kind kind = DD_THROTTLE_V1;
 	int r;
 
-	set_err(err, errlen, "%s", "");
+	dd_set_err(err, errlen, "%s", "");
 	r = find_root(root, dir, sizeof(dir), &kind, err, errlen);
 	if (r < 0)
 		goto fail;
 	r = find_mount(kind, dir, mnt, sizeof(mnt), hroot, sizeof(hroot));
 	if (r < 0) {
-		set_err(err, errlen, "throttle: %s is not on a %s mount", dir,
+		dd_set_err(err, errlen, "throttle: %s is not on a %s mount", dir,
 			kind == DD_THROTTLE_V2 ? "cgroup2" : "cgroup v1 memory");
 		r = -ENOTSUP;
 		goto fail;
@@ -826,7 +816,7 @@ struct dd_throttle *dd_throttle_new(const char *root, char *err, size_t errlen)
 	t = calloc(1, sizeof(*t));
 	if (!t || !(t->root = strdup(dir)) || !(t->mount = strdup(mnt)) ||
 	    !(t->mount_root = strdup(hroot)) || !(t->group = strdup(group))) {
-		set_err(err, errlen, "throttle: out of memory");
+		dd_set_err(err, errlen, "throttle: out of memory");
 		dd_throttle_free(t);
 		errno = ENOMEM;
 		return NULL;

@@ -49,20 +49,20 @@
 
 static char fz_dir_path[64];
 
-static int fz_rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+static inline int fz_rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
 	(void)st, (void)flag, (void)ftw;
 	return remove(path);
 }
 
-static void fz_dir_cleanup(void)
+static inline void fz_dir_cleanup(void)
 {
 	if (fz_dir_path[0])
 		nftw(fz_dir_path, fz_rm_one, 8, FTW_DEPTH | FTW_PHYS);
 }
 
 /* Short on purpose: scanner/procmaps.c builds "<dir>/status" in 64 bytes. */
-static const char *fz_dir(void)
+static inline const char *fz_dir(void)
 {
 	if (!fz_dir_path[0]) {
 		const char *base = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
@@ -78,12 +78,12 @@ static const char *fz_dir(void)
 }
 
 /* "<dir>/name", in a static buffer per call site's array. */
-static void fz_path(char *out, size_t len, const char *name)
+static inline void fz_path(char *out, size_t len, const char *name)
 {
 	snprintf(out, len, "%s/%s", fz_dir(), name);
 }
 
-static void fz_write(const char *path, const void *data, size_t size)
+static inline void fz_write(const char *path, const void *data, size_t size)
 {
 	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	const char *p = data;
@@ -114,7 +114,7 @@ struct fz_chunk {
  * Cut data at every occurrence of sep (which is dropped) into at most max
  * chunks; the last chunk takes the rest. Returns the number of chunks (>= 1).
  */
-static size_t fz_split(const uint8_t *data, size_t size, const char *sep, struct fz_chunk *out,
+static inline size_t fz_split(const uint8_t *data, size_t size, const char *sep, struct fz_chunk *out,
 		       size_t max)
 {
 	size_t k = 0, sl = strlen(sep);
@@ -134,7 +134,7 @@ static size_t fz_split(const uint8_t *data, size_t size, const char *sep, struct
 }
 
 /* The lowest free descriptor number. */
-static int fz_fd_mark(void)
+static inline int fz_fd_mark(void)
 {
 	int fd = dup(0);
 
@@ -144,7 +144,7 @@ static int fz_fd_mark(void)
 	return fd;
 }
 
-static void fz_fd_check(int mark, const char *what)
+static inline void fz_fd_check(int mark, const char *what)
 {
 	int now = fz_fd_mark();
 
@@ -167,7 +167,7 @@ struct fz_peer {
 	unsigned accepted; /* connections served by the last run */
 };
 
-static void fz_peer_init(struct fz_peer *pe, const char *name)
+static inline void fz_peer_init(struct fz_peer *pe, const char *name)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 
@@ -183,7 +183,7 @@ static void fz_peer_init(struct fz_peer *pe, const char *name)
 }
 
 /* Send the whole chunk (blocking, bounded by SO_SNDTIMEO); the client may be gone. */
-static void fz_peer_send(int fd, const struct fz_chunk *c)
+static inline void fz_peer_send(int fd, const struct fz_chunk *c)
 {
 	const uint8_t *p = c->p;
 	size_t n = c->n;
@@ -200,7 +200,7 @@ static void fz_peer_send(int fd, const struct fz_chunk *c)
 	}
 }
 
-static void *fz_peer_main(void *arg)
+static inline void *fz_peer_main(void *arg)
 {
 	struct fz_peer *pe = arg;
 	struct pollfd pfd[2 + FZ_PEER_CONNS];
@@ -262,14 +262,14 @@ static void *fz_peer_main(void *arg)
 	return NULL;
 }
 
-static void fz_peer_start(struct fz_peer *pe)
+static inline void fz_peer_start(struct fz_peer *pe)
 {
 	if (pthread_create(&pe->thread, NULL, fz_peer_main, pe) != 0)
 		abort();
 }
 
 /* After the client has closed its connections: stop the thread, drop leftovers. */
-static void fz_peer_stop(struct fz_peer *pe)
+static inline void fz_peer_stop(struct fz_peer *pe)
 {
 	char b;
 	int fd;

@@ -402,7 +402,10 @@ cmd_boot() {
 	mkdir -p "$RUN"
 	for s in serial qmp hqmp; do sock_ok "$RUN/$name.$s"; done
 	rm -f "$RUN/$name.serial" "$RUN/$name.qmp" "$RUN/$name.hqmp" "$RUN/$name.pid" \
-		"$RUN/$name.console.log" "$RUN/$name.qemu.log"
+		"$RUN/$name.console.log" "$RUN/$name.qemu.log" "$RUN/$name.in" "$RUN/$name.keeper" \
+		"$RUN/$name.keeper.log" "$RUN/$name.keeper.socat"
+	mkfifo "$RUN/$name.in"
+	: >"$RUN/$name.console.log"
 	if [ -n "${DEDUP_VM_PRELOAD:-}" ]; then
 		pre=$DEDUP_VM_PRELOAD
 		case $pre in /*) ;; *) pre=$(pwd)/$pre ;; esac
@@ -417,7 +420,7 @@ cmd_boot() {
 		-m "$mib" -smp "$smp" \
 		-kernel "$CACHE/kernel/$kv/vmlinuz" -initrd "$CACHE/initramfs.cpio.gz" \
 		-append "console=ttyS0 panic=-1 quiet dd.name=$name ${DEDUP_VM_APPEND:-}" \
-		-chardev "socket,id=ser0,path=$RUN/$name.serial,server=on,wait=off,logfile=$RUN/$name.console.log" \
+		-chardev "socket,id=ser0,path=$RUN/$name.serial,server=on,wait=on" \
 		-serial chardev:ser0 \
 		-qmp "unix:$RUN/$name.qmp,server=on,wait=off" \
 		-qmp "unix:$RUN/$name.hqmp,server=on,wait=off" \
@@ -427,6 +430,31 @@ cmd_boot() {
 		</dev/null >"$RUN/$name.qemu.log" 2>&1 9>&- &
 	qpid=$!
 	end=$((start + tmo * 1000))
+	# The console keeper: one connection to the serial socket for the guest's
+	# whole life (QEMU waits for it: wait=on), copying what the guest prints to
+	# NAME.console.log and what is written to the FIFO NAME.in to the guest. QEMU's
+	# own logfile= is not used: it logs a byte again each time the serial port
+	# retries it, which duplicated characters while a client came and went.
+	while [ ! -S "$RUN/$name.serial" ] && kill -0 "$qpid" 2>/dev/null &&
+		[ "$(now_ms)" -lt "$end" ]; do
+		sleep 0.02
+	done
+	(
+		i=0
+		# Exit status 0: QEMU closed the connection (it quit). Non-zero: could
+		# not connect yet, or the link broke; try again while QEMU lives.
+		until
+			socat -t 1 "UNIX-CONNECT:$RUN/$name.serial" - &
+			echo $! >"$RUN/$name.keeper.socat"
+			wait $!
+		do
+			kill -0 "$qpid" 2>/dev/null || exit 0
+			i=$((i + 1))
+			[ $i -lt 100 ] || exit 1
+			sleep 0.05
+		done
+	) <>"$RUN/$name.in" >>"$RUN/$name.console.log" 2>>"$RUN/$name.keeper.log" 9>&- 8>&- &
+	echo $! >"$RUN/$name.keeper"
 	while :; do
 		if grep -q '^DEDUP-VM READY' "$RUN/$name.console.log" 2>/dev/null; then
 			break
@@ -463,6 +491,10 @@ cmd_boot() {
 		grep '^DEDUP-VM \(MODULE\|BALLOON\)' "$RUN/$name.console.log" | tr -d '\r' >&2 ;;
 	esac
 	say "$name up in $(secs "$ms") s: pid $(cat "$RUN/$name.pid"), console $RUN/$name.console.log, qmp $RUN/$name.qmp"
+}
+
+keeper_alive() {
+	k=$(cat "$RUN/$1.keeper" 2>/dev/null) && isnum "$k" && [ -n "$k" ] && kill -0 "$k" 2>/dev/null
 }
 
 # Print, from byte $2 on, what the console log of $1 holds.
@@ -535,13 +567,11 @@ cmd_run() {
 	off=$(stat -c %s "$RUN/$name.console.log")
 	start=$(now_ms)
 	end=$((start + tmo * 1000))
-	# Keep the connection open until the guest has read the whole line: QEMU drops
-	# what is still unread in the socket when the client hangs up.
-	{
-		printf 'DD-RUN %s %s\n' "$tok" "$b64"
-		wait_console "$name" "$off" "^DD-BEGIN $tok\$" "$end" || true
-	} | socat -t 0.02 - "UNIX-CONNECT:$RUN/$name.serial" >/dev/null 2>"$RUN/$name.socat.err" ||
-		die "guest $name: cannot write to $RUN/$name.serial: $(cat "$RUN/$name.socat.err")"
+	keeper_alive "$name" || die "guest $name: its console keeper is gone (see $RUN/$name.keeper.log)"
+	# Read-write open: never blocks, and the keeper holds the FIFO open anyway.
+	printf 'DD-RUN %s %s\n' "$tok" "$b64" 1<>"$RUN/$name.in" ||
+		die "guest $name: cannot write to $RUN/$name.in"
+	wait_console "$name" "$off" "^DD-BEGIN $tok\$" "$end" || true
 	if ! log_from "$name" "$off" | grep -q "^DD-BEGIN $tok\$"; then
 		guest_pid "$name" >/dev/null || guest_gone "$name"
 		die "guest $name did not take the command within $tmo s (console log: $RUN/$name.console.log)"
@@ -653,8 +683,21 @@ cmd_stop() {
 	else
 		say "$name is not running"
 	fi
+	# The keeper ends when QEMU closes the console; make sure.
+	if k=$(cat "$RUN/$name.keeper" 2>/dev/null) && isnum "$k" && [ -n "$k" ]; then
+		i=0
+		while kill -0 "$k" 2>/dev/null && [ $i -lt 40 ]; do
+			sleep 0.05
+			i=$((i + 1))
+		done
+		if kill -0 "$k" 2>/dev/null; then
+			kill "$k" 2>/dev/null || true
+			ks=$(cat "$RUN/$name.keeper.socat" 2>/dev/null) && isnum "$ks" && [ -n "$ks" ] &&
+				kill "$ks" 2>/dev/null || true
+		fi
+	fi
 	rm -f "$RUN/$name.serial" "$RUN/$name.qmp" "$RUN/$name.hqmp" "$RUN/$name.pid" \
-		"$RUN/$name.lock" "$RUN/$name.socat.err"
+		"$RUN/$name.lock" "$RUN/$name.in" "$RUN/$name.keeper" "$RUN/$name.keeper.socat"
 }
 
 cmd_stop_all() {
@@ -667,12 +710,13 @@ cmd_stop_all() {
 
 cmd_clean() {
 	cmd_stop_all
-	for f in "$RUN"/*.console.log "$RUN"/*.qemu.log "$RUN"/*.serial "$RUN"/*.qmp \
-		"$RUN"/*.hqmp "$RUN"/*.lock "$RUN"/*.socat.err; do
-		[ -e "$f" ] || continue
-		n=${f##*/}
-		n=${n%%.*}
-		guest_pid "$n" >/dev/null || rm -f "$f"
+	for x in console.log qemu.log keeper.log keeper.socat keeper serial qmp hqmp lock in; do
+		for f in "$RUN"/*."$x"; do
+			[ -e "$f" ] || continue
+			n=${f##*/}
+			n=${n%."$x"}
+			guest_pid "$n" >/dev/null || rm -f "$f"
+		done
 	done
 	rmdir "$RUN" 2>/dev/null || true
 }
