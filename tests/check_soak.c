@@ -97,7 +97,13 @@ struct soak_box {
 	atomic_uint_fast64_t remaps_unregistered; /* remaps that unregistered first */
 	atomic_uint_fast64_t register_retries;	  /* daemon away: retried */
 	atomic_uint_fast64_t register_eexist;	  /* refused: "overlaps the registered region" */
-	char err[256];
+	atomic_uint nslow;		     /* the first MAX_SLOW stalls, for the log */
+	struct {
+		uint64_t at_ms, ms;	     /* CLOCK_MONOTONIC start, duration */
+		uint32_t page, gen;
+		uint32_t restore;
+	} slow[16];
+	char err[512];
 };
 
 /* ---- the client process --------------------------------------------------- */
@@ -197,8 +203,18 @@ static void *writer_main(void *arg)
 				pthread_mutex_unlock(&cl.plock[page]);
 				writes++;
 			}
-			if (dt > STALL_US * 1000)
+			if (dt > STALL_US * 1000) {
+				unsigned n = atomic_fetch_add(&cl.b->nslow, 1);
+
 				stalls++;
+				if (n < 16) {
+					cl.b->slow[n].at_ms = t0 / 1000000;
+					cl.b->slow[n].ms = dt / 1000000;
+					cl.b->slow[n].page = page;
+					cl.b->slow[n].gen = cl.gen;
+					cl.b->slow[n].restore = r % RESTORE_ONE_IN == 0;
+				}
+			}
 			if (dt > max_ns)
 				max_ns = dt;
 		}

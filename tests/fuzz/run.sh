@@ -52,7 +52,7 @@ fuzz_one() {
 	[ -d "$here/regress/$n" ] && set -- "$@" "$here/regress/$n"
 	"$bin" "$@" >"$log" 2>&1
 	rc=$?
-	execs=$(sed -n 's/^stat::number_executed_units: *//p' "$log" | tail -n 1)
+	execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
 	[ -n "$execs" ] || execs=$(grep -Eo '^#[0-9]+' "$log" | tail -n 1 | tr -d '#')
 	ft0=$(grep -E 'INITED' "$log" | grep -Eo 'ft: [0-9]+' | head -n 1 | sed 's/.*: //')
 	ft1=$(last_stat "$log" ft)
