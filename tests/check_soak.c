@@ -45,6 +45,7 @@
 #include "dedupd/lib/dedup.h"
 
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
@@ -432,6 +433,39 @@ static struct {
 	char last_state[16];
 } fig;
 
+static uint64_t soak_t0; /* CLOCK_MONOTONIC ms when the chaos began */
+
+/* One line per chaos event, with its time since the start. */
+__attribute__((format(printf, 1, 2))) static void event(const char *fmt, ...)
+{
+	va_list ap;
+
+	printf("soak-event: +%.2f s ", (double)(h_now_ms() - soak_t0) / 1000.0);
+	va_start(ap, fmt);
+	vprintf(fmt, ap);
+	va_end(ap);
+	printf("\n");
+	fflush(stdout);
+}
+
+/* The stalls a client noted, when it is done. */
+static void print_slow(const struct slot *s)
+{
+	static const char *const cls[3] = { "common", "zero", "unique" };
+	unsigned n = atomic_load(&s->b->nslow);
+
+	for (unsigned i = 0; i < n && i < 16; i++)
+		printf("soak-stall: client instance %u (pid %d) at +%.2f s: %llu ms, page %u "
+		       "(%s, generation %u)%s\n", s->instance, (int)s->pid,
+		       (double)((int64_t)s->b->slow[i].at_ms - (int64_t)soak_t0) / 1000.0,
+		       (unsigned long long)s->b->slow[i].ms, s->b->slow[i].page,
+		       cls[page_class(s->b->slow[i].page)], s->b->slow[i].gen,
+		       s->b->slow[i].restore ? ", whole-page restore" : "");
+	if (n > 16)
+		printf("soak-stall: client instance %u: %u more\n", s->instance, n - 16);
+	fflush(stdout);
+}
+
 static const char *const state_names[4] = { "high", "soft", "hard", "low" };
 
 static void add_box(const struct slot *s)
@@ -697,6 +731,7 @@ static void client_kill(int i)
 		      "client instance %u: status %#x before our SIGKILL: %s", s->instance, st,
 		      s->b->err);
 	add_box(s); /* its figures count: it is dead, they no longer move */
+	print_slow(s);
 	s->pid = 0;
 	fig.clients_killed++;
 	client_start(i);
@@ -765,6 +800,7 @@ static void observe_state(void)
 					fig.states_seen[i]++;
 					if (fig.last_state[0])
 						fig.state_transitions++;
+					event("dedupd says: state %s", s);
 					snprintf(fig.last_state, sizeof(fig.last_state), "%s", s);
 				}
 		}
@@ -837,7 +873,7 @@ START_TEST(test_soak_no_lost_writes)
 		      (long long)h_stat(sock, "clients"));
 	(void)usage_now();
 
-	t0 = h_now_ms();
+	t0 = soak_t0 = h_now_ms();
 	end = t0 + secs * 1000;
 	next = t0 + 1000 + rnd(3001);
 	next_state = t0;
@@ -856,16 +892,24 @@ START_TEST(test_soak_no_lost_writes)
 		}
 		switch (rnd(5)) {
 		case 0:
+			event("SIGKILL dedupd (pid %d)", (int)daemon_pid);
 			daemon_restart(SIGKILL, secs, seed);
+			event("dedupd restarted (pid %d), all clients back", (int)daemon_pid);
 			break;
 		case 1:
+			event("SIGTERM dedupd (pid %d)", (int)daemon_pid);
 			daemon_restart(SIGTERM, secs, seed);
+			event("dedupd restarted (pid %d), all clients back", (int)daemon_pid);
 			break;
 		case 2: {
 			int i = (int)rnd(NCLIENTS);
 
 			remap_wait(i, secs, seed); /* not in the middle of its remap */
+			event("SIGKILL client instance %u (pid %d)", slots[i].instance,
+			      (int)slots[i].pid);
 			client_kill(i);
+			event("client instance %u (pid %d) replaces it", slots[i].instance,
+			      (int)slots[i].pid);
 			break;
 		}
 		case 3: {
@@ -876,6 +920,8 @@ START_TEST(test_soak_no_lost_writes)
 			    atomic_load(&slots[i].b->remap_req)) {
 				atomic_fetch_add(&slots[i].b->remap_req, 1);
 				fig.remaps_asked++;
+				event("client instance %u (pid %d): remap its region",
+				      slots[i].instance, (int)slots[i].pid);
 			}
 			break;
 		}
@@ -884,6 +930,10 @@ START_TEST(test_soak_no_lost_writes)
 
 			pstate = to >= pstate ? to + 1 : to; /* another state than now */
 			set_pressure(pstate);
+			event("cgroup limit %llu MiB (usage %llu MiB): aiming at %s",
+			      (unsigned long long)(memcg_u64(cg, "memory.limit_in_bytes") / MIB),
+			      (unsigned long long)(memcg_u64(cg, "memory.usage_in_bytes") / MIB),
+			      state_names[pstate]);
 			break;
 		}
 		}
@@ -921,6 +971,7 @@ START_TEST(test_soak_no_lost_writes)
 			      "client instance %u: status %#x: %s", slots[i].instance, st,
 			      slots[i].b->err);
 		add_box(&slots[i]);
+		print_slow(&slots[i]);
 		munmap(slots[i].b, sizeof(*slots[i].b));
 		slots[i].b = NULL;
 		slots[i].pid = 0;
