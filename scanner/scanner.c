@@ -43,6 +43,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
@@ -109,7 +110,8 @@ struct dd_sclient {
 	uid_t uid;
 	int uffd;
 	int pagemap;
-	int mem; /* /proc/PID/mem */
+	int mem;   /* /proc/PID/mem */
+	int pidfd; /* for process_madvise(); -1 if the kernel gave none */
 	char maps_path[32];
 	void *agent;
 	atomic_int refs;
@@ -217,7 +219,8 @@ struct dd_scanner {
 	/* statistics */
 	atomic_uint_fast64_t pages_scanned, full_scans, merges, merge_failed, cow_breaks,
 		pages_volatile, zero_pages, faults, unstable_count, last_pass_ms, pages_adopted,
-		scan_cpu_ns, registered, nregions;
+		scan_cpu_ns, registered, nregions, thp_split, thp_skipped, pass_thp_skipped;
+	atomic_bool no_pagemap_scan; /* the kernel refused PAGEMAP_SCAN */
 };
 
 static uint64_t now_ms(void)
@@ -274,6 +277,8 @@ static void client_put(struct dd_sclient *c)
 		close(c->pagemap);
 	if (c->mem >= 0)
 		close(c->mem);
+	if (c->pidfd >= 0)
+		close(c->pidfd);
 	free(c->inflight);
 	free(c->expect);
 	free(c->pend);
@@ -349,6 +354,7 @@ struct dd_sclient *dd_scanner_add_client(struct dd_scanner *s, pid_t pid, uid_t 
 	c->pagemap = open(path, O_RDONLY | O_CLOEXEC);
 	snprintf(path, sizeof(path), "/proc/%d/mem", (int)pid);
 	c->mem = open(path, O_RDONLY | O_CLOEXEC);
+	c->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
 	if (c->pagemap < 0 || c->mem < 0 || fcntl(uffd, F_SETFL, O_NONBLOCK) < 0) {
 		int e = errno;
 		c->uffd = -1; /* on failure the caller keeps it */
@@ -1412,6 +1418,61 @@ static size_t merge_cap(struct dd_scanner *s)
 }
 
 /* Scan pages [idx0, idx0+n) of r (c->lock and rcu read lock held). */
+#ifndef MADV_COLD
+#define MADV_COLD 20
+#endif
+#define THP_BYTES (2ULL << 20)
+
+/*
+ * Pages of [base, base + n pages) that a transparent huge page holds: marked
+ * in skip[] when THPs are left alone (knob thp_split off: ESX keeps large
+ * pages until memory is short). With thp_split each THP met is split first,
+ * by process_madvise(MADV_COLD) of one of its 4 KiB pages: advice over part
+ * of a huge page makes the kernel split it for real (split_folio), so that
+ * the pages merged later are freed at once. Unmapping 4 KiB of an unsplit THP
+ * would only queue it for a deferred split under memory pressure, and the
+ * host would get nothing back. Returns pages skipped.
+ */
+static uint32_t thp_pages(struct dd_scanner *s, struct dd_sclient *c, uint64_t base, uint32_t n,
+			  bool *skip)
+{
+	struct dd_page_region v[8];
+	struct dd_pm_scan_arg arg = {
+		.size = sizeof(arg), .start = base, .end = base + (uint64_t)n * DD_PAGE_SIZE,
+		.vec = (uintptr_t)v, .vec_len = 8, .category_mask = DD_PAGE_IS_HUGE,
+		.return_mask = DD_PAGE_IS_HUGE,
+	};
+	uint32_t skipped = 0;
+	long got;
+
+	if (atomic_load(&s->no_pagemap_scan))
+		return 0;
+	got = ioctl(c->pagemap, DD_PAGEMAP_SCAN, &arg);
+	if (got < 0) {
+		if (errno == ENOTTY || errno == EINVAL)
+			atomic_store(&s->no_pagemap_scan, true);
+		return 0;
+	}
+	for (long k = 0; k < got; k++) {
+		uint64_t a = v[k].start, b = v[k].end;
+
+		if (s->knobs.thp_split && c->pidfd >= 0) {
+			for (uint64_t t = a & ~(THP_BYTES - 1); t < b; t += THP_BYTES) {
+				struct iovec iov = { (void *)(uintptr_t)(t > a ? t : a), DD_PAGE_SIZE };
+
+				if (syscall(SYS_process_madvise, c->pidfd, &iov, 1, MADV_COLD, 0) > 0)
+					atomic_fetch_add(&s->thp_split, 1);
+			}
+			continue;
+		}
+		for (uint64_t p = a; p < b; p += DD_PAGE_SIZE) {
+			skip[(p - base) / DD_PAGE_SIZE] = true;
+			skipped++;
+		}
+	}
+	return skipped;
+}
+
 static int scan_batch(struct dd_worker *w, struct dd_sclient *c, struct dd_region *r,
 		      uint32_t idx0, uint32_t n)
 {
@@ -1419,12 +1480,17 @@ static int scan_batch(struct dd_worker *w, struct dd_sclient *c, struct dd_regio
 	uint64_t vol = 0;
 	uint64_t pm[READ_BATCH], base = r->start + (uint64_t)idx0 * DD_PAGE_SIZE;
 	struct iovec lv[READ_BATCH], rv[READ_BATCH];
-	bool need[READ_BATCH];
+	bool need[READ_BATCH], huge[READ_BATCH];
+	uint32_t nhuge;
 	size_t niov = 0;
 	uint64_t scanned = 0;
 	ssize_t got;
 	uint16_t gen = (uint16_t)atomic_load(&s->full_scans);
 
+	memset(huge, 0, n * sizeof(huge[0]));
+	nhuge = thp_pages(s, c, base, n, huge);
+	if (nhuge)
+		atomic_fetch_add(&s->pass_thp_skipped, nhuge);
 	if (pread(c->pagemap, pm, n * sizeof(pm[0]), (off_t)(base / DD_PAGE_SIZE * 8)) !=
 	    (ssize_t)(n * sizeof(pm[0])))
 		return -errno ? -errno : -EIO;
@@ -1432,7 +1498,7 @@ static int scan_batch(struct dd_worker *w, struct dd_sclient *c, struct dd_regio
 		struct dd_page *p = &r->pages[idx0 + i];
 
 		need[i] = false;
-		if (p->state == PG_GONE || !(pm[i] & DD_PM_PRESENT))
+		if (p->state == PG_GONE || !(pm[i] & DD_PM_PRESENT) || huge[i])
 			continue; /* never fault a page in by scanning it */
 		if (p->state == PG_MERGED) {
 			if (pm[i] & DD_PM_FILE)
@@ -1605,6 +1671,7 @@ static void pass_end(struct dd_scanner *s)
 		s->idle_passes = 0;
 	s->pass_merges0 = atomic_load(&s->merges);
 	atomic_store(&s->pages_volatile, atomic_exchange(&s->pass_volatile, 0));
+	atomic_store(&s->thp_skipped, atomic_exchange(&s->pass_thp_skipped, 0));
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	atomic_store(&s->last_pass_ms, (uint64_t)(ts.tv_sec - s->pass_start.tv_sec) * 1000 +
 					     (uint64_t)(ts.tv_nsec / 1000000) -
@@ -2005,6 +2072,8 @@ void dd_scanner_stats(struct dd_scanner *s, struct dd_scan_stats *o)
 	o->merge_failed = atomic_load(&s->merge_failed);
 	o->cow_breaks = atomic_load(&s->cow_breaks);
 	o->pages_adopted = atomic_load(&s->pages_adopted);
+	o->thp_split = atomic_load(&s->thp_split);
+	o->thp_skipped = atomic_load(&s->thp_skipped);
 	o->faults = atomic_load(&s->faults);
 	o->scan_cpu_ns = atomic_load(&s->scan_cpu_ns);
 	o->last_pass_ms = atomic_load(&s->last_pass_ms);

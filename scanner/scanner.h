@@ -42,6 +42,8 @@ struct dd_scan_knobs {
 	uint32_t share_domain;        /* enum dd_domain_policy for DD_DOMAIN_DEFAULT */
 	bool zero_pages;              /* zap all-zero pages */
 	uint32_t idle_backoff_ms_max; /* longest extra pause after idle passes; 0: none */
+	bool thp_split;               /* scan pages of transparent huge pages, splitting
+				       * each THP first; false: leave them alone */
 	uint32_t scan_threads;        /* 0: one per two cores; fixed at start */
 };
 
@@ -62,6 +64,8 @@ struct dd_scan_stats {
 	uint64_t merge_failed;    /* frozen but not merged (changed, stale, agent error) */
 	uint64_t cow_breaks;      /* merged pages found written */
 	uint64_t pages_adopted;   /* pages found still merged by an earlier daemon */
+	uint64_t thp_split;       /* transparent huge pages split to merge their pages */
+	uint64_t thp_skipped;     /* pages left alone because a THP holds them (last pass) */
 	uint64_t store_pages;     /* store slots held, with or without sharers */
 	uint64_t store_freed;
 	uint64_t vmas;            /* VMAs of all clients now */

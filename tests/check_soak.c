@@ -429,7 +429,7 @@ static struct {
 	uint64_t merges, merges_last_life;
 	unsigned restarts_kill, restarts_term, clients_killed, remaps_asked, pressure_changes;
 	unsigned states_seen[4], state_transitions;
-	uint64_t max_reconnect_ms, max_usage;
+	uint64_t max_reconnect_ms, max_usage, max_stop_ms;
 	char last_state[16];
 } fig;
 
@@ -507,7 +507,8 @@ static void print_figures(uint64_t secs, uint64_t seed)
 	printf("soak: merges %llu (over %u daemon lives)\n", (unsigned long long)fig.merges,
 	       daemon_lives);
 	printf("soak: daemon restarts survived: %u after SIGKILL, %u after SIGTERM "
-	       "(slowest reconnect of all clients %llu ms)\n", fig.restarts_kill, fig.restarts_term,
+	       "(slowest stop %llu ms, slowest reconnect of all clients %llu ms)\n",
+	       fig.restarts_kill, fig.restarts_term, (unsigned long long)fig.max_stop_ms,
 	       (unsigned long long)fig.max_reconnect_ms);
 	printf("soak: clients killed %u (replaced)\n", fig.clients_killed);
 	printf("soak: regions remapped %llu (%llu after dedup_unregister, %llu by munmap alone; "
@@ -703,8 +704,33 @@ static void daemon_restart(int sig, uint64_t secs, uint64_t seed)
 
 	if (m > 0)
 		fig.merges += (uint64_t)m;
+	uint64_t k0 = h_now_ms();
+	bool dumped = false;
+
 	kill(daemon_pid, sig);
-	ck_assert_int_eq(waitpid(daemon_pid, &st, 0), daemon_pid);
+	while (waitpid(daemon_pid, &st, WNOHANG) != daemon_pid) {
+		if (!dumped && h_now_ms() - k0 > 2000) {
+			char cmd[512];
+
+			snprintf(cmd, sizeof(cmd), "gdb -p %d -batch -ex 'thread apply all bt' "
+				 ">%s.stop-%d.bt 2>&1", (int)daemon_pid, sock, (int)daemon_pid);
+			if (system(cmd)) {
+			}
+			for (int i = 0; i < NCLIENTS; i++) {
+				snprintf(cmd, sizeof(cmd), "gdb -p %d -batch -ex 'thread apply all bt' "
+					 ">%s.stop-%d.client-%d.bt 2>&1", (int)slots[i].pid, sock,
+					 (int)daemon_pid, (int)slots[i].pid);
+				if (system(cmd)) {
+				}
+			}
+			event("dedupd still stopping after 2 s: backtraces in %s.stop-%d.bt", sock,
+			      (int)daemon_pid);
+			dumped = true;
+		}
+		h_sleep_ms(5);
+	}
+	if (h_now_ms() - k0 > fig.max_stop_ms)
+		fig.max_stop_ms = h_now_ms() - k0;
 	if (sig == SIGKILL)
 		ck_assert_msg(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "status %#x", st);
 	else

@@ -39,4 +39,24 @@
 #define DD_PM_UFFD_WP (1ULL << 57)
 #define DD_PM_PFN_MASK ((1ULL << 55) - 1)
 
+/*
+ * PAGEMAP_SCAN (Linux 6.7): the kernel walks the page tables and returns
+ * runs of pages by category, skipping what was never populated. Defined here
+ * because the distribution's kernel headers predate it.
+ */
+#define DD_PAGEMAP_SCAN _IOWR('f', 16, struct dd_pm_scan_arg)
+#define DD_PAGE_IS_PRESENT (1ULL << 3)
+#define DD_PAGE_IS_SWAPPED (1ULL << 4)
+#define DD_PAGE_IS_PFNZERO (1ULL << 5)
+#define DD_PAGE_IS_HUGE (1ULL << 6) /* part of a transparent huge page */
+
+struct dd_page_region {
+	uint64_t start, end, categories;
+};
+
+struct dd_pm_scan_arg {
+	uint64_t size, flags, start, end, walk_end, vec, vec_len, max_pages;
+	uint64_t category_inverted, category_mask, category_anyof_mask, return_mask;
+};
+
 #endif

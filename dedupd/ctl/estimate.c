@@ -17,6 +17,7 @@
  */
 #include "dedupd/ctl/estimate.h"
 #include "hash/pagehash.h"
+#include "dedupd/common/uffd.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -196,26 +197,9 @@ static int read_pagemap(struct run *r, unsigned pidx, int pm_fd, uint64_t lo, ui
 	return 0;
 }
 
-/*
- * PAGEMAP_SCAN (Linux 6.7): the kernel walks the page tables and returns
- * runs of present or swapped pages, skipping what was never populated. A
- * sanitizer's shadow or a VM's sparse guest RAM reserves terabytes of which
- * little is mapped: reading one pagemap entry per page of those would take
- * hours. Defined here because the distribution's kernel headers predate it.
- */
-#define DD_PAGEMAP_SCAN _IOWR('f', 16, struct dd_pm_scan_arg)
-#define DD_PAGE_IS_PRESENT (1ULL << 3)
-#define DD_PAGE_IS_SWAPPED (1ULL << 4)
-#define DD_PAGE_IS_PFNZERO (1ULL << 5)
-
-struct dd_page_region {
-	uint64_t start, end, categories;
-};
-
-struct dd_pm_scan_arg {
-	uint64_t size, flags, start, end, walk_end, vec, vec_len, max_pages;
-	uint64_t category_inverted, category_mask, category_anyof_mask, return_mask;
-};
+/* PAGEMAP_SCAN (dedupd/common/uffd.h): a sanitizer's shadow or a VM's sparse
+ * guest RAM reserves terabytes of which little is mapped: reading one pagemap
+ * entry per page of those would take hours. */
 
 /* Pass 1 for one mapping through PAGEMAP_SCAN; -ENOTTY or -EINVAL if the
  * kernel has none (nothing counted then). */

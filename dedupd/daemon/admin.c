@@ -52,6 +52,8 @@ static struct json_object *stats_json(struct dd_scanner *s)
 	ADD_U64(o, "merge_failed", st.merge_failed);
 	ADD_U64(o, "cow_breaks", st.cow_breaks);
 	ADD_U64(o, "pages_adopted", st.pages_adopted);
+	ADD_U64(o, "thp_split", st.thp_split);
+	ADD_U64(o, "thp_pages_skipped", st.thp_skipped);
 	ADD_U64(o, "store_pages", st.store_pages);
 	ADD_U64(o, "store_pages_freed", st.store_freed);
 	ADD_U64(o, "vmas", st.vmas);
@@ -74,6 +76,7 @@ static struct json_object *knobs_json(const struct dd_scan_knobs *k)
 	ADD_U64(o, "merge_batch_pages", k->merge_batch_pages);
 	ADD_U64(o, "max_vmas_per_client", k->max_vmas_per_client);
 	json_object_object_add(o, "zero_pages", json_object_new_boolean(k->zero_pages));
+	json_object_object_add(o, "thp_split", json_object_new_boolean(k->thp_split));
 	return o;
 }
 

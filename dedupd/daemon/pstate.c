@@ -180,6 +180,8 @@ void dd_pstate_knobs(const struct dd_pstate_ctl *pc, const struct dd_conf *conf,
 		k->pages_to_scan = pts > 10000000 ? 10000000 : (uint32_t)pts;
 		k->sleep_millisecs /= 4;
 		k->idle_backoff_ms_max = 0;
+		/* ESX breaks large pages only when memory is short. */
+		k->thp_split = true;
 	}
 }
 

@@ -112,6 +112,7 @@ void dd_server_knobs(const struct dd_conf *c, struct dd_scan_knobs *k)
 	k->max_vmas_per_client = c->scan.max_vmas_per_client;
 	k->share_domain = (uint32_t)c->scan.share_domain;
 	k->zero_pages = c->scan.zero_pages;
+	k->thp_split = c->scan.thp == DD_CONF_THP_SPLIT;
 }
 
 static void apply_conf(void *arg)

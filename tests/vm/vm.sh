@@ -443,8 +443,9 @@ cmd_boot() {
 		i=0
 		# Exit status 0: QEMU closed the connection (it quit). Non-zero: could
 		# not connect yet, or the link broke; try again while QEMU lives.
+		# (An asynchronous command's stdin is /dev/null unless redirected.)
 		until
-			socat -t 1 "UNIX-CONNECT:$RUN/$name.serial" - &
+			socat -t 1 "UNIX-CONNECT:$RUN/$name.serial" - <&3 3<&- &
 			echo $! >"$RUN/$name.keeper.socat"
 			wait $!
 		do
@@ -453,11 +454,17 @@ cmd_boot() {
 			[ $i -lt 100 ] || exit 1
 			sleep 0.05
 		done
-	) <>"$RUN/$name.in" >>"$RUN/$name.console.log" 2>>"$RUN/$name.keeper.log" 9>&- 8>&- &
+	) 3<>"$RUN/$name.in" </dev/null >>"$RUN/$name.console.log" 2>>"$RUN/$name.keeper.log" 9>&- 8>&- &
 	echo $! >"$RUN/$name.keeper"
 	while :; do
 		if grep -q '^DEDUP-VM READY' "$RUN/$name.console.log" 2>/dev/null; then
 			break
+		fi
+		if ! keeper_alive "$name"; then
+			say "the console keeper of $name (socat) ended before the guest was ready:"
+			tail -n 5 "$RUN/$name.keeper.log" >&2 || true
+			kill "$qpid" 2>/dev/null || true
+			exit 1
 		fi
 		if ! kill -0 "$qpid" 2>/dev/null; then
 			wait "$qpid" 2>/dev/null || true
