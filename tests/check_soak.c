@@ -717,9 +717,10 @@ static void daemon_restart(int sig, uint64_t secs, uint64_t seed)
 			if (system(cmd)) {
 			}
 			for (int i = 0; i < NCLIENTS; i++) {
-				snprintf(cmd, sizeof(cmd), "gdb -p %d -batch -ex 'thread apply all bt' "
-					 ">%s.stop-%d.client-%d.bt 2>&1", (int)slots[i].pid, sock,
-					 (int)daemon_pid, (int)slots[i].pid);
+				snprintf(cmd, sizeof(cmd), "for t in /proc/%d/task/*; do "
+					 "echo \"== $t $(cat $t/comm) $(cat $t/wchan)\"; cat $t/stack; "
+					 "done >>%s.stop-%d.bt 2>&1", (int)slots[i].pid, sock,
+					 (int)daemon_pid);
 				if (system(cmd)) {
 				}
 			}
