@@ -493,6 +493,14 @@ static void format_double(double d, char *buf, size_t len)
 	}
 }
 
+static bool str_needs_quotes(const char *s)
+{
+	size_t n = strlen(s);
+
+	return !n || isspace((unsigned char)s[0]) || isspace((unsigned char)s[n - 1]) ||
+	       (n >= 2 && s[0] == '"' && s[n - 1] == '"');
+}
+
 static void format_value(const struct knob *k, const void *base, char *buf, size_t len)
 {
 	const char *p = (const char *)base + k->off;
@@ -533,7 +541,12 @@ static void format_value(const struct knob *k, const void *base, char *buf, size
 		snprintf(buf, len, "%lld", (long long)i64);
 		break;
 	case K_STR:
-		snprintf(buf, len, "%s", p[0] ? p : "\"\"");
+		/* Quoted when the file would not read it back as it is: empty, blanks
+		 * at either end (trimmed), or quotes at both ends (one pair stripped). */
+		if (str_needs_quotes(p))
+			snprintf(buf, len, "\"%s\"", p);
+		else
+			snprintf(buf, len, "%s", p);
 		break;
 	}
 }

@@ -24,6 +24,26 @@ __attribute__((format(printf, 4, 5))) static int bad(char *err, size_t errlen, i
 	return e;
 }
 
+/*
+ * fgets() for whole lines: the part of a line that does not fit in buf is
+ * skipped, so it is never read as a line of its own. A maps or smaps line ends
+ * with a file name the process chose, up to PATH_MAX long: its tail must not
+ * pass for a mapping ("...7f00-7f01 rw-p 0 00:00 0").
+ */
+static char *read_line(char *buf, int size, FILE *f)
+{
+	size_t n;
+	int c;
+
+	if (!fgets(buf, size, f))
+		return NULL;
+	n = strlen(buf);
+	if (n == (size_t)size - 1 && buf[n - 1] != '\n')
+		while ((c = getc(f)) != EOF && c != '\n')
+			;
+	return buf;
+}
+
 /* VmLck of the process whose maps file is maps_path, in kB (0 if unknown). */
 static long locked_kib(const char *maps_path)
 {
@@ -35,7 +55,7 @@ static long locked_kib(const char *maps_path)
 	f = fopen(path, "re");
 	if (!f)
 		return 0;
-	while (fgets(line, sizeof(line), f))
+	while (read_line(line, sizeof(line), f))
 		if (sscanf(line, "VmLck: %ld kB", &kib) == 1)
 			break;
 	fclose(f);
@@ -55,7 +75,7 @@ static bool range_locked(const char *maps_path, uint64_t addr, uint64_t end)
 	f = fopen(path, "re");
 	if (!f)
 		return false;
-	while (!locked && fgets(line, sizeof(line), f)) {
+	while (!locked && read_line(line, sizeof(line), f)) {
 		if (sscanf(line, "%llx-%llx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' '))
 			in = lo < end && addr < hi;
 		else if (in && !strncmp(line, "VmFlags:", 8))
@@ -81,9 +101,9 @@ int dd_maps_check_range(const char *maps_path, uint64_t addr, uint64_t len, char
 		snprintf(err, errlen, "cannot read %s: %s", maps_path, strerror(errno));
 		return -errno;
 	}
-	while (at < end && fgets(line, sizeof(line), f)) {
+	while (at < end && read_line(line, sizeof(line), f)) {
 		unsigned long long lo, hi, ino;
-		char perms[8], path[4096] = "";
+		char perms[8] = "", path[4096] = "";
 		int n;
 
 		n = sscanf(line, "%llx-%llx %7s %*x %*x:%*x %llu %4095[^\n]", &lo, &hi, perms, &ino,

@@ -939,7 +939,18 @@ static void apply_events(struct dd_scanner *s, struct dd_sclient *c)
 			uint64_t rend = r->start + (uint64_t)r->npages * DD_PAGE_SIZE;
 			uint64_t lo = ev[e].start > r->start ? ev[e].start : r->start;
 			uint64_t hi = ev[e].end < rend ? ev[e].end : rend;
+			char why[8];
+			/* Mapped over in place with fresh private anonymous memory
+			 * (mmap MAP_FIXED: how dedup_discard() and many allocators
+			 * zero memory): the range stays registered, its pages start
+			 * afresh, and the new VMA is registered with the uffd again
+			 * before anything in it is frozen. */
+			bool renewed = ev[e].type == UFFD_EVENT_UNMAP && lo < hi &&
+				       dd_maps_check_range(c->maps_path, lo, hi - lo, why,
+							   sizeof(why)) == 0;
 
+			if (renewed)
+				r->rearm = true;
 			for (uint64_t a = lo; a < hi; a += DD_PAGE_SIZE) {
 				uint32_t idx = (uint32_t)((a - r->start) / DD_PAGE_SIZE);
 				struct dd_page *p = &r->pages[idx];
@@ -947,7 +958,13 @@ static void apply_events(struct dd_scanner *s, struct dd_sclient *c)
 				if (p->state == PG_GONE)
 					continue;
 				if (ev[e].type != UFFD_EVENT_REMOVE) {
+					r->merged -= p->state == PG_MERGED;
+					r->zero -= p->state == PG_ZERO;
 					page_release(s, r, idx); /* unmapped or moved away */
+					if (renewed) {
+						p->state = PG_NEW;
+						p->flags &= (uint8_t)~PGF_REMAPPED;
+					}
 					continue;
 				}
 				/* MADV_DONTNEED: merged pages still read the store (their

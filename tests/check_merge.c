@@ -117,6 +117,26 @@ static void layout_child(int in, int out)
 			bad = verify_all(written);
 		} else if (cmd == 'a') {
 			bad = anon_pages();
+		} else if (cmd == 'd' || cmd == 'D') {
+			/* Discard the duplicates (plain madvise, or dedup_discard())
+			 * and count those that do not read zeros. */
+			if (cmd == 'd')
+				madvise(mem, NDUP * PAGE, MADV_DONTNEED);
+			else if (dedup_discard(mem, NDUP * PAGE) < 0)
+				_exit(3);
+			for (unsigned i = 0; i < NDUP; i++)
+				for (unsigned j = 0; j < PAGE; j++)
+					if (mem[(size_t)i * PAGE + j]) {
+						bad++;
+						break;
+					}
+		} else if (cmd == 'r') { /* the rest is intact */
+			uint8_t want[PAGE];
+
+			for (unsigned i = NDUP; i < NPAGES; i++) {
+				expected(want, i, written);
+				bad += memcmp(want, mem + (size_t)i * PAGE, PAGE) != 0;
+			}
 		}
 		if (write(out, &bad, sizeof(bad)) != sizeof(bad))
 			_exit(2);
@@ -691,6 +711,29 @@ START_TEST(test_restart_readopts_clients)
 }
 END_TEST
 
+/* MADV_DONTNEED on merged pages: a plain one refaults the shared content
+ * (the kernel's rule for private file mappings); dedup_discard(), which the
+ * preload applies after the program's own DONTNEED, gives zeros. */
+START_TEST(test_discard_reads_zeros)
+{
+	struct kid k[2];
+
+	H_SKIP_UNLESS_ROOT();
+	for (unsigned i = 0; i < 2; i++)
+		k[i] = kid_start(i);
+	ck_assert(h_wait_stat(sock, "pages_sharing", NDUP, false, 15000));
+	ck_assert_uint_eq(kid_cmd(&k[0], 'D'), 0);   /* all zeros */
+	ck_assert_uint_eq(kid_cmd(&k[0], 'r'), 0);   /* the rest intact */
+	ck_assert_uint_eq(kid_cmd(&k[1], 'v'), 0);   /* the other sharer intact */
+	ck_assert_uint_eq(kid_cmd(&k[1], 'd'), NDUP); /* why it is needed */
+	/* The daemon follows: the renewed pages are no longer counted. */
+	ck_assert_msg(h_wait_stat(sock, "pages_sharing", 0, false, 10000), "pages_sharing %lld",
+		      (long long)h_stat(sock, "pages_sharing"));
+	for (unsigned i = 0; i < 2; i++)
+		kid_stop(&k[i]);
+}
+END_TEST
+
 /* Run dd-workload --ksm (plain madvise(MADV_MERGEABLE)) under the preload. */
 static pid_t run_preloaded(const char *socket_path, int *out_fd)
 {
@@ -761,6 +804,7 @@ static Suite *merge_suite(void)
 	tcase_add_test(tc, test_vma_budget_holds);
 	tcase_add_test(tc, test_scan_keeps_cow_pages_shared);
 	tcase_add_test(tc, test_restart_readopts_clients);
+	tcase_add_test(tc, test_discard_reads_zeros);
 	tcase_add_test(tc, test_preload_routes_madvise);
 	tcase_add_test(tc, test_preload_falls_back_without_daemon);
 	suite_add_tcase(s, tc);

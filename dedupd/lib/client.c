@@ -29,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -532,4 +533,73 @@ int dedup_set_balloon_backend(int backend, const char *path)
 	memcpy(bl.path, path ? path : "", len);
 	pthread_mutex_unlock(&bl.lock);
 	return report_balloon();
+}
+
+/* ---- discarding ------------------------------------------------------------ */
+
+/*
+ * After MADV_DONTNEED, mincore() tells the two kinds of page apart: an
+ * anonymous page is gone (0), a page of a private mapping of the store is
+ * still in the store's page cache (1) and would be read again. Map fresh
+ * anonymous memory over the runs of those. A run another thread wrote into
+ * meanwhile loses that write, as if it had come before the discard.
+ */
+static int renew_store_pages(uint64_t lo, uint64_t hi)
+{
+	unsigned char vec[512];
+
+	for (uint64_t a = lo; a < hi;) {
+		uint64_t n = (hi - a) / 4096 < sizeof(vec) ? (hi - a) / 4096 : sizeof(vec);
+
+		if (mincore((void *)(uintptr_t)a, n * 4096, vec) < 0)
+			return -errno;
+		for (uint64_t i = 0; i < n;) {
+			uint64_t j = i;
+
+			if (!(vec[i] & 1)) {
+				i++;
+				continue;
+			}
+			while (j < n && (vec[j] & 1))
+				j++;
+			if (mmap((void *)(uintptr_t)(a + i * 4096), (j - i) * 4096,
+				 PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1,
+				 0) == MAP_FAILED)
+				return -errno;
+			i = j;
+		}
+		a += n * 4096;
+	}
+	return 0;
+}
+
+int dedup_discard(void *addr, size_t len)
+{
+	uint64_t a = (uintptr_t)addr, end;
+	int r = 0;
+
+	len = (len + 4095) & ~(size_t)4095;
+	if (a % 4096 || a + len < a) {
+		set_err("dedup_discard: %p+%zu is not page aligned", addr, len);
+		return -EINVAL;
+	}
+	if (madvise(addr, len, MADV_DONTNEED) < 0) {
+		set_err("dedup_discard: madvise: %s", strerror(errno));
+		return -errno;
+	}
+	end = a + len;
+	pthread_mutex_lock(&g.lock);
+	for (size_t i = 0; i < g.nranges && r == 0; i++) {
+		uint64_t lo = g.ranges[i].addr > a ? g.ranges[i].addr : a;
+		uint64_t hi = g.ranges[i].addr + g.ranges[i].len < end
+				      ? g.ranges[i].addr + g.ranges[i].len
+				      : end;
+
+		if (lo < hi)
+			r = renew_store_pages(lo, hi);
+	}
+	pthread_mutex_unlock(&g.lock);
+	if (r < 0)
+		set_err("dedup_discard: %s", strerror(-r));
+	return r;
 }

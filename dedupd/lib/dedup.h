@@ -51,6 +51,17 @@ int dedup_register(void *addr, size_t len, const struct dedup_opts *opts);
 /* Withdraw [addr, addr+len); merged pages stay shared until written. */
 int dedup_unregister(void *addr, size_t len);
 
+/*
+ * madvise(MADV_DONTNEED) for registered memory. A merged page is a private
+ * mapping of dedupd's store: after a plain MADV_DONTNEED it reads the shared
+ * content again, not zeros. dedup_discard() discards the range and gives the
+ * merged pages in it fresh zero-filled memory, so the range reads zeros as
+ * MADV_DONTNEED promises for anonymous memory. The preload does this by itself
+ * after the program's MADV_DONTNEED or MADV_FREE. Merged pages in the range
+ * lose their madvise() flags (as remapped pages already have). 0 or -errno.
+ */
+int dedup_discard(void *addr, size_t len);
+
 /* The daemon's last error message for this thread, or "" . */
 const char *dedup_strerror(void);
 

@@ -35,6 +35,9 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#ifndef MADV_FREE
+#define MADV_FREE 8
+#endif
 #ifndef MADV_MERGEABLE
 #define MADV_MERGEABLE 12
 #define MADV_UNMERGEABLE 13
@@ -146,6 +149,18 @@ int madvise(void *addr, size_t len, int advice)
 
 	if (!real)
 		real = (madvise_fn)dlsym(RTLD_NEXT, "madvise");
+	if (!busy && (advice == MADV_DONTNEED || advice == MADV_FREE)) {
+		int r = real(addr, len, advice);
+
+		/* Merged pages would read the shared content again: make the
+		 * registered part read zeros, as DONTNEED (and FREE) allow. */
+		if (r == 0) {
+			busy++;
+			dedup_discard(addr, len);
+			busy--;
+		}
+		return r;
+	}
 	if (busy || (advice != MADV_MERGEABLE && advice != MADV_UNMERGEABLE))
 		return real(addr, len, advice);
 	if (advice == MADV_MERGEABLE) {

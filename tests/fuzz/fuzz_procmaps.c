@@ -10,11 +10,12 @@
  * after a line "@@". They are written as <dir>/maps, <dir>/status and
  * <dir>/smaps, the layout of /proc/PID/.
  *
- * Oracle: a reference implementation of the same rules below, which reads
- * whole lines of any length. A range the real parser accepts while the
- * reference refuses it (or the other way round) is a crash: that is how a
- * line split by a fixed-size buffer would let a crafted file name forge a
- * mapping.
+ * Oracle: a reference implementation of the same rules below, which splits
+ * the files at '\n' and nowhere else (it looks at the same first 4095, 511
+ * and 127 bytes of a line as the real readers' buffers hold). A range the
+ * real parser accepts while the reference refuses it (or the other way round)
+ * is a crash: that is how a line split by a fixed-size buffer let a crafted
+ * file name forge a mapping (tests/fuzz/regress/procmaps/).
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -31,8 +32,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static char maps[128], status[128], smaps[128];
 
-/* The next line of [*p, end) without its '\n' into a NUL-terminated copy; NULL at the end. */
-static char *next_line(const char **p, const char *end)
+/*
+ * The next line of [*p, end), without its '\n', as a NUL-terminated copy of at
+ * most max bytes (the real readers look at the first bytes of a line that
+ * does not fit their buffer, and skip the rest); NULL at the end.
+ */
+static char *next_line(const char **p, const char *end, size_t max)
 {
 	const char *nl;
 	char *line;
@@ -42,7 +47,7 @@ static char *next_line(const char **p, const char *end)
 	nl = memchr(*p, '\n', (size_t)(end - *p));
 	if (!nl)
 		nl = end;
-	line = strndup(*p, (size_t)(nl - *p));
+	line = strndup(*p, (size_t)(nl - *p) < max ? (size_t)(nl - *p) : max);
 	*p = nl < end ? nl + 1 : end;
 	return line;
 }
@@ -55,7 +60,7 @@ static long ref_locked_kib(const struct fz_chunk *st)
 	long kib = 0;
 	char *line;
 
-	while ((line = next_line(&p, end))) {
+	while ((line = next_line(&p, end, 127))) {
 		bool hit = sscanf(line, "VmLck: %ld kB", &kib) == 1;
 
 		free(line);
@@ -72,7 +77,7 @@ static bool ref_range_locked(const struct fz_chunk *sm, uint64_t addr, uint64_t 
 	bool in = false, locked = false;
 	char *line;
 
-	while (!locked && (line = next_line(&p, end))) {
+	while (!locked && (line = next_line(&p, end, 511))) {
 		char *dash = strchr(line, '-'), *sp = strchr(line, ' ');
 
 		if (sscanf(line, "%llx-%llx ", &lo, &hi) == 2 && sp && dash < sp)
@@ -94,7 +99,7 @@ static int ref_check(const struct fz_chunk *mp, const struct fz_chunk *st,
 
 	if (!len || e < addr)
 		return -EINVAL;
-	while (at < e && (line = next_line(&p, end))) {
+	while (at < e && (line = next_line(&p, end, 4095))) {
 		unsigned long long lo, hi, ino;
 		char perms[8] = "", *path = calloc(1, strlen(line) + 1);
 		int n = sscanf(line, "%llx-%llx %7s %*x %*x:%*x %llu %[^\n]", &lo, &hi, perms, &ino,
@@ -137,6 +142,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 	if (fz_split(data, size, "@@\n", c, 4) < 2)
 		return 0;
+	for (int i = 0; i < 4; i++)
+		if (!c[i].p)
+			c[i].p = (const uint8_t *)""; /* files not in the input are empty */
 	snprintf(head, sizeof(head), "%.*s", (int)(c[0].n < 63 ? c[0].n : 63), c[0].p);
 	if (sscanf(head, "%llx %llx", &addr, &len) != 2)
 		return 0;

@@ -36,7 +36,8 @@ finish() {
 	$VM stop "$NAME" >/dev/null 2>&1
 	echo
 	if [ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]; then
-		rm -f "${DEDUP_VM_RUN:-build/vm}/$NAME.console.log" "${DEDUP_VM_RUN:-build/vm}/$NAME.qemu.log"
+		rm -f "${DEDUP_VM_RUN:-build/vm}/$NAME.console.log" "${DEDUP_VM_RUN:-build/vm}/$NAME.qemu.log" \
+			"${DEDUP_VM_RUN:-build/vm}/$NAME.keeper.log"
 		echo "selftest: PASS"
 	else
 		echo "selftest: FAIL (console log kept in ${DEDUP_VM_RUN:-build/vm}/$NAME.console.log)"

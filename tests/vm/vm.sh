@@ -86,7 +86,10 @@ Environment:
 
 Files of guest NAME in the run directory: NAME.console.log (everything the guest
 printed on its serial console), NAME.qemu.log (QEMU's stdout and stderr, with any
-preload library's messages), NAME.serial (serial console socket), NAME.qmp (a QMP
+preload library's messages), NAME.serial (serial console socket, held by the
+console keeper: a socat that vm.sh starts with QEMU and that ends with it),
+NAME.in (FIFO: lines written there go to the guest's console), NAME.keeper,
+NAME.keeper.socat (pids), NAME.keeper.log (socat's errors), NAME.qmp (a QMP
 socket for the code under test, e.g. dedupd's balloon driver; the harness never
 uses it), NAME.hqmp (the harness's own QMP socket), NAME.pid.
 The balloon device is -device virtio-balloon-pci,id=balloon0
@@ -433,8 +436,8 @@ cmd_boot() {
 	# The console keeper: one connection to the serial socket for the guest's
 	# whole life (QEMU waits for it: wait=on), copying what the guest prints to
 	# NAME.console.log and what is written to the FIFO NAME.in to the guest. QEMU's
-	# own logfile= is not used: it logs a byte again each time the serial port
-	# retries it, which duplicated characters while a client came and went.
+	# own logfile= is not used: with it, output written while a client came and
+	# went showed duplicated characters in the log.
 	while [ ! -S "$RUN/$name.serial" ] && kill -0 "$qpid" 2>/dev/null &&
 		[ "$(now_ms)" -lt "$end" ]; do
 		sleep 0.02
@@ -460,18 +463,18 @@ cmd_boot() {
 		if grep -q '^DEDUP-VM READY' "$RUN/$name.console.log" 2>/dev/null; then
 			break
 		fi
-		if ! keeper_alive "$name"; then
-			say "the console keeper of $name (socat) ended before the guest was ready:"
-			tail -n 5 "$RUN/$name.keeper.log" >&2 || true
-			kill "$qpid" 2>/dev/null || true
-			exit 1
-		fi
 		if ! kill -0 "$qpid" 2>/dev/null; then
 			wait "$qpid" 2>/dev/null || true
 			say "QEMU for $name exited before the guest was ready; QEMU said:"
 			tail -n 20 "$RUN/$name.qemu.log" >&2 || true
 			say "console ($RUN/$name.console.log):"
 			tail -n 20 "$RUN/$name.console.log" >&2 2>/dev/null || true
+			exit 1
+		fi
+		if ! keeper_alive "$name"; then
+			say "the console keeper of $name (socat) ended before the guest was ready:"
+			tail -n 5 "$RUN/$name.keeper.log" >&2 || true
+			kill "$qpid" 2>/dev/null || true
 			exit 1
 		fi
 		if [ "$(now_ms)" -ge "$end" ]; then
@@ -705,6 +708,7 @@ cmd_stop() {
 	fi
 	rm -f "$RUN/$name.serial" "$RUN/$name.qmp" "$RUN/$name.hqmp" "$RUN/$name.pid" \
 		"$RUN/$name.lock" "$RUN/$name.in" "$RUN/$name.keeper" "$RUN/$name.keeper.socat"
+	[ -s "$RUN/$name.keeper.log" ] || rm -f "$RUN/$name.keeper.log"
 }
 
 cmd_stop_all() {

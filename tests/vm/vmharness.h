@@ -163,7 +163,7 @@ static inline bool vm_available(char *why, size_t len)
 
 	if (!known) {
 		if (access(vm_sh(), R_OK) < 0) {
-			snprintf(reason, sizeof(reason), "%s: %s", vm_sh(), strerror(errno));
+			snprintf(reason, sizeof(reason), "%.120s: %.120s", vm_sh(), strerror(errno));
 			known = -1;
 		} else if ((r = vm_sh_exec(fetch, out, sizeof(out), true)) != 0 ||
 			   (r = vm_sh_exec(initrd, out, sizeof(out), true)) != 0) {
@@ -172,7 +172,7 @@ static inline bool vm_available(char *why, size_t len)
 			while (e > out && e[-1] == '\n')
 				*--e = '\0';
 			e = strrchr(out, '\n');
-			snprintf(reason, sizeof(reason), "%s (vm.sh status %d)",
+			snprintf(reason, sizeof(reason), "%.200s (vm.sh status %d)",
 				 e ? e + 1 : out, r);
 			known = -1;
 		} else {
