@@ -268,3 +268,20 @@ fuzz-regress: deps
 .PHONY: fuzz fuzz-build fuzz-regress
 -include $(shell find $(FUZZ_BUILD)/obj -name '*.d' 2>/dev/null)
 # ==== fuzz ==== end
+
+# ==== tsan: ThreadSanitizer run over the concurrent suites (tests/tsan.sh) ==== begin
+#   make tsan     build $(TSAN_BUILD)/ with clang -fsanitize=thread, run the suites in
+#                 tests/tsan.sh under tests/tsan.supp; fails on any TSan report, in the
+#                 test output or in a daemon log. CI: about 3 minutes on 2 cores.
+# clang, not gcc: gcc 12's libtsan.so.2 takes 786 KiB of static TLS, more than the
+# agent thread's 512 KiB stack (dedupd/lib/agent.c), so pthread_create() fails with
+# EINVAL in every client; clang's runtime takes 2 KiB.
+TSAN_BUILD ?= build-tsan
+TSAN_CC    ?= clang
+# clang ignores `#pragma GCC target`: give it the ISA of the two vector variants on
+# the command line instead (same effect: the whole file, chosen at run time).
+ifneq ($(findstring clang,$(CC)),)
+$(BUILD)/obj/hash/pagehash_avx2.o: CFLAGS_ALL += -mavx2
+$(BUILD)/obj/hash/pagehash_avx512.o: CFLAGS_ALL += -mavx512f
+endif
+# ==== tsan ==== end
