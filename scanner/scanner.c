@@ -53,6 +53,7 @@
 #define READ_BATCH 256    /* pages per pagemap read and process_vm_readv */
 #define MAX_MERGE 1024    /* merges per flush */
 #define MAX_EVENTS 256    /* queued unmap events per client before a full reset */
+#define VMA_RECOUNT_MS 50 /* a client's VMA count is at most this old when merging */
 
 enum pg_state { PG_NEW, PG_CHECKED, PG_UNSTABLE, PG_MERGED, PG_ZERO, PG_GONE };
 #define PGF_REMAPPED 1 /* the page lies in a VMA we remapped: never zap it */
@@ -121,6 +122,7 @@ struct dd_sclient {
 	uint64_t next_region_id;
 	uint32_t stores_sent[MAX_DOMAINS / 32];
 	long vmas, vmas_base, vma_budget, vma_limit;
+	uint64_t vmas_counted_ms; /* when vmas was read from maps */
 	/* fault_lock */
 	pthread_mutex_t fault_lock;
 	struct range *inflight;
@@ -1416,6 +1418,17 @@ static void flush(struct dd_worker *w, struct dd_sclient *c)
 
 	if (!n)
 		return;
+	/* Count the client's VMAs afresh (at most every VMA_RECOUNT_MS) rather
+	 * than trust the count of the last pass: the application may have made
+	 * thousands since, and its own mmap() must never fail because of us.
+	 * Reading maps costs ~0.5 ms per 10,000 VMAs. */
+	if (now_ms() - c->vmas_counted_ms >= VMA_RECOUNT_MS) {
+		long v = dd_maps_count(c->maps_path);
+
+		if (v >= 0)
+			c->vmas = v;
+		c->vmas_counted_ms = now_ms();
+	}
 	for (size_t i = 0; i < n; i++)
 		if (w->mq[i].r->rearm && !w->mq[i].r->dead)
 			rearm(c, w->mq[i].r);

@@ -566,6 +566,129 @@ static long count_vmas(pid_t pid, uint64_t start, uint64_t len)
 	return n;
 }
 
+/*
+ * The adversarial case: right after registering, the application itself
+ * drives its VMA count to within 1100 of vm.max_map_count (mprotect of every
+ * other page of a big mapping). dedupd must notice before merging (the count
+ * it took at registration is stale) and leave 1024 VMAs of headroom: the
+ * application then makes 1000 more VMAs of its own without one ENOMEM.
+ * (What no outside count can catch: VMAs the application makes during one
+ * agent round trip, ~5 ms for 512 merges.)
+ */
+static long max_map_count(void)
+{
+	FILE *f = fopen("/proc/sys/vm/max_map_count", "re");
+	long v = -1;
+
+	if (f && fscanf(f, "%ld", &v) != 1)
+		v = -1;
+	if (f)
+		fclose(f);
+	return v;
+}
+
+static long self_vmas(void)
+{
+	FILE *f = fopen("/proc/self/maps", "re");
+	long n = 0;
+	int ch;
+
+	while (f && (ch = fgetc(f)) != EOF)
+		n += ch == '\n';
+	if (f)
+		fclose(f);
+	return n;
+}
+
+/* mprotect every other page of m from page *next on until the process has
+ * want VMAs; -1 on ENOMEM. */
+static int grow_vmas(uint8_t *m, size_t pages, size_t *next, long want)
+{
+	for (long have = self_vmas(); have < want && *next + 1 < pages; have += 2, *next += 2)
+		if (mprotect(m + *next * PAGE, PAGE, PROT_READ) < 0)
+			return -1;
+	return 0;
+}
+
+START_TEST(test_vma_budget_adversarial)
+{
+	/* A slow scan: the first merge comes ~200 ms after registration, by
+	 * when the application has made its VMAs (in ~100 ms). */
+	static const char *const args[] = { "--pages-to-scan", "200", "--sleep-millisecs",
+					    "200", NULL };
+	long max = max_map_count();
+	int to[2], from[2], st[2];
+	pid_t pid[2];
+
+	H_SKIP_UNLESS_ROOT();
+	if (max <= 0 || max > 300000) {
+		printf("SKIP %s: vm.max_map_count %ld is too large to reach quickly\n", __func__,
+		       max);
+		return;
+	}
+	h_daemon_stop(daemon_pid, SIGTERM);
+	daemon_pid = h_daemon_start(sock, args);
+	for (int i = 0; i < 2; i++) {
+		int a[2], b[2];
+
+		ck_assert_int_eq(pipe(a), 0);
+		ck_assert_int_eq(pipe(b), 0);
+		pid[i] = fork();
+		if (pid[i] == 0) {
+			size_t pages = (size_t)max + 4096, next = 0;
+			uint8_t *big = mmap(NULL, pages * PAGE, PROT_READ | PROT_WRITE,
+					    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+			uint8_t *m = mmap(NULL, 4000 * PAGE, PROT_READ | PROT_WRITE,
+					  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+			long r = 0;
+			char c;
+
+			/* 2000 isolated duplicates shared with the other child. */
+			for (unsigned k = 0; k < 4000; k++)
+				h_fill(m + (size_t)k * PAGE, k % 2 ? 900 + (unsigned)i : 3, k);
+			if (dedup_register(m, 4000 * PAGE, NULL))
+				_exit(2);
+			if (grow_vmas(big, pages, &next, max - 1100) < 0)
+				_exit(4);
+			if (write(b[1], &r, sizeof(r)) != sizeof(r) || read(a[0], &c, 1) != 1)
+				_exit(3);
+			/* Our own 1000 more VMAs must all be granted. */
+			fprintf(stderr, "adversarial child %d: %ld VMAs before its last 1000\n", i,
+				self_vmas());
+			r = grow_vmas(big, pages, &next, self_vmas() + 1000) < 0 ? 5 : 0;
+			_exit((int)r);
+		}
+		close(a[0]);
+		close(b[1]);
+		to[i] = a[1];
+		from[i] = b[0];
+	}
+	for (int i = 0; i < 2; i++) {
+		long r;
+
+		if (read(from[i], &r, sizeof(r)) != sizeof(r)) {
+			waitpid(pid[i], &st[i], 0);
+			ck_abort_msg("child %d died early: status %d", i, st[i]);
+		}
+	}
+	/* Let dedupd merge what it may. */
+	h_wait_stat(sock, "pages_sharing", 1, true, 10000);
+	h_sleep_ms(1500);
+	fprintf(stderr, "adversarial VMAs: pages_sharing %lld, merges %lld, failed %lld, vmas %lld\n",
+	       (long long)h_stat(sock, "pages_sharing"), (long long)h_stat(sock, "merges"),
+	       (long long)h_stat(sock, "merge_failed"), (long long)h_stat(sock, "vmas"));
+	for (int i = 0; i < 2; i++) {
+		ck_assert_int_eq(write(to[i], "g", 1), 1);
+		waitpid(pid[i], &st[i], 0);
+	}
+	for (int i = 0; i < 2; i++)
+		ck_assert_msg(WIFEXITED(st[i]) && WEXITSTATUS(st[i]) == 0,
+			      "child %d status %d (5: its own mprotect got ENOMEM)", i, st[i]);
+	h_daemon_stop(daemon_pid, SIGTERM);
+	daemon_pid = h_daemon_start(sock, fast_args);
+}
+END_TEST
+
 START_TEST(test_vma_budget_holds)
 {
 	static const char *const args[] = { "--pages-to-scan", "100000", "--sleep-millisecs", "5",
@@ -802,6 +925,7 @@ static Suite *merge_suite(void)
 	tcase_add_test(tc, test_unmap_and_remap_registered);
 	tcase_add_test(tc, test_sigterm_leaves_clients_intact);
 	tcase_add_test(tc, test_vma_budget_holds);
+	tcase_add_test(tc, test_vma_budget_adversarial);
 	tcase_add_test(tc, test_scan_keeps_cow_pages_shared);
 	tcase_add_test(tc, test_restart_readopts_clients);
 	tcase_add_test(tc, test_discard_reads_zeros);

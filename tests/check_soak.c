@@ -1,44 +1,76 @@
 // SPDX-License-Identifier: MIT
 /*
  * Fault injection (issue 8): a bounded soak of the real dedupd and real
- * libdedup clients while everything goes wrong, proving that no write is
- * ever lost.
+ * libdedup clients while everything goes wrong. No write may ever be lost.
  *
- * Clients: NCLIENTS forked processes, each in one v1 memory cgroup, each with
- * a 16 MiB private anonymous region registered with dedup_register(): half of
- * its pages hold content common to every client (so merges happen all the
- * time), an eighth are zero, the rest unique to the client. Two writer threads
- * per client write random 8-byte values at random offsets of random pages, and
- * now and then put a common or zero page back to its original content (so it
- * is merged again under the writers). Every write also goes to a shadow copy,
- * a MAP_SHARED anonymous mapping that dedupd never merges. The client's main
- * thread compares the whole region with the shadow every VERIFY_EVERY_MS: a
- * difference is a lost write (counted, the first offset kept, and the write
- * applied again so that it is counted once). Writers and the verifier take a
- * per-page mutex around each access, so a difference cannot be a race of the
- * test itself; a remap takes a region-wide rwlock. Each write is timed; writes
- * that took longer than STALL_US are counted and the longest is kept. All
- * figures live in a MAP_SHARED struct per client that the test reads, also
- * after it killed the client.
+ * Clients: NCLIENTS forked processes in one v1 memory cgroup, each with a
+ * 16 MiB private anonymous region registered with dedup_register(): half of
+ * its pages hold content common to every client (runs of 8), an eighth are
+ * zero, the rest are unique to the client. Two writer threads per client write
+ * random 8-byte values at random offsets of random pages, and one time in 64
+ * put a common or zero page back to its original content, so that pages keep
+ * becoming duplicates again and are merged under the writers. Every write also
+ * goes to a shadow copy, a MAP_SHARED anonymous mapping (dedupd never merges
+ * shared memory). The client's main thread compares the whole region with the
+ * shadow every VERIFY_EVERY_MS: a difference is a lost write (counted, the
+ * first offset kept, and the write applied again so that it counts once).
+ * Writers and the verifier hold a per-page mutex around each access, so a
+ * difference cannot be a race of the test itself; a remap holds a region-wide
+ * rwlock for writing. Each write is timed (the store alone, inside the page
+ * lock); writes slower than STALL_US are counted and noted with the part of
+ * their time the thread spent runnable but waiting for a CPU (run-queue delay
+ * from /proc/thread-self/schedstat). Every figure lives in a MAP_SHARED struct
+ * per client that the test reads, also after it killed the client.
  *
- * Chaos, from the test process, every 1-4 s (seeded, DEDUP_SOAK_SEED=N replays
- * a schedule): SIGKILL of dedupd and a restart on the same socket; SIGTERM and
- * a restart; SIGKILL of a client (a new one takes its place); a client asked
- * to munmap its region and map, fill and register a new one (half the time
- * after dedup_unregister(), half the time without: dedupd only hears of it
- * through the userfaultfd's UNMAP event); the cgroup's limit moved so that
- * free memory (dedupd --cgroup, thresholds 60/45/30/5 %) is in the high, soft
- * or hard state, never below 1.25 x the most the clients ever used, so that
- * nobody is OOM-killed (checked with memory.oom_control). Reclaim actions are
- * off (no swap here: pageout would do nothing, throttling is not under test).
+ * Chaos, from the test process, every 1-4 s (seeded and printed;
+ * DEDUP_SOAK_SEED=N replays a schedule): SIGKILL of dedupd and a restart on
+ * the same socket; SIGTERM and a restart; SIGKILL of a client, replaced by a
+ * new one; a client asked to munmap its region and map, fill and register a
+ * new one (every other time after dedup_unregister(), else by munmap alone,
+ * which dedupd hears of through the userfaultfd's UNMAP event); the cgroup's
+ * limit moved so that free memory is in dedupd's high, soft or hard state
+ * (dedupd --cgroup, thresholds 60/45/30/5 %), never below 1.25 x the most the
+ * clients ever used, so that nobody is OOM-killed (memory.oom_control is
+ * checked). Reclaim's pageout and throttling are off: there is no swap here,
+ * and they are not under test. DEDUP_SOAK_EVENTS=kill,term,client,remap,
+ * pressure (any subset, or "none") narrows the chaos to chase one failure.
  *
- * After every restart all clients must be connected again (the daemon's
- * `clients` figure and every client's dedup_connected()); the daemon's
- * `merges` are read before every stop and summed over its lives. At the end
- * the chaos stops, dedupd runs 3 s more, every client stops its writers and
- * verifies its whole region once more, and everything stops. One greppable
- * line per figure ("soak: ..."). The duration is DEDUP_SOAK_SECONDS (default
- * 60).
+ * After every restart every client must be connected again (the daemon's
+ * `clients` figure and each client's dedup_connected()); the daemon's `merges`
+ * are read before every stop and summed over its lives. At the end the chaos
+ * stops, dedupd runs 3 s more, every client stops its writers and verifies its
+ * whole region once more, and everything stops. One greppable line per figure
+ * ("soak: ..."), one per chaos event ("soak-event: ...") and one per stall
+ * ("soak-stall: ..."). The duration is DEDUP_SOAK_SECONDS (default 60).
+ *
+ * Stalls (numbers measured on this 2-core machine, 6 runs of 60 s, one of
+ * 180 s, with and without sanitizers, while other work ran on it):
+ *
+ *   - A merge freezes (write-protects) a batch of up to merge_batch_pages (512)
+ *     pages until the client's agent has remapped or zapped them all. The
+ *     merges come as single pages, and each agent mmap()/madvise() over the
+ *     registered range waits until dedupd's fault thread has read the
+ *     userfaultfd UNMAP/REMOVE event it raises, so a batch costs hundreds of
+ *     round trips on two busy cores. When a new region is first merged (a new
+ *     client, a remap) writers that touch a frozen page wait 100-250 ms, with
+ *     no run-queue delay of their own; with --merge-batch 64 the longest stall
+ *     was 39 ms. Not starvation of the writer, so not excused: the longest
+ *     blocked part of a stall must stay under BLOCKED_MAX_MS (4x what was
+ *     seen). In steady state (pages merged one by one as they become
+ *     duplicates again) no write took 100 ms.
+ *   - During a SIGTERM shutdown writers waited 5 or 10 s, and dedupd took as
+ *     long to stop: dd_scanner_stop() lets the fault thread exit while a scan
+ *     thread still has a batch at the agent; the agent's mmap() then waits in
+ *     userfaultfd_event_wait_completion for an event nobody reads, until the
+ *     scan thread gives up (agent_timeout_millisecs, 5 s, for the REMAP and
+ *     again for the ZAP). A dedupd bug; until it is fixed these stalls and the
+ *     stop are bounded by TERM_MAX_MS, 2 agent timeouts and slack.
+ *   - Stalls whose blocked part is under STALL_US are the writer waiting for
+ *     a CPU (this test runs ~20 threads and the daemon on 2 cores, and the
+ *     machine is shared): reported, not asserted.
+ *
+ * DEDUP_SOAK_STRICT=1 asserts instead that no write was blocked STALL_US or
+ * more at all (for when the two dedupd issues above are fixed).
  */
 #include "tests/harness.h"
 #include "tests/memcg.h"
@@ -65,6 +97,9 @@
 #define VERIFY_EVERY_MS 250
 #define RECONNECT_MS 30000	/* all clients back after a restart, at the latest */
 #define MAX_SLOW 256		/* stalls a client notes one by one */
+#define BLOCKED_MAX_MS 1000	/* see above: merge batches froze writers 100-250 ms */
+#define TERM_MAX_MS 12000	/* see above: 2 x agent_timeout_millisecs + slack */
+#define STOP_GIVE_UP_MS 60000	/* a daemon that does not stop by then hangs */
 
 /* Page classes, by page index modulo 16: 8 common (runs of 8), 2 zero, 6 unique. */
 static inline int page_class(unsigned i)
@@ -246,6 +281,7 @@ static void *writer_main(void *arg)
 				uint64_t rq = runq_ns(sfd) - rq0;
 
 				note_stall(t0, dt, rq < dt ? rq : dt, page, restore);
+				rq0 += rq;
 			}
 			if (dt > max_ns)
 				max_ns = dt;
@@ -329,10 +365,13 @@ static int register_region(void)
 	return r;
 }
 
-/* A fresh region (new unique content) and its shadow; rw held for writing. */
-static int map_region(void)
+/*
+ * A fresh region (new unique content) and its shadow; rw held for writing.
+ * A remap asks for the old address, as an allocator reusing it would.
+ */
+static int map_region(void *hint)
 {
-	uint8_t *m = mmap(NULL, REGION_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+	uint8_t *m = mmap(hint, REGION_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
 			  -1, 0);
 
 	if (m == MAP_FAILED)
@@ -356,7 +395,7 @@ static int remap_region(void)
 		atomic_fetch_add(&cl.b->remaps_unregistered, 1);
 	}
 	munmap(cl.mem, REGION_BYTES);
-	r = map_region();
+	r = map_region(cl.mem);
 	if (r == 0)
 		r = register_region();
 	else
@@ -392,7 +431,7 @@ static void __attribute__((noreturn)) client_main(struct soak_box *b, unsigned i
 	pthread_rwlock_init(&cl.rw, &ra);
 	cl.shadow = mmap(NULL, REGION_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
 			 -1, 0);
-	if (cl.shadow == MAP_FAILED || (r = map_region()) < 0) {
+	if (cl.shadow == MAP_FAILED || (r = map_region(NULL)) < 0) {
 		snprintf(b->err, sizeof(b->err), "mmap: %s", strerror(errno));
 		atomic_store(&b->up, -ENOMEM);
 		_exit(3);
@@ -437,9 +476,10 @@ static void __attribute__((noreturn)) client_main(struct soak_box *b, unsigned i
 /* ---- the test process ------------------------------------------------------ */
 
 static pid_t runner;
-static char sock[256], cg[256], cgarg[256];
+static char sock[256], cg[256];
 static pid_t daemon_pid;
 static unsigned daemon_lives;
+static uint64_t soak_secs, soak_seed, soak_t0; /* soak_t0: CLOCK_MONOTONIC ms at the start */
 
 struct slot {
 	pid_t pid;
@@ -450,23 +490,29 @@ struct slot {
 static struct slot slots[NCLIENTS];
 static unsigned next_instance;
 
-/* Figures of the whole run: dead clients' counters are added here. */
+/* Figures of the whole run; dead clients' counters are added as they die. */
 static struct {
 	uint64_t writes, restores, bytes_verified, verify_passes, lost_words, readback_lost;
 	uint64_t stalls, max_stall_us, remaps, remaps_unregistered, register_retries;
 	uint64_t register_eexist;
 	int64_t first_lost_off;
 	unsigned first_lost_gen, first_lost_instance;
-	uint64_t merges, merges_last_life;
-	unsigned restarts_kill, restarts_term, clients_killed, remaps_asked, pressure_changes;
+	uint64_t merges;
+	unsigned restarts_kill, restarts_term, clients_killed, pressure_changes;
 	unsigned states_seen[4], state_transitions;
-	uint64_t max_reconnect_ms, max_usage, max_stop_ms;
+	char last_state[16];
+	uint64_t max_reconnect_ms, max_usage, max_stop_ms, max_kill_stop_ms;
 	uint64_t stalls_term, stalls_cpu, stalls_blocked;
 	uint64_t max_stall_term_ms, max_stall_cpu_ms, max_blocked_ms;
-	char last_state[16];
 } fig;
 
-static uint64_t soak_t0; /* CLOCK_MONOTONIC ms when the chaos began */
+static const char *const state_names[4] = { "high", "soft", "hard", "low" };
+
+/* From SIGTERM to the daemon's exit: writers may wait for the daemon then. */
+static struct {
+	uint64_t from, to;
+} term_win[256];
+static unsigned nterm_win;
 
 /* One line per chaos event, with its time since the start. */
 __attribute__((format(printf, 1, 2))) static void event(const char *fmt, ...)
@@ -480,64 +526,6 @@ __attribute__((format(printf, 1, 2))) static void event(const char *fmt, ...)
 	printf("\n");
 	fflush(stdout);
 }
-
-/* From SIGTERM to the daemon's exit: writes may wait for the daemon then. */
-static struct {
-	uint64_t from, to;
-} term_win[256];
-static unsigned nterm_win;
-
-/*
- * The stalls a client noted, printed and sorted once it is done: during a
- * SIGTERM shutdown of dedupd; waiting for a CPU (the run-queue delay leaves
- * less than STALL_US of the write unexplained: this machine's 2 cores are
- * shared by ~20 threads of this test, the daemon and whatever else runs);
- * or blocked in the kernel for longer than STALL_US.
- */
-static void classify_slow(const struct slot *s)
-{
-	static const char *const cls[3] = { "common", "zero", "unique" };
-	unsigned n = atomic_load(&s->b->nslow);
-
-	for (unsigned i = 0; i < n && i < MAX_SLOW; i++) {
-		const struct slow *w = &s->b->slow[i];
-		uint64_t blocked = w->ms - w->runq_ms;
-		const char *why = "blocked";
-		bool term = false;
-
-		for (unsigned t = 0; t < nterm_win && !term; t++)
-			term = w->at_ms <= term_win[t].to && w->at_ms + w->ms >= term_win[t].from;
-		if (term) {
-			why = "during a SIGTERM shutdown";
-			fig.stalls_term++;
-			if (w->ms > fig.max_stall_term_ms)
-				fig.max_stall_term_ms = w->ms;
-		} else if (blocked * 1000 <= STALL_US) {
-			why = "waiting for a CPU";
-			fig.stalls_cpu++;
-			if (w->ms > fig.max_stall_cpu_ms)
-				fig.max_stall_cpu_ms = w->ms;
-		} else {
-			fig.stalls_blocked++;
-			if (blocked > fig.max_blocked_ms)
-				fig.max_blocked_ms = blocked;
-		}
-		printf("soak-stall: client instance %u (pid %d) at +%.2f s: %u ms (%u ms of it "
-		       "waiting for a CPU), page %u (%s, generation %u)%s: %s\n", s->instance,
-		       (int)s->pid, (double)((int64_t)w->at_ms - (int64_t)soak_t0) / 1000.0, w->ms,
-		       w->runq_ms, w->page, cls[page_class(w->page)], w->gen,
-		       w->restore ? ", whole-page restore" : "", why);
-	}
-	if (n > MAX_SLOW) { /* not noted one by one: count them as the worst kind */
-		printf("soak-stall: client instance %u: %u more, not noted\n", s->instance,
-		       n - MAX_SLOW);
-		fig.stalls_blocked += n - MAX_SLOW;
-		fig.max_blocked_ms = UINT32_MAX;
-	}
-	fflush(stdout);
-}
-
-static const char *const state_names[4] = { "high", "soft", "hard", "low" };
 
 static void add_box(const struct slot *s)
 {
@@ -564,101 +552,145 @@ static void add_box(const struct slot *s)
 	}
 }
 
-/* Everything of the run so far, live clients included (they keep counting). */
-static void print_figures(uint64_t secs, uint64_t seed)
+/*
+ * The stalls a client noted, printed and sorted once it is done (killed, or
+ * at the end): waiting for a CPU (less than STALL_US of the write is not
+ * run-queue delay); else during a SIGTERM shutdown of dedupd; else blocked.
+ */
+static void classify_slow(const struct slot *s)
+{
+	static const char *const cls[3] = { "common", "zero", "unique" };
+	unsigned n = atomic_load(&s->b->nslow);
+
+	for (unsigned i = 0; i < n && i < MAX_SLOW; i++) {
+		const struct slow *w = &s->b->slow[i];
+		uint64_t blocked = w->ms - w->runq_ms;
+		const char *why = "blocked";
+		bool term = false;
+
+		for (unsigned t = 0; t < nterm_win && !term; t++)
+			term = w->at_ms <= term_win[t].to && w->at_ms + w->ms >= term_win[t].from;
+		if (blocked * 1000 < STALL_US) {
+			why = "waiting for a CPU";
+			fig.stalls_cpu++;
+			if (w->ms > fig.max_stall_cpu_ms)
+				fig.max_stall_cpu_ms = w->ms;
+		} else if (term) {
+			why = "during a SIGTERM shutdown of dedupd";
+			fig.stalls_term++;
+			if (w->ms > fig.max_stall_term_ms)
+				fig.max_stall_term_ms = w->ms;
+		} else {
+			fig.stalls_blocked++;
+			if (blocked > fig.max_blocked_ms)
+				fig.max_blocked_ms = blocked;
+		}
+		printf("soak-stall: client instance %u (pid %d) at +%.2f s: %u ms (%u ms of it "
+		       "waiting for a CPU), page %u (%s, generation %u)%s: %s\n", s->instance,
+		       (int)s->pid, (double)((int64_t)w->at_ms - (int64_t)soak_t0) / 1000.0, w->ms,
+		       w->runq_ms, w->page, cls[page_class(w->page)], w->gen,
+		       w->restore ? ", whole-page restore" : "", why);
+	}
+	if (n > MAX_SLOW) { /* not noted one by one: count them as the worst kind */
+		printf("soak-stall: client instance %u: %u more, not noted\n", s->instance,
+		       n - MAX_SLOW);
+		fig.stalls_blocked += n - MAX_SLOW;
+		fig.max_blocked_ms = UINT32_MAX;
+	}
+	fflush(stdout);
+}
+
+/* Every figure of the run so far, live clients included. */
+static void print_figures(void)
 {
 	typeof(fig) saved = fig;
 
 	for (int i = 0; i < NCLIENTS; i++)
 		if (slots[i].b)
 			add_box(&slots[i]);
-	printf("soak: duration %llu s\n", (unsigned long long)secs);
+	printf("soak: duration %llu s\n", (unsigned long long)soak_secs);
 	printf("soak: seed %llu (DEDUP_SOAK_SEED=%llu replays the chaos schedule)\n",
-	       (unsigned long long)seed, (unsigned long long)seed);
+	       (unsigned long long)soak_seed, (unsigned long long)soak_seed);
 	printf("soak: merges %llu (over %u daemon lives)\n", (unsigned long long)fig.merges,
 	       daemon_lives);
-	printf("soak: daemon restarts survived: %u after SIGKILL, %u after SIGTERM "
-	       "(slowest stop %llu ms, slowest reconnect of all clients %llu ms)\n",
-	       fig.restarts_kill, fig.restarts_term, (unsigned long long)fig.max_stop_ms,
+	printf("soak: daemon restarts survived: %u after SIGKILL, %u after SIGTERM (slowest exit "
+	       "%llu ms after SIGKILL, %llu ms after SIGTERM; slowest return of every client %llu "
+	       "ms)\n", fig.restarts_kill, fig.restarts_term,
+	       (unsigned long long)fig.max_kill_stop_ms, (unsigned long long)fig.max_stop_ms,
 	       (unsigned long long)fig.max_reconnect_ms);
 	printf("soak: clients killed %u (replaced)\n", fig.clients_killed);
 	printf("soak: regions remapped %llu (%llu after dedup_unregister, %llu by munmap alone; "
-	       "register refused as overlapping %llu times, retried while the daemon was away "
-	       "%llu times)\n", (unsigned long long)fig.remaps,
+	       "register refused as overlapping %llu times, retried while dedupd was away %llu "
+	       "times)\n", (unsigned long long)fig.remaps,
 	       (unsigned long long)fig.remaps_unregistered,
 	       (unsigned long long)(fig.remaps - fig.remaps_unregistered),
 	       (unsigned long long)fig.register_eexist, (unsigned long long)fig.register_retries);
-	printf("soak: pressure changes %u (states seen: high %u, soft %u, hard %u, low %u; "
-	       "%u transitions observed; most memory the clients used %llu MiB)\n",
-	       fig.pressure_changes, fig.states_seen[0], fig.states_seen[1], fig.states_seen[2],
-	       fig.states_seen[3], fig.state_transitions,
-	       (unsigned long long)(fig.max_usage / MIB));
-	printf("soak: writes done %llu (+ %llu whole-page restores)\n",
+	printf("soak: pressure changes %u (states seen: high %u, soft %u, hard %u, low %u; %u "
+	       "transitions; the clients used at most %llu MiB)\n", fig.pressure_changes,
+	       fig.states_seen[0], fig.states_seen[1], fig.states_seen[2], fig.states_seen[3],
+	       fig.state_transitions, (unsigned long long)(fig.max_usage / MIB));
+	printf("soak: writes done %llu (and %llu whole-page restores)\n",
 	       (unsigned long long)fig.writes, (unsigned long long)fig.restores);
-	printf("soak: bytes verified %llu (%llu MiB, %llu passes)\n",
+	printf("soak: bytes verified %llu (%llu MiB in %llu passes)\n",
 	       (unsigned long long)fig.bytes_verified,
 	       (unsigned long long)(fig.bytes_verified / MIB),
 	       (unsigned long long)fig.verify_passes);
 	printf("soak: writes lost %llu (read back wrong at once: %llu)",
 	       (unsigned long long)fig.lost_words, (unsigned long long)fig.readback_lost);
 	if (fig.first_lost_off >= 0)
-		printf(", first at region offset %#llx, client instance %u, generation %u",
+		printf(", the first at region offset %#llx of client instance %u, generation %u",
 		       (unsigned long long)fig.first_lost_off, fig.first_lost_instance,
 		       fig.first_lost_gen);
 	printf("\n");
 	printf("soak: stalls over %llu ms %llu, max stall %llu ms\n",
 	       (unsigned long long)(STALL_US / 1000), (unsigned long long)fig.stalls,
 	       (unsigned long long)(fig.max_stall_us / 1000));
-	printf("soak: stalls sorted (clients done so far): %llu during SIGTERM shutdowns (max %llu "
-	       "ms), %llu waiting for a CPU (max %llu ms), %llu blocked over %llu ms (longest "
-	       "blocked part %llu ms)\n", (unsigned long long)fig.stalls_term,
+	printf("soak: stalls by cause (clients done): %llu blocked (longest blocked part %llu ms), "
+	       "%llu during SIGTERM shutdowns (max %llu ms), %llu waiting for a CPU (max %llu "
+	       "ms)\n", (unsigned long long)fig.stalls_blocked,
+	       (unsigned long long)fig.max_blocked_ms, (unsigned long long)fig.stalls_term,
 	       (unsigned long long)fig.max_stall_term_ms, (unsigned long long)fig.stalls_cpu,
-	       (unsigned long long)fig.max_stall_cpu_ms, (unsigned long long)fig.stalls_blocked,
-	       (unsigned long long)(STALL_US / 1000), (unsigned long long)fig.max_blocked_ms);
+	       (unsigned long long)fig.max_stall_cpu_ms);
 	fflush(stdout);
 	fig = saved;
 }
 
-/* Start dedupd as h_daemon_start() does, dying with this process. */
+/* Print what we have, then fail. */
+#define SOAK_FAIL(...)                                                                      \
+	do {                                                                                \
+		print_figures();                                                            \
+		ck_abort_msg(__VA_ARGS__);                                                  \
+	} while (0)
+
+/* Start dedupd as h_daemon_start() does, but dying with this process. */
 static pid_t daemon_start(void)
 {
-	char exe[256], log[300], thr[5][64];
-	const char *argv[48];
+	const char *argv[] = {
+		NULL, "--foreground", "--socket", sock, "--sleep-millisecs", "10",
+		"--metrics-listen", "", "--cgroup", cg,
+		"--set", "pressure.high_free_percent=60",
+		"--set", "pressure.soft_free_percent=45",
+		"--set", "pressure.hard_free_percent=30",
+		"--set", "pressure.low_free_percent=5",
+		"--set", "pressure.tick_millisecs=100",
+		"--set", "reclaim.pageout=no",
+		"--set", "reclaim.throttle=no",
+		NULL
+	};
+	char exe[256], log[300];
 	pid_t parent = getpid(), pid;
-	int n = 0, st;
+	int st;
 	FILE *f;
 
 	snprintf(exe, sizeof(exe), "%s/dedupd", h_build());
 	snprintf(log, sizeof(log), "%s.log", sock);
-	snprintf(thr[0], sizeof(thr[0]), "pressure.high_free_percent=60");
-	snprintf(thr[1], sizeof(thr[1]), "pressure.soft_free_percent=45");
-	snprintf(thr[2], sizeof(thr[2]), "pressure.hard_free_percent=30");
-	snprintf(thr[3], sizeof(thr[3]), "pressure.low_free_percent=5");
-	snprintf(thr[4], sizeof(thr[4]), "pressure.tick_millisecs=100");
-	argv[n++] = exe;
-	argv[n++] = "--foreground";
-	argv[n++] = "--socket";
-	argv[n++] = sock;
-	argv[n++] = "--sleep-millisecs";
-	argv[n++] = "10";
-	argv[n++] = "--metrics-listen";
-	argv[n++] = "";
-	argv[n++] = "--cgroup";
-	argv[n++] = cgarg;
-	for (int i = 0; i < 5; i++) {
-		argv[n++] = "--set";
-		argv[n++] = thr[i];
-	}
-	argv[n++] = "--set";
-	argv[n++] = "reclaim.pageout=no";
-	argv[n++] = "--set";
-	argv[n++] = "reclaim.throttle=no";
-	argv[n] = NULL;
+	argv[0] = exe;
 	f = fopen(log, "ae");
 	if (f) {
-		fprintf(f, "==== check_soak: daemon life %u ====\n", daemon_lives + 1);
+		fprintf(f, "==== check_soak: dedupd life %u ====\n", daemon_lives + 1);
 		fclose(f);
 	}
+	fflush(stdout);
 	pid = fork();
 	ck_assert_int_ge(pid, 0);
 	if (pid == 0) {
@@ -670,7 +702,7 @@ static pid_t daemon_start(void)
 		execv(exe, (char *const *)argv);
 		_exit(127);
 	}
-	for (int i = 0; i < 1000; i++) {
+	for (uint64_t end = h_now_ms() + 30000; h_now_ms() < end; h_sleep_ms(10)) {
 		int fd = dd_sock_connect(sock);
 
 		if (fd >= 0) {
@@ -679,12 +711,11 @@ static pid_t daemon_start(void)
 			return pid;
 		}
 		if (waitpid(pid, &st, WNOHANG) == pid)
-			ck_abort_msg("dedupd exited at start (status %#x, see %s)", st, log);
-		h_sleep_ms(10);
+			SOAK_FAIL("dedupd exited at start (status %#x, see %s)", st, log);
 	}
 	kill(pid, SIGKILL);
 	waitpid(pid, &st, 0);
-	ck_abort_msg("dedupd did not come up on %s (see %s)", sock, log);
+	SOAK_FAIL("dedupd did not come up on %s within 30 s (see %s)", sock, log);
 	return -1;
 }
 
@@ -702,6 +733,7 @@ static void client_start(int i)
 	memset(s->b, 0, sizeof(*s->b));
 	atomic_store(&s->b->first_lost_off, -1);
 	s->instance = ++next_instance;
+	fflush(stdout);
 	s->pid = fork();
 	ck_assert_int_ge(s->pid, 0);
 	if (s->pid == 0)
@@ -709,36 +741,24 @@ static void client_start(int i)
 	end = h_now_ms() + 30000;
 	while (atomic_load(&s->b->up) == 0 && h_now_ms() < end)
 		h_sleep_ms(10);
-	ck_assert_msg(atomic_load(&s->b->up) == 1, "client %u did not start (%d): %s",
-		      s->instance, atomic_load(&s->b->up), s->b->err);
-}
-
-static int slot_of(pid_t pid)
-{
-	for (int i = 0; i < NCLIENTS; i++)
-		if (slots[i].pid == pid)
-			return i;
-	return -1;
+	if (atomic_load(&s->b->up) != 1)
+		SOAK_FAIL("client instance %u did not start (%d): %s", s->instance,
+			  atomic_load(&s->b->up), s->b->err);
 }
 
 /* Nobody may die on their own: not a client, not the daemon. */
-static void check_alive(uint64_t secs, uint64_t seed)
+static void check_alive(void)
 {
-	int st;
 	pid_t pid;
+	int st;
 
 	while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
-		int i = slot_of(pid);
-
-		if (pid == daemon_pid) {
-			print_figures(secs, seed);
-			ck_abort_msg("dedupd died on its own (status %#x, see %s.log)", st, sock);
-		}
-		if (i >= 0) {
-			print_figures(secs, seed);
-			ck_abort_msg("client instance %u died on its own (status %#x: %s)",
-				     slots[i].instance, st, slots[i].b->err);
-		}
+		if (pid == daemon_pid)
+			SOAK_FAIL("dedupd died on its own (status %#x, see %s.log)", st, sock);
+		for (int i = 0; i < NCLIENTS; i++)
+			if (slots[i].pid == pid)
+				SOAK_FAIL("client instance %u died on its own (status %#x): %s",
+					  slots[i].instance, st, slots[i].b->err);
 	}
 }
 
@@ -752,80 +772,104 @@ static unsigned connected_clients(void)
 }
 
 /* After a restart: the daemon counts every client, and every client says so. */
-static void wait_reconnected(uint64_t secs, uint64_t seed, const char *what)
+static void wait_reconnected(const char *what)
 {
 	uint64_t t0 = h_now_ms(), end = t0 + RECONNECT_MS;
-	int64_t c = -1;
+	int64_t c;
 
-	for (;;) {
-		c = h_stat(sock, "clients");
-		if (c == NCLIENTS && connected_clients() == NCLIENTS)
-			break;
-		if (h_now_ms() > end) {
-			print_figures(secs, seed);
-			ck_abort_msg("%s: after %u ms the daemon counts %lld clients and %u of %d "
-				     "say they are connected", what, RECONNECT_MS, (long long)c,
-				     connected_clients(), NCLIENTS);
-		}
-		check_alive(secs, seed);
+	while ((c = h_stat(sock, "clients")) != NCLIENTS || connected_clients() != NCLIENTS) {
+		if (h_now_ms() > end)
+			SOAK_FAIL("%s: after %u ms dedupd counts %lld clients, and %u of %d say "
+				  "they are connected", what, RECONNECT_MS, (long long)c,
+				  connected_clients(), NCLIENTS);
+		check_alive();
 		h_sleep_ms(20);
 	}
 	if (h_now_ms() - t0 > fig.max_reconnect_ms)
 		fig.max_reconnect_ms = h_now_ms() - t0;
 }
 
-static void daemon_restart(int sig, uint64_t secs, uint64_t seed)
+/*
+ * A daemon that takes longer than TERM_MAX_MS to stop: note what its threads
+ * (gdb, if installed) and the clients' threads (wchan) wait for, beside its log.
+ */
+static void dump_stuck(void)
+{
+	char cmd[1024];
+
+	snprintf(cmd, sizeof(cmd), "gdb -p %d -batch -ex 'thread apply all bt' >%s.stuck-%d 2>&1",
+		 (int)daemon_pid, sock, (int)daemon_pid);
+	if (system(cmd)) {
+		/* no gdb: the clients' side still tells */
+	}
+	for (int i = 0; i < NCLIENTS; i++) {
+		snprintf(cmd, sizeof(cmd), "for t in /proc/%d/task/*; do echo \"$t $(cat $t/comm) "
+			 "$(cat $t/wchan)\"; done >>%s.stuck-%d 2>&1", (int)slots[i].pid, sock,
+			 (int)daemon_pid);
+		if (system(cmd)) {
+		}
+	}
+	event("dedupd (pid %d) still stopping after %d ms: threads in %s.stuck-%d",
+	      (int)daemon_pid, TERM_MAX_MS, sock, (int)daemon_pid);
+}
+
+static void daemon_restart(int sig)
 {
 	int64_t m = h_stat(sock, "merges");
+	uint64_t k0, took;
+	bool dumped = false;
 	int st;
 
 	if (m > 0)
 		fig.merges += (uint64_t)m;
-	uint64_t k0 = h_now_ms();
-	bool dumped = false;
-
+	k0 = h_now_ms();
 	kill(daemon_pid, sig);
 	while (waitpid(daemon_pid, &st, WNOHANG) != daemon_pid) {
-		if (!dumped && h_now_ms() - k0 > 2000) {
-			char cmd[512];
-
-			snprintf(cmd, sizeof(cmd), "gdb -p %d -batch -ex 'thread apply all bt' "
-				 ">%s.stop-%d.bt 2>&1", (int)daemon_pid, sock, (int)daemon_pid);
-			if (system(cmd)) {
-			}
-			for (int i = 0; i < NCLIENTS; i++) {
-				snprintf(cmd, sizeof(cmd), "for t in /proc/%d/task/*; do "
-					 "echo \"== $t $(cat $t/comm) $(cat $t/wchan)\"; cat $t/stack; "
-					 "done >>%s.stop-%d.bt 2>&1", (int)slots[i].pid, sock,
-					 (int)daemon_pid);
-				if (system(cmd)) {
-				}
-			}
-			event("dedupd still stopping after 2 s: backtraces in %s.stop-%d.bt", sock,
-			      (int)daemon_pid);
+		if (!dumped && h_now_ms() - k0 > TERM_MAX_MS) {
+			dump_stuck();
 			dumped = true;
+		}
+		if (h_now_ms() - k0 > STOP_GIVE_UP_MS) {
+			kill(daemon_pid, SIGKILL);
+			SOAK_FAIL("dedupd did not stop within %d ms of signal %d (see %s.log)",
+				  STOP_GIVE_UP_MS, sig, sock);
 		}
 		h_sleep_ms(5);
 	}
-	if (h_now_ms() - k0 > fig.max_stop_ms)
-		fig.max_stop_ms = h_now_ms() - k0;
-	if (sig == SIGTERM && nterm_win < 256) {
+	took = h_now_ms() - k0;
+	if (sig == SIGTERM && took > fig.max_stop_ms)
+		fig.max_stop_ms = took;
+	if (sig == SIGKILL && took > fig.max_kill_stop_ms)
+		fig.max_kill_stop_ms = took;
+	if (sig == SIGTERM && nterm_win < sizeof(term_win) / sizeof(term_win[0])) {
 		term_win[nterm_win].from = k0;
 		term_win[nterm_win++].to = h_now_ms();
 	}
-	if (sig == SIGKILL)
-		ck_assert_msg(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "status %#x", st);
-	else
-		ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0,
-			      "dedupd did not stop cleanly on SIGTERM (status %#x, see %s.log)", st,
-			      sock);
+	if (sig == SIGKILL && !(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL))
+		SOAK_FAIL("dedupd exited with status %#x before our SIGKILL", st);
+	if (sig == SIGTERM && !(WIFEXITED(st) && WEXITSTATUS(st) == 0))
+		SOAK_FAIL("dedupd did not stop cleanly on SIGTERM (status %#x, see %s.log)", st,
+			  sock);
 	daemon_pid = daemon_start();
-	wait_reconnected(secs, seed, sig == SIGKILL ? "restart after SIGKILL" :
-				     "restart after SIGTERM");
+	wait_reconnected(sig == SIGKILL ? "restart after SIGKILL" : "restart after SIGTERM");
 	if (sig == SIGKILL)
 		fig.restarts_kill++;
 	else
 		fig.restarts_term++;
+}
+
+/* Wait for a client's pending remap, if any. */
+static void remap_wait(int i)
+{
+	struct soak_box *b = slots[i].b;
+	uint64_t end = h_now_ms() + 60000;
+
+	while (atomic_load(&b->remap_done) != atomic_load(&b->remap_req)) {
+		if (h_now_ms() > end)
+			SOAK_FAIL("client instance %u did not remap within 60 s", slots[i].instance);
+		check_alive();
+		h_sleep_ms(10);
+	}
 }
 
 static void client_kill(int i)
@@ -833,70 +877,61 @@ static void client_kill(int i)
 	struct slot *s = &slots[i];
 	int st;
 
+	remap_wait(i); /* not in the middle of its remap: that would be a test race */
 	kill(s->pid, SIGKILL);
 	ck_assert_int_eq(waitpid(s->pid, &st, 0), s->pid);
-	ck_assert_msg(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL,
-		      "client instance %u: status %#x before our SIGKILL: %s", s->instance, st,
-		      s->b->err);
-	add_box(s); /* its figures count: it is dead, they no longer move */
+	if (!(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL))
+		SOAK_FAIL("client instance %u: status %#x before our SIGKILL: %s", s->instance, st,
+			  s->b->err);
+	add_box(s); /* it is dead: its figures no longer move */
 	classify_slow(s);
 	s->pid = 0;
 	fig.clients_killed++;
 	client_start(i);
 }
 
-/* Wait for a client's pending remap, if any. */
-static void remap_wait(int i, uint64_t secs, uint64_t seed)
-{
-	struct soak_box *b = slots[i].b;
-	uint64_t end = h_now_ms() + 60000;
-
-	while (atomic_load(&b->remap_done) != atomic_load(&b->remap_req)) {
-		if (h_now_ms() > end) {
-			print_figures(secs, seed);
-			ck_abort_msg("client instance %u did not remap within 60 s",
-				     slots[i].instance);
-		}
-		check_alive(secs, seed);
-		h_sleep_ms(10);
-	}
-}
-
 static uint64_t usage_now(void)
 {
-	uint64_t u = memcg_u64(cg, "memory.usage_in_bytes");
 	uint64_t m = memcg_u64(cg, "memory.max_usage_in_bytes");
 
 	if (m > fig.max_usage)
 		fig.max_usage = m;
-	return u;
+	return memcg_u64(cg, "memory.usage_in_bytes");
 }
 
 /*
- * Move the cgroup's limit so that free memory is in the wanted state: free
- * 70 % (high), 52 % (soft) or 37 % (hard) of the limit, with the thresholds
- * 60/45/30/5 %. Never below 1.25 x the most the clients ever used (the peak
- * comes before any merge), so that nothing is ever OOM-killed.
+ * Move the cgroup's limit so that free memory puts dedupd in the wanted state
+ * (0 high, 1 soft, 2 hard): 70 %, 52 % or 37 % of the limit free, against the
+ * thresholds 60/45/30/5 %. Never below 1.25 x the most the clients ever used
+ * (the peak comes before any merge, when every page is their own), so that
+ * nothing is ever OOM-killed.
  */
 static void set_pressure(int state)
 {
 	static const double free_frac[3] = { 0.70, 0.52, 0.37 };
 	uint64_t u = usage_now(), lim = (uint64_t)((double)u / (1.0 - free_frac[state]));
-	uint64_t floor_ = fig.max_usage + fig.max_usage / 4;
+	uint64_t lowest = fig.max_usage + fig.max_usage / 4;
 	char val[32];
+	int r;
 
-	if (lim < floor_)
-		lim = floor_;
+	if (lim < lowest)
+		lim = lowest;
 	lim = (lim + PAGE - 1) / PAGE * PAGE;
 	snprintf(val, sizeof(val), "%llu\n", (unsigned long long)lim);
-	ck_assert_int_eq(memcg_write(cg, "memory.limit_in_bytes", val), 0);
+	r = memcg_write(cg, "memory.limit_in_bytes", val);
+	if (r < 0)
+		SOAK_FAIL("cannot set the limit of %s to %llu bytes (usage %llu): %s", cg,
+			  (unsigned long long)lim, (unsigned long long)usage_now(), strerror(-r));
 	fig.pressure_changes++;
+	event("cgroup limit %llu MiB (usage %llu MiB): aiming at %s",
+	      (unsigned long long)(lim / MIB), (unsigned long long)(u / MIB), state_names[state]);
 }
 
+/* Note dedupd's pressure state as it changes. */
 static void observe_state(void)
 {
-	char *t = NULL;
 	struct json_object *o, *v;
+	char *t = NULL;
 
 	if (h_admin(sock, "state", &t) == 0 && t) {
 		o = json_tokener_parse(t);
@@ -908,8 +943,8 @@ static void observe_state(void)
 					fig.states_seen[i]++;
 					if (fig.last_state[0])
 						fig.state_transitions++;
-					event("dedupd says: state %s", s);
 					snprintf(fig.last_state, sizeof(fig.last_state), "%s", s);
+					event("dedupd says: state %s", s);
 				}
 		}
 		json_object_put(o);
@@ -921,16 +956,13 @@ static uint64_t rng;
 
 static uint64_t rnd(uint64_t n)
 {
-	rng ^= rng << 13;
-	rng ^= rng >> 7;
-	rng ^= rng << 17;
-	return rng % n;
+	return xs(&rng) % n;
 }
 
 /*
  * The next chaos event: 0 SIGKILL dedupd, 1 SIGTERM dedupd, 2 SIGKILL a
  * client, 3 remap a region, 4 move the memory limit. DEDUP_SOAK_EVENTS
- * (e.g. "term,remap") limits the choice, to chase one failure.
+ * (e.g. "term,remap", or "none") narrows the choice.
  */
 static int pick_event(void)
 {
@@ -941,7 +973,7 @@ static int pick_event(void)
 	for (int i = 0; i < 5; i++)
 		if (!env || !*env || strstr(env, names[i]))
 			allowed[n++] = i;
-	return n ? allowed[rnd((uint64_t)n)] : -1; /* e.g. "none" */
+	return n ? allowed[rnd((uint64_t)n)] : -1;
 }
 
 static uint64_t env_u64(const char *name, uint64_t dflt)
@@ -951,19 +983,104 @@ static uint64_t env_u64(const char *name, uint64_t dflt)
 	return v && *v ? strtoull(v, NULL, 0) : dflt;
 }
 
-static uint64_t soak_seconds(void)
+static void chaos(void)
 {
-	uint64_t s = env_u64("DEDUP_SOAK_SECONDS", 60);
+	uint64_t end = soak_t0 + soak_secs * 1000, next = soak_t0 + 1000 + rnd(3001);
+	uint64_t next_state = soak_t0;
+	int pstate = 0;
 
-	return s ? s : 60;
+	while (h_now_ms() < end) {
+		int i, to;
+
+		check_alive();
+		(void)usage_now();
+		if (h_now_ms() >= next_state) {
+			observe_state();
+			next_state = h_now_ms() + 500;
+		}
+		if (h_now_ms() < next) {
+			h_sleep_ms(50);
+			continue;
+		}
+		switch (pick_event()) {
+		case 0:
+			event("SIGKILL dedupd (pid %d)", (int)daemon_pid);
+			daemon_restart(SIGKILL);
+			event("dedupd restarted (pid %d), every client back", (int)daemon_pid);
+			break;
+		case 1:
+			event("SIGTERM dedupd (pid %d)", (int)daemon_pid);
+			daemon_restart(SIGTERM);
+			event("dedupd restarted (pid %d), every client back", (int)daemon_pid);
+			break;
+		case 2:
+			i = (int)rnd(NCLIENTS);
+			event("SIGKILL client instance %u (pid %d)", slots[i].instance,
+			      (int)slots[i].pid);
+			client_kill(i);
+			event("client instance %u (pid %d) takes its place", slots[i].instance,
+			      (int)slots[i].pid);
+			break;
+		case 3:
+			/* The test does not wait for it; one at a time per client. */
+			i = (int)rnd(NCLIENTS);
+			if (atomic_load(&slots[i].b->remap_done) ==
+			    atomic_load(&slots[i].b->remap_req)) {
+				atomic_fetch_add(&slots[i].b->remap_req, 1);
+				event("client instance %u (pid %d): remap your region",
+				      slots[i].instance, (int)slots[i].pid);
+			}
+			break;
+		case 4:
+			to = (int)rnd(2);
+			pstate = to >= pstate ? to + 1 : to; /* another state than now */
+			set_pressure(pstate);
+			break;
+		default:
+			break;
+		}
+		next = h_now_ms() + 1000 + rnd(3001);
+	}
+}
+
+/* The end: every live client stops writing, verifies everything and exits. */
+static void finish_clients(void)
+{
+	for (int i = 0; i < NCLIENTS; i++)
+		atomic_store(&slots[i].b->final_req, 1);
+	for (int i = 0; i < NCLIENTS; i++) {
+		uint64_t end = h_now_ms() + 60000;
+
+		while (!atomic_load(&slots[i].b->final_done)) {
+			if (h_now_ms() > end)
+				SOAK_FAIL("client instance %u: no final verification within 60 s",
+					  slots[i].instance);
+			check_alive();
+			h_sleep_ms(10);
+		}
+	}
+	for (int i = 0; i < NCLIENTS; i++) {
+		int st;
+
+		atomic_store(&slots[i].b->quit, 1);
+		ck_assert_int_eq(waitpid(slots[i].pid, &st, 0), slots[i].pid);
+		if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0))
+			SOAK_FAIL("client instance %u: status %#x: %s", slots[i].instance, st,
+				  slots[i].b->err);
+		add_box(&slots[i]);
+		classify_slow(&slots[i]);
+		munmap(slots[i].b, sizeof(*slots[i].b));
+		slots[i].b = NULL;
+		slots[i].pid = 0;
+	}
 }
 
 START_TEST(test_soak_no_lost_writes)
 {
-	uint64_t secs = soak_seconds(), seed, t0, end, next, next_state;
+	bool strict = env_u64("DEDUP_SOAK_STRICT", 0) != 0;
 	char oom[256], path[300];
-	int pstate = 0;
 	long oom_kills = -1;
+	int st;
 
 	if (!h_is_root()) {
 		printf("SKIP %s: needs root (userfaultfd of other processes, memory cgroups, "
@@ -974,163 +1091,90 @@ START_TEST(test_soak_no_lost_writes)
 		printf("SKIP %s: no cgroup v1 memory controller at " MEMCG_ROOT "\n", __func__);
 		return;
 	}
-	seed = env_u64("DEDUP_SOAK_SEED", 0);
-	if (!seed)
-		seed = (uint64_t)time(NULL) * 2654435761ULL ^ (uint64_t)getpid();
-	rng = seed | 1;
+	soak_secs = env_u64("DEDUP_SOAK_SECONDS", 60);
+	if (!soak_secs)
+		soak_secs = 60;
+	soak_seed = env_u64("DEDUP_SOAK_SEED", 0);
+	if (!soak_seed)
+		soak_seed = ((uint64_t)time(NULL) << 20) ^ (uint64_t)getpid() ^ h_now_ms();
+	rng = soak_seed | 1;
 	memset(&fig, 0, sizeof(fig));
 	fig.first_lost_off = -1;
 	printf("soak: starting: %llu s, seed %llu, %d clients x %llu MiB, %d writers each\n",
-	       (unsigned long long)secs, (unsigned long long)seed, NCLIENTS,
+	       (unsigned long long)soak_secs, (unsigned long long)soak_seed, NCLIENTS,
 	       (unsigned long long)(REGION_BYTES / MIB), NWRITERS);
 	fflush(stdout);
 
 	h_sock_path(sock, sizeof(sock), "soak");
 	memcg_dir(cg, sizeof(cg), "dd-check-soak", runner, "clients");
-	snprintf(cgarg, sizeof(cgarg), "%s", cg);
-	ck_assert_int_eq(memcg_make(cg, 4096 * MIB), 0);
+	ck_assert_int_eq(memcg_make(cg, 4096 * MIB), 0); /* no pressure yet */
 	setenv("DEDUPD_SOCKET", sock, 1);
 	setenv("DEDUP_RECONNECT", "1", 1);
+	soak_t0 = h_now_ms();
 	daemon_pid = daemon_start();
 	for (int i = 0; i < NCLIENTS; i++)
 		client_start(i);
-	ck_assert_msg(h_wait_stat(sock, "clients", NCLIENTS, false, 10000), "clients %lld",
-		      (long long)h_stat(sock, "clients"));
-	(void)usage_now();
+	wait_reconnected("start");
 
-	t0 = soak_t0 = h_now_ms();
-	end = t0 + secs * 1000;
-	next = t0 + 1000 + rnd(3001);
-	next_state = t0;
-	while (h_now_ms() < end) {
-		uint64_t now = h_now_ms();
+	soak_t0 = h_now_ms();
+	chaos();
 
-		check_alive(secs, seed);
-		(void)usage_now();
-		if (now >= next_state) {
-			observe_state();
-			next_state = now + 500;
-		}
-		if (now < next) {
-			h_sleep_ms(50);
-			continue;
-		}
-		switch (pick_event()) {
-		case 0:
-			event("SIGKILL dedupd (pid %d)", (int)daemon_pid);
-			daemon_restart(SIGKILL, secs, seed);
-			event("dedupd restarted (pid %d), all clients back", (int)daemon_pid);
-			break;
-		case 1:
-			event("SIGTERM dedupd (pid %d)", (int)daemon_pid);
-			daemon_restart(SIGTERM, secs, seed);
-			event("dedupd restarted (pid %d), all clients back", (int)daemon_pid);
-			break;
-		case 2: {
-			int i = (int)rnd(NCLIENTS);
-
-			remap_wait(i, secs, seed); /* not in the middle of its remap */
-			event("SIGKILL client instance %u (pid %d)", slots[i].instance,
-			      (int)slots[i].pid);
-			client_kill(i);
-			event("client instance %u (pid %d) replaces it", slots[i].instance,
-			      (int)slots[i].pid);
-			break;
-		}
-		case 3: {
-			int i = (int)rnd(NCLIENTS);
-
-			/* One at a time per client; the test does not wait for it. */
-			if (atomic_load(&slots[i].b->remap_done) ==
-			    atomic_load(&slots[i].b->remap_req)) {
-				atomic_fetch_add(&slots[i].b->remap_req, 1);
-				fig.remaps_asked++;
-				event("client instance %u (pid %d): remap its region",
-				      slots[i].instance, (int)slots[i].pid);
-			}
-			break;
-		}
-		case 4: {
-			int to = (int)rnd(2);
-
-			pstate = to >= pstate ? to + 1 : to; /* another state than now */
-			set_pressure(pstate);
-			event("cgroup limit %llu MiB (usage %llu MiB): aiming at %s",
-			      (unsigned long long)(memcg_u64(cg, "memory.limit_in_bytes") / MIB),
-			      (unsigned long long)(memcg_u64(cg, "memory.usage_in_bytes") / MIB),
-			      state_names[pstate]);
-			break;
-		}
-		default:
-			break;
-		}
-		next = h_now_ms() + 1000 + rnd(3001);
-	}
-
-	/* The end: no more chaos; the daemon runs on its own for 3 s. */
+	/* No more chaos: the daemon runs on its own for 3 s, then the last check. */
 	for (int i = 0; i < NCLIENTS; i++)
-		remap_wait(i, secs, seed);
+		remap_wait(i);
 	set_pressure(0);
 	for (uint64_t quiet = h_now_ms() + 3000; h_now_ms() < quiet; h_sleep_ms(50))
-		check_alive(secs, seed);
+		check_alive();
 	observe_state();
-	wait_reconnected(secs, seed, "the end");
-	for (int i = 0; i < NCLIENTS; i++)
-		atomic_store(&slots[i].b->final_req, 1);
-	for (int i = 0; i < NCLIENTS; i++) {
-		uint64_t wend = h_now_ms() + 60000;
-
-		while (!atomic_load(&slots[i].b->final_done) && h_now_ms() < wend) {
-			check_alive(secs, seed);
-			h_sleep_ms(10);
-		}
-		ck_assert_msg(atomic_load(&slots[i].b->final_done),
-			      "client instance %u: no final verification", slots[i].instance);
-	}
-	fig.merges_last_life = (uint64_t)(h_stat(sock, "merges") > 0 ? h_stat(sock, "merges") : 0);
-	fig.merges += fig.merges_last_life;
-	for (int i = 0; i < NCLIENTS; i++) {
-		int st;
-
-		atomic_store(&slots[i].b->quit, 1);
-		ck_assert_int_eq(waitpid(slots[i].pid, &st, 0), slots[i].pid);
-		ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0,
-			      "client instance %u: status %#x: %s", slots[i].instance, st,
-			      slots[i].b->err);
-		add_box(&slots[i]);
-		classify_slow(&slots[i]);
-		munmap(slots[i].b, sizeof(*slots[i].b));
-		slots[i].b = NULL;
-		slots[i].pid = 0;
-	}
+	wait_reconnected("the end");
+	finish_clients();
 	{
-		int st = h_daemon_stop(daemon_pid, SIGTERM);
+		int64_t m = h_stat(sock, "merges");
 
-		daemon_pid = 0;
-		ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0,
-			      "dedupd did not stop cleanly at the end (status %#x)", st);
+		fig.merges += m > 0 ? (uint64_t)m : 0;
 	}
+	st = h_daemon_stop(daemon_pid, SIGTERM);
+	daemon_pid = 0;
 	snprintf(path, sizeof(path), "%s/memory.oom_control", cg);
-	if (memcg_read(path, oom, sizeof(oom))) {
-		const char *k = strstr(oom, "oom_kill ");
-
-		oom_kills = k ? strtol(k + 9, NULL, 10) : -1;
-	}
-	print_figures(secs, seed);
+	if (memcg_read(path, oom, sizeof(oom)) && strstr(oom, "oom_kill "))
+		oom_kills = strtol(strstr(oom, "oom_kill ") + 9, NULL, 10);
+	print_figures();
 	printf("soak: cgroup: %ld OOM kills, limit hit %llu times (memory.failcnt)\n", oom_kills,
 	       (unsigned long long)memcg_u64(cg, "memory.failcnt"));
 	fflush(stdout);
 	memcg_remove(cg);
 
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0,
+		      "dedupd did not stop cleanly at the end (status %#x)", st);
 	ck_assert_msg(fig.lost_words == 0 && fig.readback_lost == 0,
-		      "%llu writes lost (%llu read back wrong), first at offset %#llx of client "
-		      "instance %u, generation %u", (unsigned long long)fig.lost_words,
+		      "%llu writes lost (%llu read back wrong at once), the first at offset %#llx "
+		      "of client instance %u, generation %u", (unsigned long long)fig.lost_words,
 		      (unsigned long long)fig.readback_lost, (unsigned long long)fig.first_lost_off,
 		      fig.first_lost_instance, fig.first_lost_gen);
 	ck_assert_msg(fig.merges > 0, "no merges");
-	ck_assert_int_eq(oom_kills, 0);
-	ck_assert_uint_gt(fig.bytes_verified, 0);
+	ck_assert_msg(oom_kills == 0, "%ld OOM kills in %s", oom_kills, cg);
 	ck_assert_uint_gt(fig.writes, 0);
+	ck_assert_uint_gt(fig.bytes_verified, 0);
+	/* Restarts survived: wait_reconnected() failed the test otherwise. */
+	if (strict) {
+		ck_assert_msg(fig.stalls_blocked + fig.stalls_term == 0,
+			      "%llu writes blocked over %llu ms (longest %llu ms), %llu during "
+			      "SIGTERM shutdowns (longest %llu ms)",
+			      (unsigned long long)fig.stalls_blocked,
+			      (unsigned long long)(STALL_US / 1000),
+			      (unsigned long long)fig.max_blocked_ms,
+			      (unsigned long long)fig.stalls_term,
+			      (unsigned long long)fig.max_stall_term_ms);
+	} else {
+		ck_assert_msg(fig.max_blocked_ms <= BLOCKED_MAX_MS,
+			      "a write was blocked %llu ms (bound %d ms, see the top of the file)",
+			      (unsigned long long)fig.max_blocked_ms, BLOCKED_MAX_MS);
+		ck_assert_msg(fig.max_stall_term_ms <= TERM_MAX_MS && fig.max_stop_ms <= TERM_MAX_MS,
+			      "SIGTERM: a write waited %llu ms, dedupd took %llu ms to stop (bound "
+			      "%d ms, see the top of the file)",
+			      (unsigned long long)fig.max_stall_term_ms,
+			      (unsigned long long)fig.max_stop_ms, TERM_MAX_MS);
+	}
 }
 END_TEST
 
@@ -1146,9 +1190,11 @@ static Suite *soak_suite(void)
 {
 	Suite *s = suite_create("soak");
 	TCase *tc = tcase_create("chaos");
+	uint64_t secs = env_u64("DEDUP_SOAK_SECONDS", 60);
 
 	tcase_add_unchecked_fixture(tc, NULL, teardown);
-	tcase_set_timeout(tc, (double)soak_seconds() + 240);
+	/* The chaos, then at most: a stop and a return, 3 s, the final checks. */
+	tcase_set_timeout(tc, (double)(secs ? secs : 60) + 300);
 	tcase_add_test(tc, test_soak_no_lost_writes);
 	suite_add_tcase(s, tc);
 	return s;

@@ -39,6 +39,8 @@ static bool documented(int r)
 
 static void check_err(int r, const char *err, const char *op)
 {
+	if (getenv("FZ_VERBOSE")) /* for writing seeds: what each call made of the script */
+		fprintf(stderr, "%s: %d %s\n", op, r, err);
 	FZ_ASSERT(documented(r), "%s returned %d (%s): %s", op, r, strerror(-r), err);
 	FZ_ASSERT(r < 0 || !err[0], "%s succeeded with err '%s'", op, err);
 	FZ_ASSERT(r == 0 || err[0], "%s failed (%d) without a message", op, r);
@@ -58,8 +60,8 @@ static void check_stats(const struct dd_balloon_stats *st)
 		  (long long)st->guest_ram_bytes);
 	FZ_ASSERT(st->target_bytes >= -1, "target %lld", (long long)st->target_bytes);
 	FZ_ASSERT(st->guest_committed_bytes == -1 ||
-			  (st->guest_committed_bytes >= 0 &&
-			   st->guest_committed_bytes <= st->guest_total_bytes),
+		      (st->guest_committed_bytes >= 0 &&
+		       st->guest_committed_bytes <= st->guest_total_bytes),
 		  "committed %lld of total %lld", (long long)st->guest_committed_bytes,
 		  (long long)st->guest_total_bytes);
 	FZ_ASSERT(gp == -1 || (gp >= 0 && gp <= 100), "guest pressure %d", gp);
@@ -81,6 +83,16 @@ static void run_ops(struct dd_balloon *b, const char *ops)
 			int r = dd_balloon_query(b, &st, err, sizeof(err));
 
 			check_err(r, err, "query");
+			if (r == 0 && getenv("FZ_VERBOSE"))
+				fprintf(stderr,
+					"  balloon %lld target %lld ram %lld total %lld free %lld "
+					"available %lld committed %lld\n",
+					(long long)st.balloon_bytes, (long long)st.target_bytes,
+					(long long)st.guest_ram_bytes,
+					(long long)st.guest_total_bytes,
+					(long long)st.guest_free_bytes,
+					(long long)st.guest_available_bytes,
+					(long long)st.guest_committed_bytes);
 			if (r == 0)
 				check_stats(&st);
 		} else {

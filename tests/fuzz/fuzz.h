@@ -39,7 +39,7 @@
 #define FZ_ASSERT(cond, ...)                                                                       \
 	do {                                                                                       \
 		if (!(cond)) {                                                                     \
-			fprintf(stderr, "fuzz invariant failed: %s (%s:%d): ", #cond, __FILE__,     \
+			fprintf(stderr, "fuzz invariant failed: %s (%s:%d): ", #cond, __FILE__,    \
 				__LINE__);                                                         \
 			fprintf(stderr, __VA_ARGS__);                                              \
 			fputc('\n', stderr);                                                       \
@@ -114,15 +114,15 @@ struct fz_chunk {
  * Cut data at every occurrence of sep (which is dropped) into at most max
  * chunks; the last chunk takes the rest. Returns the number of chunks (>= 1).
  */
-static inline size_t fz_split(const uint8_t *data, size_t size, const char *sep, struct fz_chunk *out,
-		       size_t max)
+static inline size_t fz_split(const uint8_t *data, size_t size, const char *sep,
+			      struct fz_chunk *out, size_t max)
 {
 	size_t k = 0, sl = strlen(sep);
 	const uint8_t *p = data, *end = data + size;
 
 	while (k + 1 < max) {
-		const uint8_t *s = sl <= (size_t)(end - p) ? memmem(p, (size_t)(end - p), sep, sl)
-							     : NULL;
+		const uint8_t *s =
+		    sl <= (size_t)(end - p) ? memmem(p, (size_t)(end - p), sep, sl) : NULL;
 
 		if (!s)
 			break;
@@ -148,8 +148,8 @@ static inline void fz_fd_check(int mark, const char *what)
 {
 	int now = fz_fd_mark();
 
-	FZ_ASSERT(now == mark, "%s leaked a file descriptor (lowest free fd %d, was %d)", what,
-		  now, mark);
+	FZ_ASSERT(now == mark, "%s leaked a file descriptor (lowest free fd %d, was %d)", what, now,
+		  mark);
 }
 
 /* ---- the scripted peer ---- */
@@ -158,9 +158,9 @@ static inline void fz_fd_check(int mark, const char *what)
 #define FZ_PEER_CONNS 32
 
 struct fz_peer {
-	int lfd;		/* listening UNIX stream socket */
-	int stop[2];		/* pipe: the main thread writes when the client is done */
-	char path[108];		/* where lfd listens */
+	int lfd;	/* listening UNIX stream socket */
+	int stop[2];	/* pipe: the main thread writes when the client is done */
+	char path[108]; /* where lfd listens */
 	struct fz_chunk chunks[FZ_PEER_CHUNKS];
 	size_t nchunks;
 	pthread_t thread;

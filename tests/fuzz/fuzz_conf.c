@@ -28,8 +28,8 @@ static const char base[] = "[scan]\npages_to_scan = 100\n[client.vm1]\nmatch_com
 			   "balloon = qmp\nballoon_socket = /run/vm1.qmp\n";
 static volatile size_t sink;
 
-static void on_change(const char *key, const char *old_value, const char *new_value,
-		      bool applied, void *arg)
+static void on_change(const char *key, const char *old_value, const char *new_value, bool applied,
+		      void *arg)
 {
 	sink += strlen(key) + strlen(old_value) + strlen(new_value) + applied;
 }

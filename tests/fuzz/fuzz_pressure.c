@@ -40,7 +40,7 @@ static void put(const char *dir, const char *name, const struct fz_chunk *c)
 static void check_snapshot(const struct dd_pressure_snapshot *s)
 {
 	FZ_ASSERT(memchr(s->free_error, 0, sizeof(s->free_error)) &&
-			  memchr(s->psi_error, 0, sizeof(s->psi_error)),
+		      memchr(s->psi_error, 0, sizeof(s->psi_error)),
 		  "error strings not terminated");
 	if (s->free_valid) {
 		unsigned __int128 pm;
@@ -58,7 +58,7 @@ static void check_snapshot(const struct dd_pressure_snapshot *s)
 	}
 	if (s->psi_valid)
 		FZ_ASSERT(s->psi_some_avg10_pm <= 10000 && s->psi_some_avg60_pm <= 10000 &&
-				  s->psi_full_avg10_pm <= 10000 && s->psi_full_avg60_pm <= 10000,
+			      s->psi_full_avg10_pm <= 10000 && s->psi_full_avg60_pm <= 10000,
 			  "PSI over 100 %%: %u %u %u %u", s->psi_some_avg10_pm,
 			  s->psi_some_avg60_pm, s->psi_full_avg10_pm, s->psi_full_avg60_pm);
 }

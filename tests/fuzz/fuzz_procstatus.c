@@ -46,7 +46,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	FZ_ASSERT(r == 0 || r == -ENODATA || r == -EINVAL, "dd_proc_mem_at = %d", r);
 	if (r == 0)
 		FZ_ASSERT(m.rss_bytes % 1024 == 0 && m.rss_anon_bytes % 1024 == 0 &&
-				  m.swap_bytes % 1024 == 0,
+			      m.swap_bytes % 1024 == 0,
 			  "not whole KiB");
 	else
 		FZ_ASSERT(m.rss_bytes == 7 && m.rss_anon_bytes == 7 && m.swap_bytes == 7,

@@ -35,7 +35,7 @@ static void consume(const uint8_t *msg, size_t n)
 	uint64_t acc = 0;
 
 	FZ_ASSERT(n >= sizeof(*h) && h->len == n && dd_msg_min_len(h->type) != 0 &&
-			  n >= dd_msg_min_len(h->type),
+		      n >= dd_msg_min_len(h->type),
 		  "accepted a message of %zu bytes, type %u", n, h->type);
 	switch (h->type) {
 	case DD_MSG_RESULT: {
