@@ -204,6 +204,7 @@ clean:
 # ==== fuzz: libFuzzer harnesses (tests/fuzz/README.md) ==== begin
 #   make fuzz           build, then fuzz each harness FUZZ_SECONDS (30) s, one at a time
 #   make fuzz-regress   replay the committed corpus and crash reproducers once (CI)
+#   make fuzz-clean     remove $(FUZZ_BUILD)/ (make clean leaves it)
 # Objects are built with clang, ASan, UBSan and libFuzzer's coverage into
 # $(FUZZ_BUILD)/ (not $(BUILD)/: other flags). FUZZ_TARGETS: a subset of the names.
 FUZZ_BUILD   ?= build-fuzz
@@ -233,7 +234,12 @@ fuzz_libs_qmp       := -ljson-c -lcurl
 fuzz_libs_http      := -ljson-c -lcurl
 FUZZ_BINS := $(patsubst %,$(FUZZ_BUILD)/fuzz_%,$(FUZZ_NAMES))
 
-$(FUZZ_BUILD)/obj/%.o: %.c Makefile
+# A change of flags rebuilds the fuzz objects (the saved-flags trick of $(BUILD)).
+$(FUZZ_BUILD)/.flags: fuzz-force
+	@mkdir -p $(@D)
+	@echo '$(FUZZ_CC) $(FUZZ_CFLAGS)' | cmp -s - $@ || echo '$(FUZZ_CC) $(FUZZ_CFLAGS)' > $@
+
+$(FUZZ_BUILD)/obj/%.o: %.c $(FUZZ_BUILD)/.flags
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  FUZZCC  $<")
 	$(Q)$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -MMD -MP -c $< -o $@
@@ -257,31 +263,71 @@ $(foreach n,$(FUZZ_NAMES),$(eval $(call FUZZ_LINK,$(n))))
 
 fuzz-build: $(FUZZ_BINS)
 
-fuzz: deps
+# The build dependencies, and libFuzzer's runtime (only recommended by clang-14).
+fuzz-deps:
+ifneq ($(NODEPS),1)
+	$(Q)DEDUP_DEPS_EXTRA="$(DEDUP_DEPS_EXTRA) libclang-rt-14-dev" ./conf/build-deps.sh
+endif
+
+fuzz: fuzz-deps
 	$(Q)$(MAKE) --no-print-directory fuzz-build
 	$(Q)FUZZ_BUILD=$(FUZZ_BUILD) FUZZ_SECONDS=$(FUZZ_SECONDS) ./tests/fuzz/run.sh fuzz $(FUZZ_TARGETS)
 
-fuzz-regress: deps
+fuzz-regress: fuzz-deps
 	$(Q)$(MAKE) --no-print-directory fuzz-build
 	$(Q)FUZZ_BUILD=$(FUZZ_BUILD) ./tests/fuzz/run.sh regress $(FUZZ_TARGETS)
 
-.PHONY: fuzz fuzz-build fuzz-regress
+fuzz-clean:
+	rm -rf $(FUZZ_BUILD)
+
+.PHONY: fuzz fuzz-build fuzz-deps fuzz-regress fuzz-clean fuzz-force
 -include $(shell find $(FUZZ_BUILD)/obj -name '*.d' 2>/dev/null)
 # ==== fuzz ==== end
 
-# ==== tsan: ThreadSanitizer run over the concurrent suites (tests/tsan.sh) ==== begin
-#   make tsan     build $(TSAN_BUILD)/ with clang -fsanitize=thread, run the suites in
-#                 tests/tsan.sh under tests/tsan.supp; fails on any TSan report, in the
-#                 test output or in a daemon log. CI: about 3 minutes on 2 cores.
-# clang, not gcc: gcc 12's libtsan.so.2 takes 786 KiB of static TLS, more than the
-# agent thread's 512 KiB stack (dedupd/lib/agent.c), so pthread_create() fails with
-# EINVAL in every client; clang's runtime takes 2 KiB.
+# ==== tsan: ThreadSanitizer over the concurrent suites (issue #8) ==== begin
+#   make tsan     build, then run tests/tsan.sh: check_hash (table), check_store with
+#                 the test process instrumented; check_merge, check_reclaim (daemon),
+#                 check_pstate against an instrumented dedupd. Fails on any TSan
+#                 report (tests, forked children, daemons) or a suite that did not
+#                 complete; prints a one-line summary. Suppressions: tests/tsan.supp
+#                 (liburcu only). TSAN_STRICT=1: failed checks fail it too.
+# Two trees: $(TSAN_BUILD)/ (clang -fsanitize=thread) and $(TSAN_BUILD)/plain/ (no
+# sanitizer) for the client side; tests/tsan.sh says why.
+# clang, not gcc: gcc 12's libtsan.so.2 has 786 KiB of static TLS, more than the
+# agent thread's 512 KiB stack (dedupd/lib/agent.c), so under gcc's TSan every
+# process that registers memory fails in pthread_create() (EINVAL); clang's runtime
+# has 2 KiB, and its reports give columns.
 TSAN_BUILD ?= build-tsan
 TSAN_CC    ?= clang
+TSAN_BINS  := dedupd tests/check_hash tests/check_store
+TSAN_PLAIN := dedupctl libdedup.so libdedup-preload.so tools/dd-workload \
+	tests/check_merge tests/check_reclaim tests/check_pstate
+
+tsan: deps
+	$(Q)$(MAKE) --no-print-directory BUILD=$(TSAN_BUILD) SAN=thread CC=$(TSAN_CC) \
+		$(addprefix $(TSAN_BUILD)/,$(TSAN_BINS))
+	$(Q)$(MAKE) --no-print-directory BUILD=$(TSAN_BUILD)/plain SAN= \
+		$(addprefix $(TSAN_BUILD)/plain/,$(TSAN_PLAIN))
+	$(Q)TSAN_BUILD=$(TSAN_BUILD) ./tests/tsan.sh
+
 # clang ignores `#pragma GCC target`: give it the ISA of the two vector variants on
-# the command line instead (same effect: the whole file, chosen at run time).
+# its command line instead (same effect: the whole file; chosen at run time).
 ifneq ($(findstring clang,$(CC)),)
 $(BUILD)/obj/hash/pagehash_avx2.o: CFLAGS_ALL += -mavx2
 $(BUILD)/obj/hash/pagehash_avx512.o: CFLAGS_ALL += -mavx512f
 endif
+.PHONY: tsan
 # ==== tsan ==== end
+
+# ==== demo-vms: dedupd on three real QEMU guests, next to kernel KSM (issue #7) ==== begin
+#   make demo-vms  build, then run tests/vm/demo-vms.sh: three identical guests under
+#                  libdedup-preload.so with dedupd (scan.thp=split), then the same with
+#                  kernel KSM; before/after memory, estimate, convergence time and CPU,
+#                  checksums, a kill -9 of dedupd. Restores every KSM setting, stops
+#                  the guests, also on ^C. Needs root; boots guests with tests/vm/vm.sh.
+#                  Knobs: DEMO_VM_MIB, DEMO_VM_FILL, DEMO_VM_SKIP_KSM=1, ... (see the script).
+.PHONY: demo-vms
+demo-vms: deps
+	$(Q)$(MAKE) --no-print-directory all
+	$(Q)BUILD=$(BUILD) ./tests/vm/demo-vms.sh
+# ==== demo-vms ==== end

@@ -230,6 +230,7 @@ struct child_box {
 	atomic_uint_fast64_t calls;	  /* balloon handler calls */
 	atomic_uint_fast64_t balloon;	  /* balloon size it holds, bytes */
 	atomic_uint_fast64_t max_balloon; /* largest balloon held */
+	atomic_uint_fast64_t sweeps;	  /* the writer's passes over its memory */
 	atomic_int registered;		  /* 1 ok, < 0: -errno of dedup_register */
 	atomic_int verify;		  /* test: 1 asks the child to check its bytes */
 	atomic_int verified;		  /* child: 1 every byte as written, -1 not */
@@ -270,9 +271,17 @@ static int64_t on_balloon(uint64_t bytes, void *arg)
 	bytes &= ~(uint64_t)4095;
 	if (bytes > clen / 2)
 		bytes = clen / 2; /* it keeps half, whatever it is asked */
-	if (bytes > cur)
-		madvise(cmem + clen - bytes, bytes - cur, MADV_DONTNEED);
 	atomic_store(&cbox->balloon, bytes);
+	if (bytes > cur) {
+		/* Stop using the memory before giving it back: let the writer
+		 * finish the sweep it is in (it reads the balloon size before
+		 * each sweep), or it would fault the pages straight back in. */
+		uint64_t gen = atomic_load(&cbox->sweeps);
+
+		for (int i = 0; i < 100 && atomic_load(&cbox->sweeps) < gen + 2; i++)
+			h_sleep_ms(5);
+		madvise(cmem + clen - bytes, bytes - cur, MADV_DONTNEED);
+	}
 	if (bytes > atomic_load(&cbox->max_balloon))
 		atomic_store(&cbox->max_balloon, bytes);
 	atomic_fetch_add(&cbox->calls, 1);
@@ -324,6 +333,7 @@ static void child_main(const struct child_spec *s, struct child_box *box)
 			n = keep;
 		for (uint64_t i = 0; i < n; i++)
 			((volatile uint64_t *)(cmem + i * 4096))[1] = ++sweep;
+		atomic_fetch_add(&box->sweeps, 1);
 		h_sleep_ms(20);
 	}
 }
@@ -496,6 +506,7 @@ static void idle_tax_run(const char *tax, long *idle_kib, long *active_kib, bool
 	char *t = NULL;
 	bool settled = false;
 	uint64_t last_change = 0, calls = 0;
+	char last_state[32] = "";
 
 	memcg_dir(cg, sizeof(cg), "dd-check-reclaim", runner, tax);
 	ck_assert_int_eq(memcg_make(cg, 256 * MIB), 0);
@@ -529,6 +540,7 @@ static void idle_tax_run(const char *tax, long *idle_kib, long *active_kib, bool
 			last_change = h_now_ms();
 		}
 		settled = calls && !strcmp(doc_state(doc), "high") && h_now_ms() - last_change > 2000;
+		snprintf(last_state, sizeof(last_state), "%s", doc ? doc_state(doc) : "(no answer)");
 		json_object_put(doc);
 	}
 	*idle_kib = h_smaps_kib(kid[0], "Pss");
@@ -551,7 +563,10 @@ static void idle_tax_run(const char *tax, long *idle_kib, long *active_kib, bool
 		child_stop(kid[i]);
 	h_daemon_stop(d, SIGTERM);
 	memcg_remove(cg);
-	ck_assert_msg(settled, "tax %s: reclaim did not settle (see %s.log)", tax, sock);
+	ck_assert_msg(settled, "tax %s: reclaim did not settle: state %s, %llu balloon calls, "
+		      "the last %llu ms ago (see %s.log)", tax, last_state,
+		      (unsigned long long)calls, (unsigned long long)(h_now_ms() - last_change),
+		      sock);
 	if (deflate)
 		ck_assert_msg(!atomic_load(&box[0]->balloon) && !atomic_load(&box[1]->balloon),
 			      "balloons not deflated after the pressure ended");

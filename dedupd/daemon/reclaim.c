@@ -54,6 +54,7 @@
 
 #define TICK_MS 500
 #define BACKOFF_MS 30000 /* a failed backend sits out this long */
+#define STUCK_MS 10000	 /* a balloon short of its target this long is as big as it gets */
 #define NACTIONS 8	 /* remembered per client */
 #define PAGEOUT_IOV 1024
 #define MIB ((uint64_t)1 << 20)
@@ -73,7 +74,7 @@ struct rc_client {
 	int pidfd;
 	char comm[16];
 	void *agent;
-	bool busy, removed;
+	bool busy, leaving, removed;
 	/* parameters */
 	char name[DD_CONF_NAME_MAX]; /* matching [client.NAME], "" none */
 	uint32_t shares, req_shares;
@@ -89,6 +90,8 @@ struct rc_client {
 	int64_t balloon_bytes;	     /* reached; -1 unknown */
 	uint64_t balloon_target;
 	uint64_t unavailable_until;  /* CLOCK_MONOTONIC ms */
+	uint64_t full_until;	     /* gave all it could: not inflated further until then */
+	uint64_t progress_ms;	     /* when balloon_bytes last moved towards the target */
 	char backend_error[256];
 	struct dd_balloon_stats vstats;
 	/* estimates */
@@ -115,6 +118,7 @@ struct dd_reclaim {
 	struct dd_reclaim_ops ops;
 	struct dd_conf conf; /* our own copy (client sections included) */
 	enum dd_pstate state;
+	uint64_t high_since_ms; /* when the state last became high */
 	uint64_t total_bytes, free_bytes;
 	bool state_changed;
 	struct rc_client *clients;
@@ -359,6 +363,28 @@ int dd_reclaim_register(struct dd_reclaim *r, uint64_t id, uint32_t shares, uint
 	return ret;
 }
 
+/*
+ * The balloon reached bytes (r->lock held). A balloon that stays short of its
+ * target (the application gave what it could: final; a guest that stopped
+ * inflating: STUCK_MS) is as big as it gets for now: its target comes down to
+ * it, so nothing counts as still to come, and it is not inflated further for
+ * BACKOFF_MS; the next plan picks another victim.
+ */
+static void balloon_reached(struct rc_client *c, int64_t bytes, bool final)
+{
+	uint64_t now = mono_ms();
+
+	if (bytes != c->balloon_bytes)
+		c->progress_ms = now;
+	c->balloon_bytes = bytes;
+	if (bytes < 0 || (uint64_t)bytes >= c->balloon_target)
+		return;
+	if (final || now - c->progress_ms >= STUCK_MS) {
+		c->balloon_target = (uint64_t)bytes;
+		c->full_until = now + BACKOFF_MS;
+	}
+}
+
 /* dedupd connects to a VMM socket as root: it must be the client user's. */
 static int check_socket(const char *path, uid_t uid, char *err, size_t errlen)
 {
@@ -414,7 +440,7 @@ int dd_reclaim_balloon_info(struct dd_reclaim *r, uint64_t id, uint32_t backend,
 			snprintf(c->backend_error, sizeof(c->backend_error),
 				 "the handler failed: %s", strerror(-status));
 		else if (bytes >= 0)
-			c->balloon_bytes = bytes;
+			balloon_reached(c, bytes, true);
 	}
 out:
 	pthread_mutex_unlock(&r->lock);
@@ -428,9 +454,12 @@ void dd_reclaim_remove(struct dd_reclaim *r, uint64_t id)
 	pthread_mutex_lock(&r->lock);
 	c = find(r, id);
 	if (c) {
-		c->removed = true;
+		/* leaving: no new action takes it; removed (which lets the
+		 * thread free it) only once the action in progress is over. */
+		c->leaving = true;
 		while (c->busy)
 			pthread_cond_wait(&r->idle_cv, &r->lock);
+		c->removed = true;
 		c->agent = NULL;
 		if (c->admitted_min)
 			r->tot.reserved_bytes -= c->admitted_min;
@@ -461,8 +490,11 @@ void dd_reclaim_pressure(struct dd_reclaim *r, enum dd_pstate state, uint64_t to
 			 uint64_t free_bytes)
 {
 	pthread_mutex_lock(&r->lock);
-	if (state != r->state)
+	if (state != r->state) {
 		r->state_changed = true;
+		if (state == DD_PSTATE_HIGH)
+			r->high_since_ms = mono_ms();
+	}
 	r->state = state;
 	r->total_bytes = total_bytes;
 	r->free_bytes = free_bytes;
@@ -522,7 +554,7 @@ static void query_vmm(struct dd_reclaim *r, struct rc_client *c)
 	pthread_mutex_lock(&r->lock);
 	if (e == 0) {
 		c->vstats = st;
-		c->balloon_bytes = st.balloon_bytes;
+		balloon_reached(c, st.balloon_bytes, false);
 		c->backend_error[0] = 0;
 	} else {
 		if (strcmp(err, c->backend_error))
@@ -561,6 +593,7 @@ static int set_balloon(struct dd_reclaim *r, struct rc_client *c, uint64_t bytes
 	pthread_mutex_lock(&r->lock);
 	if (e == 0) {
 		c->balloon_target = bytes;
+		c->progress_ms = mono_ms();
 		note(c, "balloon %s to %" PRIu64 " MiB: %s", bytes ? "set" : "deflated",
 		     bytes / MIB, why);
 		r->tot.actions++;
@@ -666,7 +699,7 @@ static struct snap *grab(struct dd_reclaim *r, size_t *n)
 	size_t k = 0;
 
 	for (struct rc_client *c = r->clients; c; c = c->next)
-		k += !c->removed;
+		k += !c->removed && !c->leaving;
 	v = calloc(k ? k : 1, sizeof(*v));
 	if (!v) {
 		*n = 0;
@@ -674,7 +707,7 @@ static struct snap *grab(struct dd_reclaim *r, size_t *n)
 	}
 	k = 0;
 	for (struct rc_client *c = r->clients; c; c = c->next)
-		if (!c->removed) {
+		if (!c->removed && !c->leaving) {
 			c->busy = true;
 			rebind(r, c);
 			v[k++].c = c;
@@ -727,13 +760,22 @@ static void reap(struct dd_reclaim *r)
  * get theirs back first. Limits are lifted at once.
  */
 #define DEFLATE_MARGIN_PERCENT 2.0
+/* Balloons wait this long in the high state before they deflate: memory a
+ * client gets back it touches again, and deflating at once would bring the
+ * pressure straight back (measured: inflate/deflate every second with 96 MiB
+ * clients in a 256 MiB cgroup, without it). */
+#define DEFLATE_HOLD_MS 3000
 
-static void undo(struct dd_reclaim *r, struct snap *v, size_t n, uint64_t total, uint64_t free_b)
+static void undo(struct dd_reclaim *r, struct snap *v, size_t n, uint64_t total, uint64_t free_b,
+		 uint64_t high_since_ms)
 {
 	double keep = (double)total * (r->conf.pressure.high_free_percent + DEFLATE_MARGIN_PERCENT) /
 		      100.0;
 	uint64_t surplus = (double)free_b > keep ? (uint64_t)((double)free_b - keep) : 0;
 	uint64_t now = mono_ms();
+
+	if (now - high_since_ms < DEFLATE_HOLD_MS)
+		surplus = 0;
 
 	for (size_t i = 0; i < n; i++)
 		if (v[i].c->throttled)
@@ -814,7 +856,7 @@ static void act(struct dd_reclaim *r, struct snap *v, size_t n, enum dd_pstate s
 			if (floor_b > in[i].min_bytes)
 				in[i].min_bytes = floor_b;
 		}
-		in[i].eligible = (rc.balloon && balloon_usable(c, now)) ||
+		in[i].eligible = (rc.balloon && balloon_usable(c, now) && now >= c->full_until) ||
 				 (st >= DD_PSTATE_HARD && rc.pageout && swap_free && c->pidfd >= 0) ||
 				 (st == DD_PSTATE_LOW && rc.throttle);
 	}
@@ -831,7 +873,7 @@ static void act(struct dd_reclaim *r, struct snap *v, size_t n, enum dd_pstate s
 			continue;
 		snprintf(why, sizeof(why), "%s state, %" PRIu64 " MiB to free, rho %.3g lowest",
 			 state_name(st), need / MIB, c->rho * (double)MIB);
-		if (rc.balloon && balloon_usable(c, now))
+		if (rc.balloon && balloon_usable(c, now) && now >= c->full_until)
 			set_balloon(r, c, c->balloon_target + take[i], why);
 		if (st >= DD_PSTATE_HARD && rc.pageout && swap_free && now - c->last_pageout_ms >= 1000)
 			do_pageout(r, c, take[i], why);
@@ -849,7 +891,7 @@ out:
 static void tick(struct dd_reclaim *r)
 {
 	enum dd_pstate st;
-	uint64_t need, total, free_b, now = mono_ms();
+	uint64_t need, total, free_b, high_since, now = mono_ms();
 	bool period;
 	uint32_t npages;
 	struct snap *v;
@@ -862,6 +904,7 @@ static void tick(struct dd_reclaim *r)
 			  r->conf.pressure.high_free_percent + AIM_ABOVE_HIGH_PERCENT);
 	total = r->total_bytes;
 	free_b = r->free_bytes;
+	high_since = r->high_since_ms;
 	r->state_changed = false;
 	period = now >= r->next_sample_ms;
 	if (period)
@@ -887,7 +930,7 @@ static void tick(struct dd_reclaim *r)
 		}
 	}
 	if (st == DD_PSTATE_HIGH)
-		undo(r, v, n, total, free_b);
+		undo(r, v, n, total, free_b, high_since);
 	else
 		act(r, v, n, st, need);
 	release(r, v, n);

@@ -211,7 +211,8 @@ static inline void *fz_peer_main(void *arg)
 
 	pe->accepted = 0;
 	for (;;) {
-		size_t np = 0;
+		/* a connection accepted below is polled from the next round on */
+		size_t np = 0, polled = nconns;
 
 		/* once stopping, the pipe stays readable: poll an invalid fd in its place */
 		pfd[np++] = (struct pollfd){ .fd = stopping ? -1 : pe->stop[0], .events = POLLIN };
@@ -241,7 +242,7 @@ static inline void *fz_peer_main(void *arg)
 					close(fd);
 			}
 		}
-		for (size_t i = 0; i < nconns; i++) {
+		for (size_t i = 0; i < polled; i++) {
 			if (!pfd[2 + i].revents)
 				continue;
 			if (read(conns[i], sink, sizeof(sink)) <= 0) {

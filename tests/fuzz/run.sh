@@ -73,11 +73,15 @@ regress_one() {
 	count=$(echo "$files" | grep -c . || true)
 	[ "$count" -gt 0 ] || { printf '%-12s %8s\n' "$n" 0; return; }
 	mkdir -p "$B/logs"
+	t0=$(date +%s%N)
 	# shellcheck disable=SC2086 # one argument per file: the names have no blanks
-	if "$B/fuzz_$n" -timeout=10 -rss_limit_mb=2048 $files >"$B/logs/$n.regress.log" 2>&1; then
-		printf '%-12s %8s\n' "$n" "$count"
+	"$B/fuzz_$n" -timeout=10 -rss_limit_mb=2048 $files >"$B/logs/$n.regress.log" 2>&1
+	rc=$?
+	ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+	if [ "$rc" -eq 0 ]; then
+		printf '%-12s %8s %8s\n' "$n" "$count" "$ms"
 	else
-		printf '%-12s %8s  FAILED: see %s\n' "$n" "$count" "$B/logs/$n.regress.log"
+		printf '%-12s %8s %8s  FAILED: see %s\n' "$n" "$count" "$ms" "$B/logs/$n.regress.log"
 		failed="$failed $n"
 	fi
 }
@@ -90,7 +94,7 @@ fuzz)
 	;;
 regress)
 	start=$(date +%s)
-	printf '%-12s %8s\n' harness inputs
+	printf '%-12s %8s %8s\n' harness inputs ms
 	for n in "$@"; do regress_one "$n"; done
 	echo "fuzz-regress: $(( $(date +%s) - start )) s"
 	;;

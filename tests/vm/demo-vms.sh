@@ -1,0 +1,614 @@
+#!/bin/sh
+# tests/vm/demo-vms.sh (`make demo-vms`, issue #7): dedupd on real QEMU guests,
+# next to kernel KSM on the same guests.
+#
+#  1. dedupd: starts dedupd (scan.thp=split) with its scanner paused, boots three
+#     identical guests (tests/vm/vm.sh, QEMU under libdedup-preload.so), fills
+#     each with `dd-work fill MIB SEED` (seeds 1 2 3: half of the data is the
+#     same in every guest, half is each guest's own), checks the checksums,
+#     takes the "before" figures and runs `dedupctl estimate` on the three QEMU
+#     processes, then lets dedupd scan (pages_to_scan 100000, sleep 0: the
+#     settings KSM gets below) and waits until it has converged. Checksums are
+#     checked while it merges, after it converged and after a partial rewrite.
+#     Then the kill test: every guest rewrites part of its data again, and while
+#     dedupd merges that, it is killed with SIGKILL; every guest must keep
+#     running, answer on its serial console and QMP, and keep its checksums,
+#     also after writing again.
+#  2. KSM: the same with three fresh guests without the preload (QEMU's
+#     madvise(MADV_MERGEABLE) reaches the kernel), KSM run=1, pages_to_scan
+#     100000, sleep_millisecs 0, use_zero_pages 1. Every KSM setting is
+#     restored afterwards, also on ^C or an error; one left behind by a run
+#     that was killed outright is restored by the next run.
+#  3. A table side by side: time and CPU to converge (dedupd + its agents in
+#     the QEMU processes, against ksmd, from /proc/PID/stat), memory saved (the
+#     guest RAM's Pss from /proc/PID/smaps, QEMU's whole Pss, MemAvailable),
+#     and dedupd's saving against what estimate said could be freed.
+#
+# During both runs a background loop asks every guest, one after the other,
+# for `echo` on its serial console and for query-status on QMP; every answer
+# must come. The guests, dedupd and the pinger are stopped on exit or ^C.
+#
+# Knobs (environment): DEMO_VM_MIB (guest RAM, 256), DEMO_VM_FILL (MiB of
+# dd-work per guest, 64), DEMO_VM_REWRITE (%, 25), DEMO_VM_KILL_REWRITE (%, 50),
+# DEMO_VM_SKIP_KSM=1, DEMO_VM_DEDUPD_ARGS (extra dedupd arguments),
+# DEMO_VM_TIMEOUT (seconds to wait for convergence, 300), DEMO_VM_BOOT_TIMEOUT
+# (seconds per guest boot, 600), BUILD, and every
+# DEDUP_VM_* variable of vm.sh. Needs root. Exit 0 when every check passed,
+# 1 when one failed, 77 when the VM harness cannot run here.
+set -u
+
+cd "$(dirname "$0")/../.." || exit 2
+REPO=$(pwd)
+BUILD=${BUILD:-build}
+VM=tests/vm/vm.sh
+case $BUILD in
+/*) OUT=$BUILD/demo-vms ;;
+*) OUT=$REPO/$BUILD/demo-vms ;;
+esac
+SOCK=$OUT/dedupd.sock
+MIB=${DEMO_VM_MIB:-256}
+FILL=${DEMO_VM_FILL:-64}
+RW=${DEMO_VM_REWRITE:-25}
+KRW=${DEMO_VM_KILL_REWRITE:-50}
+TIMEOUT=${DEMO_VM_TIMEOUT:-300}
+GUESTS="demovm1 demovm2 demovm3"
+KSM=/sys/kernel/mm/ksm
+KSM_KNOBS="pages_to_scan sleep_millisecs use_zero_pages"
+TICK=$(getconf CLK_TCK)
+
+if [ "$(id -u)" != 0 ]; then
+	echo "demo-vms: needs root (QEMU guests, userfaultfd, /proc of other processes, KSM knobs)" >&2
+	exit 1
+fi
+for f in dedupd dedupctl libdedup-preload.so; do
+	[ -e "$BUILD/$f" ] || { echo "demo-vms: $BUILD/$f is missing: run make first" >&2; exit 1; }
+done
+mkdir -p "$OUT"
+
+# ---------------------------------------------------------------- cleanup
+
+daemon_pid="" pinger_pid="" bg_pids=""
+
+ksm_restore() {
+	[ -s "$OUT/ksm-restore.txt" ] || return 0
+	echo 0 >"$KSM/run" 2>/dev/null
+	while read -r knob value; do
+		printf '%s\n' "$value" >"$KSM/$knob" || echo "demo-vms: could not restore $KSM/$knob to $value" >&2
+	done <"$OUT/ksm-restore.txt"
+	echo "== KSM settings restored: $(tr '\n' ' ' <"$OUT/ksm-restore.txt")"
+	rm -f "$OUT/ksm-restore.txt"
+}
+
+# shellcheck disable=SC2317 # called by the traps
+cleanup() {
+	trap - EXIT INT TERM HUP
+	[ -n "$pinger_pid" ] && kill "$pinger_pid" 2>/dev/null
+	for p in $bg_pids; do kill "$p" 2>/dev/null; done
+	for g in $GUESTS; do
+		$VM pid "$g" >/dev/null 2>&1 && $VM stop "$g" >/dev/null 2>&1
+	done
+	if [ -n "$daemon_pid" ] && kill -0 "$daemon_pid" 2>/dev/null; then
+		kill "$daemon_pid" 2>/dev/null
+		wait "$daemon_pid" 2>/dev/null
+	fi
+	ksm_restore
+	rm -f "$OUT/ping.stop"
+}
+trap cleanup EXIT
+trap 'echo; echo "demo-vms: interrupted, cleaning up"; exit 130' INT TERM HUP
+
+# A previous run that was killed outright may have left KSM changed, or guests.
+ksm_restore
+for g in $GUESTS; do
+	$VM pid "$g" >/dev/null 2>&1 && $VM stop "$g" >/dev/null 2>&1
+done
+
+# ---------------------------------------------------------------- helpers
+
+# Failures go to a file: some checks run in background subshells.
+fail() {
+	echo "FAIL $*"
+	echo "FAIL $*" >>"$OUT/failures.txt"
+}
+
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
+secs() { awk -v m="$1" 'BEGIN { printf "%.1f", m / 1000 }'; }
+mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }   # KiB -> MiB
+
+# MemAvailable plus the pages on the per-CPU free lists, KiB (see tests/tools/demo.sh).
+avail() {
+	a=$(awk '$1 == "MemAvailable:" { print $2 }' /proc/meminfo)
+	p=$(awk '$1 == "count:" { n += $2 } END { print n * 4 }' /proc/zoneinfo)
+	echo $((a + p))
+}
+# utime + stime of a process or task, in clock ticks (fields 14 and 15).
+ticks() { sed 's/.*) //' "$1/stat" 2>/dev/null | awk '{ print $12 + $13 }'; }
+# CPU ticks of the dedupd agent threads in the given QEMU processes.
+agent_ticks() {
+	t=0
+	for p in "$@"; do
+		for task in /proc/"$p"/task/*; do
+			[ "$(cat "$task/comm" 2>/dev/null)" = dedup-agent ] || continue
+			t=$((t + $(ticks "$task")))
+		done
+	done
+	echo "$t"
+}
+ksmd_pid() {
+	for d in /proc/[0-9]*; do
+		[ "$(cat "$d/comm" 2>/dev/null)" = ksmd ] && { echo "${d#/proc/}"; return 0; }
+	done
+	return 1
+}
+kib_of() { awk -v f="$2:" '$1 == f { print $2; exit }' "/proc/$1/$3" 2>/dev/null; }
+# One figure of `dedupctl stats --json`.
+dstat() { "$BUILD/dedupctl" -s "$SOCK" stats --json 2>/dev/null | sed -n "s/.*\"$1\":\\([-0-9]*\\).*/\\1/p"; }
+# A number from a JSON text: jnum KEY <file
+jnum() { sed -n "s/.*\"$1\":\\([-0-9.]*\\).*/\\1/p" | head -n 1; }
+# A figure of `vm.sh mem NAME` (KiB), from the saved output.
+memfig() { sed -n "s/.* $2=\\([0-9]*\\).*/\\1/p; s/^$2=\\([0-9]*\\).*/\\1/p" "$OUT/$1.mem" | head -n 1; }
+
+seed_of() {
+	case $1 in
+	*1) echo 1 ;; *2) echo 2 ;; *) echo 3 ;;
+	esac
+}
+
+# Run COMMAND in every guest at once; NAME.out holds each answer. Status: failures.
+all_run() {
+	tag=$1 cmd=$2
+	pids=""
+	for g in $GUESTS; do
+		c=$(echo "$cmd" | sed "s/@SEED@/$(seed_of "$g")/g")
+		$VM run "$g" -t 600 "$c" >"$OUT/$g.$tag.out" 2>&1 &
+		pids="$pids $!"
+	done
+	bg_pids=$pids
+	n=0
+	for p in $pids; do wait "$p" || n=$((n + 1)); done
+	bg_pids=""
+	return "$n"
+}
+
+# The host's expected checksum of guest G after the fill and rewrites PCTS.
+# shellcheck disable=SC2086 # $2: a list of percentages
+expect_of() { $VM expect "$FILL" "$(seed_of "$1")" $2 | sed -n 's/^DD-EXPECT //p'; }
+
+# check_all LABEL "PCTS": dd-work check in every guest; its sum must equal the
+# host's. Records "LABEL guest OK|BAD" in $OUT/sums.txt.
+check_all() {
+	label=$1 pcts=$2
+	all_run check "dd-work check"
+	for g in $GUESTS; do
+		want=$(expect_of "$g" "$pcts")
+		got=$(sed -n 's/^DD-CHECK OK //p' "$OUT/$g.check.out" | tr -d '\r')
+		if [ -n "$want" ] && [ "$got" = "$want" ]; then
+			echo "$PHASE $label $g OK $got" >>"$OUT/sums.txt"
+		else
+			echo "$PHASE $label $g BAD want=$want got=$(tr -d '\r' <"$OUT/$g.check.out" | head -n 3 | tr '\n' ' ')" >>"$OUT/sums.txt"
+			fail "$PHASE: checksum $label in $g: want $want, guest said: $(head -n 2 "$OUT/$g.check.out" | tr '\n' ' ')"
+		fi
+	done
+}
+
+# The pinger: every guest in turn, `echo` on the serial console and
+# query-status on QMP, until $OUT/ping.stop exists. One line per probe.
+pinger() {
+	while [ ! -e "$OUT/ping.stop" ]; do
+		for g in $GUESTS; do
+			t0=$(now_ms)
+			s=ok q=ok
+			$VM run "$g" -t 300 'echo DD-ALIVE' 2>/dev/null | grep -q '^DD-ALIVE' || s=FAIL
+			t1=$(now_ms)
+			$VM qmp "$g" -t 30 '{"execute":"query-status"}' 2>/dev/null | grep -q '"status": "running"' || q=FAIL
+			echo "$PHASE $g serial=$s qmp=$q serial_ms=$((t1 - t0)) qmp_ms=$(($(now_ms) - t1))" >>"$OUT/ping.txt"
+		done
+		sleep 1
+	done
+}
+pinger_start() {
+	rm -f "$OUT/ping.stop"
+	pinger &
+	pinger_pid=$!
+}
+pinger_stop() {
+	: >"$OUT/ping.stop"
+	wait "$pinger_pid" 2>/dev/null
+	pinger_pid=""
+	n=$(grep -c "^$PHASE .*serial=ok qmp=ok" "$OUT/ping.txt")
+	bad=$(grep "^$PHASE " "$OUT/ping.txt" | grep -c FAIL)
+	slow=$(grep "^$PHASE " "$OUT/ping.txt" | sed 's/.*serial_ms=\([0-9]*\).*/\1/' | sort -n | tail -n 1)
+	echo "   serial console and QMP: $n probes answered, $bad missed (slowest serial answer $(secs "${slow:-0}") s)"
+	eval "PING_OK_$PHASE=$n PING_BAD_$PHASE=$bad"
+	[ "$bad" -eq 0 ] || fail "$PHASE: $bad serial/QMP probes were not answered (see $OUT/ping.txt)"
+	[ "$n" -gt 0 ] || fail "$PHASE: no serial/QMP probe answered"
+}
+
+# One guest after the other: on two busy cores, three TCG guests booting at once
+# take longer in all than one after the other, and can run into the time-out.
+boot_all() { # extra boot words
+	for g in $GUESTS; do
+		if ! $VM boot "$g" -m "$MIB" -t "${DEMO_VM_BOOT_TIMEOUT:-600}" "$@" >"$OUT/$g.boot.out" 2>&1; then
+			tail -n 8 "$OUT/$g.boot.out"
+			fail "$PHASE: guest $g did not boot"
+			exit 1
+		fi
+		sed -n 's/^vm.sh: \(.* up in [0-9.]* s\).*/   \1/p' "$OUT/$g.boot.out"
+	done
+	QPIDS=""
+	for g in $GUESTS; do QPIDS="$QPIDS $($VM pid "$g")"; done
+}
+
+fill_all() {
+	t0=$(now_ms)
+	all_run fill "dd-work fill $FILL @SEED@" || true
+	for g in $GUESTS; do
+		want=$(expect_of "$g" "")
+		got=$(sed -n 's/^DD-EXPECT //p' "$OUT/$g.fill.out" | tr -d '\r')
+		[ "$got" = "$want" ] || fail "$PHASE: fill in $g: DD-EXPECT $got, the host computes $want"
+	done
+	echo "   dd-work fill $FILL MiB in each guest (seeds 1 2 3): $(secs $(($(now_ms) - t0))) s"
+}
+
+rewrite_all() { # PCT, the PCTS before it
+	all_run rewrite "dd-work rewrite $1" || true
+	for g in $GUESTS; do
+		want=$(expect_of "$g" "$2 $1")
+		got=$(sed -n 's/^DD-EXPECT //p' "$OUT/$g.rewrite.out" | tr -d '\r')
+		[ "$got" = "$want" ] || fail "$PHASE: rewrite $1 in $g: DD-EXPECT $got, the host computes $want"
+	done
+}
+
+# Per guest: QEMU's RSS and Pss (whole process) and the guest RAM's RSS, Pss,
+# AnonHugePages (smaps over pc.ram), into variables NAME_<fig>_<when>.
+snapshot() { # WHEN
+	for g in $GUESTS; do
+		p=$($VM pid "$g")
+		$VM mem "$g" >"$OUT/$g.mem" 2>/dev/null
+		eval "${g}_rss_$1=$(kib_of "$p" VmRSS status)"
+		eval "${g}_ppss_$1=$(kib_of "$p" Pss smaps_rollup)"
+		eval "${g}_ramrss_$1=$(memfig "$g" rss_kib)"
+		eval "${g}_rampss_$1=$(memfig "$g" pss_kib)"
+		eval "${g}_ramhuge_$1=$(memfig "$g" anon_huge_kib)"
+		eval "${g}_vmas_$1=$(memfig "$g" vmas)"
+	done
+	eval "avail_$1=$(avail)"
+}
+v() { eval "echo \${$1:-0}"; }
+
+print_memory() { # BEFORE AFTER
+	printf '   %-9s %7s | %-25s | %-25s | %-25s | %s\n' guest pid "QEMU RSS MiB (process)" \
+		"QEMU Pss MiB (process)" "guest RAM Pss MiB (smaps)" "THP MiB, VMAs of RAM"
+	tb=0 ta=0 pb=0 pa=0 rb=0 ra=0
+	for g in $GUESTS; do
+		printf '   %-9s %7s | %7s -> %7s %7s | %7s -> %7s %7s | %7s -> %7s %7s | %s -> %s, %s -> %s\n' \
+			"$g" "$($VM pid "$g")" \
+			"$(mib "$(v "${g}_rss_$1")")" "$(mib "$(v "${g}_rss_$2")")" \
+			"-$(mib $(($(v "${g}_rss_$1") - $(v "${g}_rss_$2"))))" \
+			"$(mib "$(v "${g}_ppss_$1")")" "$(mib "$(v "${g}_ppss_$2")")" \
+			"-$(mib $(($(v "${g}_ppss_$1") - $(v "${g}_ppss_$2"))))" \
+			"$(mib "$(v "${g}_rampss_$1")")" "$(mib "$(v "${g}_rampss_$2")")" \
+			"-$(mib $(($(v "${g}_rampss_$1") - $(v "${g}_rampss_$2"))))" \
+			"$(mib "$(v "${g}_ramhuge_$1")")" "$(mib "$(v "${g}_ramhuge_$2")")" \
+			"$(v "${g}_vmas_$1")" "$(v "${g}_vmas_$2")"
+		tb=$((tb + $(v "${g}_rss_$1"))) ta=$((ta + $(v "${g}_rss_$2")))
+		pb=$((pb + $(v "${g}_ppss_$1"))) pa=$((pa + $(v "${g}_ppss_$2")))
+		rb=$((rb + $(v "${g}_rampss_$1"))) ra=$((ra + $(v "${g}_rampss_$2")))
+	done
+	printf '   %-9s %7s | %7s -> %7s %7s | %7s -> %7s %7s | %7s -> %7s %7s |\n' total "" \
+		"$(mib $tb)" "$(mib $ta)" "-$(mib $((tb - ta)))" "$(mib $pb)" "$(mib $pa)" \
+		"-$(mib $((pb - pa)))" "$(mib $rb)" "$(mib $ra)" "-$(mib $((rb - ra)))"
+	echo "   host MemAvailable + per-CPU free lists: $(mib "$(v "avail_$1")") -> $(mib "$(v "avail_$2")") MiB" \
+		"(+$(mib $(($(v "avail_$2") - $(v "avail_$1")))) MiB; other processes on the host move it too)"
+	eval "SAVED_PSS_$PHASE=$((pb - pa)) SAVED_RAMPSS_$PHASE=$((rb - ra)) SAVED_AVAIL_$PHASE=$(($(v "avail_$2") - $(v "avail_$1")))"
+	eval "SAVED_RSS_$PHASE=$((tb - ta))"
+}
+
+# converge ENGINE: poll the engine's saved pages every 0.5 s until they have
+# not changed for 3 s (and, for KSM, 2 more full scans ran); record time and CPU.
+# Sets CONV_MS (to 95 % of the final saving), STABLE_MS, CPU95, CPU_END (ticks).
+saved_pages() {
+	if [ "$1" = dedupd ]; then
+		s=$("$BUILD/dedupctl" -s "$SOCK" stats --json 2>/dev/null)
+		sh=$(echo "$s" | jnum pages_sharing) z=$(echo "$s" | jnum zero_pages)
+		echo $((${sh:-0} + ${z:-0}))
+	else
+		echo $(($(cat $KSM/pages_sharing) + $(cat $KSM/ksm_zero_pages 2>/dev/null || echo 0) - KSM_BASE))
+	fi
+}
+engine_ticks() {
+	if [ "$1" = dedupd ]; then
+		# shellcheck disable=SC2086
+		echo $(($(ticks "/proc/$daemon_pid") + $(agent_ticks $QPIDS) - CPU_BASE))
+	else
+		echo $(($(ticks "/proc/$KSMD") - CPU_BASE))
+	fi
+}
+converge() {
+	: >"$OUT/$1.series"
+	last=-1 since=$T0 scans0=0
+	[ "$1" = ksm ] && scans0=$(cat $KSM/full_scans)
+	while :; do
+		sleep 0.5
+		t=$(($(now_ms) - T0))
+		cur=$(saved_pages "$1")
+		c=$(engine_ticks "$1")
+		echo "$t $cur $c" >>"$OUT/$1.series"
+		if [ "$cur" != "$last" ]; then
+			last=$cur since=$(now_ms)
+			[ "$1" = ksm ] && scans0=$(cat $KSM/full_scans)
+		elif [ "$cur" -gt 0 ] && [ $(($(now_ms) - since)) -ge 3000 ]; then
+			[ "$1" = dedupd ] && break
+			[ $(($(cat $KSM/full_scans) - scans0)) -ge 2 ] && break
+		fi
+		if [ "$t" -gt $((TIMEOUT * 1000)) ]; then
+			fail "$PHASE: not converged after $TIMEOUT s"
+			break
+		fi
+	done
+	STABLE_MS=$t CPU_END=$c FINAL=$cur
+	awk -v f="$cur" '$2 >= 0.95 * f { print $1, $3; exit }' "$OUT/$1.series" >"$OUT/$1.p95"
+	read -r CONV_MS CPU95 <"$OUT/$1.p95"
+}
+
+print_series() { # ENGINE: a few points of the saving over time
+	awk -v tick="$TICK" 'NR == 1 || NR % 4 == 0 { printf "     %6.1f s  %7.1f MiB saved  %5.2f CPU-s\n", $1 / 1000, $2 * 4 / 1024, $3 / tick }' \
+		"$OUT/$1.series" | tail -n 12
+}
+
+# ================================================================ 0: can we run?
+
+echo "== demo-vms: 3 guests x $MIB MiB, dd-work $FILL MiB each; output in $OUT"
+if ! out=$($VM fetch 2>&1) || ! out=$($VM initramfs 2>&1); then
+	echo "$out" | tail -n 5
+	echo "demo-vms: SKIP: the VM harness cannot be set up here: $(echo "$out" | tail -n 1)"
+	exit 77
+fi
+rm -f "$OUT"/*.out "$OUT"/*.mem "$OUT"/*.series "$OUT"/*.p95 "$OUT/ping.txt" "$OUT/sums.txt" \
+	"$OUT/failures.txt" "$OUT/dedupd.log" "$OUT"/estimate*
+: >"$OUT/ping.txt"
+: >"$OUT/sums.txt"
+START=$(now_ms)
+
+# ================================================================ 1: dedupd
+
+PHASE=dedupd
+echo
+echo "== 1. dedupd (scan.thp=split; scanner paused until the estimate is taken)"
+rm -f "$SOCK"
+# shellcheck disable=SC2086
+"$BUILD/dedupd" --foreground --socket "$SOCK" --metrics-listen "" --set scan.thp=split \
+	--pages-to-scan 1 --sleep-millisecs 60000 ${DEMO_VM_DEDUPD_ARGS:-} \
+	>"$OUT/dedupd.log" 2>&1 &
+daemon_pid=$!
+i=0
+until "$BUILD/dedupctl" -s "$SOCK" status >/dev/null 2>&1; do
+	i=$((i + 1))
+	[ $i -gt 200 ] && { cat "$OUT/dedupd.log"; fail "dedupd did not start"; exit 1; }
+	sleep 0.05
+done
+echo "   dedupd pid $daemon_pid on $SOCK (log $OUT/dedupd.log)"
+
+DEDUP_VM_PRELOAD=$BUILD/libdedup-preload.so boot_all "DEDUPD_SOCKET=$SOCK"
+echo "   dedupd clients: $(dstat clients), regions $(dstat regions), pages registered $(dstat pages_registered)"
+pinger_start
+fill_all
+check_all before ""
+snapshot before
+echo "   before merging: dedupd pages_sharing $(dstat pages_sharing), zero_pages $(dstat zero_pages) (scanner paused)"
+
+# shellcheck disable=SC2086
+"$BUILD/dedupctl" estimate --json --pid $QPIDS >"$OUT/estimate.json" 2>"$OUT/estimate.err"
+# shellcheck disable=SC2086
+"$BUILD/dedupctl" estimate --pid $QPIDS >"$OUT/estimate.txt" 2>&1
+EST_MERGE=$(jnum pages_saved_if_merged <"$OUT/estimate.json")
+EST_ZERO=$(jnum zero_pages <"$OUT/estimate.json")
+EST_ACROSS=$(jnum pages_saved_across_pids <"$OUT/estimate.json")
+EST_WITHIN=$(jnum pages_saved_within_pids <"$OUT/estimate.json")
+EST_PAGES=$((${EST_MERGE:-0} + ${EST_ZERO:-0}))
+echo "   dedupctl estimate --pid$QPIDS (every private writable page of the three QEMU processes):"
+sed 's/^/     /' "$OUT/estimate.txt"
+if command -v python3 >/dev/null 2>&1; then
+	# The same count split into the guest RAM (what QEMU registers) and the rest.
+	# shellcheck disable=SC2086
+	python3 tests/vm/estimate-split.py --vm-sh "$VM" $GUESTS >"$OUT/estimate-split.txt" 2>&1 &&
+		sed 's/^/     /' "$OUT/estimate-split.txt"
+	EST_RAM=$(sed -n 's/^guest-RAM-pages-freeable \([0-9]*\).*/\1/p' "$OUT/estimate-split.txt")
+fi
+
+CPU_BASE=0
+CPU_BASE=$(engine_ticks dedupd)
+T0=$(now_ms)
+if ! "$BUILD/dedupctl" -s "$SOCK" set scan.pages_to_scan=100000 >/dev/null ||
+	! "$BUILD/dedupctl" -s "$SOCK" set scan.sleep_millisecs=0 >/dev/null; then
+	fail "dedupctl set did not take"
+fi
+echo "   scanner started (pages_to_scan 100000, sleep_millisecs 0); dd-work check in every guest meanwhile"
+(
+	m0=$(dstat merges)
+	check_all during ""
+	echo "$m0 $(dstat merges)" >"$OUT/during.merges"
+) &
+during_pid=$!
+bg_pids=$during_pid
+converge dedupd
+wait "$during_pid"
+bg_pids=""
+read -r m0 m1 <"$OUT/during.merges"
+echo "   dd-work check ran in every guest while dedupd did $((m1 - m0)) merges: $(grep -c "^dedupd during .* OK" "$OUT/sums.txt") of 3 sums right"
+D_CONV=$CONV_MS D_STABLE=$STABLE_MS D_CPU95=$CPU95 D_CPU=$CPU_END D_FINAL=$FINAL
+snapshot after
+"$BUILD/dedupctl" -s "$SOCK" stats --json >"$OUT/dedupd-stats.json"
+"$BUILD/dedupctl" -s "$SOCK" regions --json >"$OUT/dedupd-regions.json" 2>/dev/null
+echo "   converged: 95 % of the final saving after $(secs "$D_CONV") s, stable after $(secs "$D_STABLE") s;" \
+	"CPU $(awk -v t="$D_CPU95" -v k="$TICK" 'BEGIN { printf "%.2f", t / k }') s to 95 %," \
+	"$(awk -v t="$D_CPU" -v k="$TICK" 'BEGIN { printf "%.2f", t / k }') s in all (dedupd + agents)"
+print_series dedupd
+echo "   dedupctl stats:"
+"$BUILD/dedupctl" -s "$SOCK" stats | grep -E 'pages_(registered|shared|sharing|unshared|volatile)|zero_pages|full_scans|merges|merge_failed|cow_breaks|thp_|store_pages|vmas|bytes_saved_net|scan_cpu' |
+	sed 's/^/     /'
+print_memory before after
+if command -v python3 >/dev/null 2>&1; then
+	# shellcheck disable=SC2086
+	python3 tests/vm/estimate-split.py --after --vm-sh "$VM" $GUESTS >"$OUT/left-dedupd.txt" 2>&1 &&
+		sed '/^guest-RAM-pages-left/d; s/^/   /' "$OUT/left-dedupd.txt"
+fi
+D_SAVED_PAGES=$D_FINAL
+D_NET=$(jnum bytes_saved_net <"$OUT/dedupd-stats.json")
+check_all after ""
+echo "   dd-work rewrite $RW % (shared pages stay equal across guests, so they merge again)"
+rewrite_all "$RW" ""
+check_all rewrite "$RW"
+T1=$(now_ms)
+last=-1
+while :; do # until the saving has settled again (at most 60 s)
+	sleep 1
+	cur=$(saved_pages dedupd)
+	[ "$cur" = "$last" ] && break
+	last=$cur
+	[ $(($(now_ms) - T1)) -gt 60000 ] && break
+done
+echo "   after the rewrite: $(awk -v p="$cur" 'BEGIN { printf "%.1f", p * 4 / 1024 }') MiB saved again," \
+	"cow_breaks $(dstat cow_breaks), merges $(dstat merges)"
+check_all after-rewrite "$RW"
+
+echo
+echo "== 1b. kill test: kill -9 dedupd while it merges"
+m0=$(dstat merges)
+all_run rewrite "dd-work rewrite $KRW" || true
+i=0
+while [ "$(dstat merges)" = "$m0" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+m1=$(dstat merges)
+k_shared=$(dstat pages_sharing)
+kill -9 "$daemon_pid"
+wait "$daemon_pid" 2>/dev/null
+echo "   killed dedupd (pid $daemon_pid) with SIGKILL after $((m1 - m0)) merges of the rewritten pages; pages_sharing was $k_shared"
+daemon_pid=""
+sleep 1
+for g in $GUESTS; do
+	p=$($VM pid "$g") || { fail "kill test: guest $g is gone"; continue; }
+	s=$($VM run "$g" -t 120 'echo DD-ALIVE' 2>&1 | grep -c '^DD-ALIVE')
+	q=$($VM qmp "$g" '{"execute":"query-status"}' 2>&1 | grep -c '"status": "running"')
+	echo "   $g: QEMU pid $p running, serial console $([ "$s" = 1 ] && echo answers || echo SILENT)," \
+		"QMP status $([ "$q" = 1 ] && echo running || echo WRONG), guest-RAM Pss $(mib "$($VM mem "$g" | sed -n 's/.* pss_kib=\([0-9]*\).*/\1/p')") MiB"
+	if [ "$s" != 1 ] || [ "$q" != 1 ]; then fail "kill test: $g does not answer"; fi
+done
+check_all after-kill "$RW $KRW"
+echo "   writing again without dedupd: dd-work rewrite 10"
+rewrite_all 10 "$RW $KRW"
+check_all after-kill-rewrite "$RW $KRW 10"
+grep "^dedupd after-kill" "$OUT/sums.txt" | sed 's/^dedupd /   /'
+pinger_stop
+for g in $GUESTS; do $VM stop "$g" >/dev/null 2>&1; done
+
+# ================================================================ 2: KSM
+
+PHASE=ksm
+echo
+if [ "${DEMO_VM_SKIP_KSM:-0}" = 1 ]; then
+	echo "== 2. KSM: skipped (DEMO_VM_SKIP_KSM=1)"
+elif [ "$(cat $KSM/run)" != 0 ]; then
+	echo "== 2. KSM: skipped: KSM is in use on this host (run=$(cat $KSM/run)); not touching it"
+	fail "KSM run skipped: $KSM/run is $(cat $KSM/run)"
+else
+	echo "== 2. kernel KSM (no preload: QEMU's madvise(MADV_MERGEABLE) goes to the kernel)"
+	KSMD=$(ksmd_pid) || { fail "no ksmd thread"; exit 1; }
+	boot_all
+	pinger_start
+	fill_all
+	check_all before ""
+	snapshot before
+	# shellcheck disable=SC2086
+	"$BUILD/dedupctl" estimate --json --pid $QPIDS >"$OUT/estimate-ksm.json" 2>/dev/null
+	: >"$OUT/ksm-restore.txt.new"
+	for k in run $KSM_KNOBS; do echo "$k $(cat "$KSM/$k")" >>"$OUT/ksm-restore.txt.new"; done
+	mv "$OUT/ksm-restore.txt.new" "$OUT/ksm-restore.txt"
+	echo 100000 >$KSM/pages_to_scan
+	echo 0 >$KSM/sleep_millisecs
+	echo 1 >$KSM/use_zero_pages
+	KSM_BASE=$(($(cat $KSM/pages_sharing) + $(cat $KSM/ksm_zero_pages 2>/dev/null || echo 0)))
+	CPU_BASE=0
+	CPU_BASE=$(engine_ticks ksm)
+	T0=$(now_ms)
+	echo 1 >$KSM/run
+	echo "   KSM run=1 (pages_to_scan 100000, sleep_millisecs 0, use_zero_pages 1); ksmd pid $KSMD; dd-work check in every guest meanwhile"
+	(
+		m0=$(cat $KSM/pages_sharing)
+		check_all during ""
+		echo "$m0 $(cat $KSM/pages_sharing)" >"$OUT/during.merges"
+	) &
+	during_pid=$!
+	bg_pids=$during_pid
+	converge ksm
+	wait "$during_pid"
+	bg_pids=""
+	read -r m0 m1 <"$OUT/during.merges"
+	echo "   dd-work check ran in every guest while KSM's pages_sharing went from $m0 to $m1: $(grep -c "^ksm during .* OK" "$OUT/sums.txt") of 3 sums right"
+	K_CONV=$CONV_MS K_STABLE=$STABLE_MS K_CPU95=$CPU95 K_CPU=$CPU_END K_FINAL=$FINAL
+	snapshot after
+	echo "   converged: 95 % of the final saving after $(secs "$K_CONV") s, stable after $(secs "$K_STABLE") s;" \
+		"ksmd CPU $(awk -v t="$K_CPU95" -v k="$TICK" 'BEGIN { printf "%.2f", t / k }') s to 95 %," \
+		"$(awk -v t="$K_CPU" -v k="$TICK" 'BEGIN { printf "%.2f", t / k }') s in all"
+	print_series ksm
+	echo "   KSM: pages_shared $(cat $KSM/pages_shared), pages_sharing $(cat $KSM/pages_sharing)," \
+		"ksm_zero_pages $(cat $KSM/ksm_zero_pages 2>/dev/null), pages_unshared $(cat $KSM/pages_unshared)," \
+		"full_scans $(cat $KSM/full_scans), general_profit $(cat $KSM/general_profit 2>/dev/null) B"
+	K_PROFIT=$(cat $KSM/general_profit 2>/dev/null || echo 0)
+	print_memory before after
+	if command -v python3 >/dev/null 2>&1; then
+		# shellcheck disable=SC2086
+		python3 tests/vm/estimate-split.py --after --vm-sh "$VM" $GUESTS >"$OUT/left-ksm.txt" 2>&1 &&
+			sed '/^guest-RAM-pages-left/d; s/^/   /' "$OUT/left-ksm.txt"
+	fi
+	check_all after ""
+	rewrite_all "$RW" ""
+	check_all rewrite "$RW"
+	sleep 5
+	check_all after-rewrite "$RW"
+	pinger_stop
+	ksm_restore
+	for g in $GUESTS; do $VM stop "$g" >/dev/null 2>&1; done
+fi
+
+# ================================================================ 3: the table
+
+cpu() { awk -v t="${1:-0}" -v k="$TICK" 'BEGIN { printf "%.2f", t / k }'; }
+pg() { awk -v p="${1:-0}" 'BEGIN { printf "%.1f", p * 4 / 1024 }'; }
+echo
+echo "== 3. side by side (3 guests x $MIB MiB, $FILL MiB of dd-work each)"
+printf '   %-58s %12s %12s\n' figure dedupd KSM
+printf '   %-58s %12s %12s\n' "time to 95 % of the final saving (s)" "$(secs "${D_CONV:-0}")" "$(secs "${K_CONV:-0}")"
+printf '   %-58s %12s %12s\n' "time until the saving held for 3 s (s)" "$(secs "${D_STABLE:-0}")" "$(secs "${K_STABLE:-0}")"
+printf '   %-58s %12s %12s\n' "CPU seconds to 95 % (dedupd + agents / ksmd)" "$(cpu "${D_CPU95:-0}")" "$(cpu "${K_CPU95:-0}")"
+printf '   %-58s %12s %12s\n' "CPU seconds until stable" "$(cpu "${D_CPU:-0}")" "$(cpu "${K_CPU:-0}")"
+printf '   %-58s %12s %12s\n' "pages merged + zero pages, engine's count (MiB)" "$(pg "${D_FINAL:-0}")" "$(pg "${K_FINAL:-0}")"
+printf '   %-58s %12s %12s\n' "saved: guest RAM Pss, smaps (MiB)" "$(mib "${SAVED_RAMPSS_dedupd:-0}")" "$(mib "${SAVED_RAMPSS_ksm:-0}")"
+printf '   %-58s %12s %12s\n' "saved: QEMU processes' Pss, smaps_rollup (MiB)" "$(mib "${SAVED_PSS_dedupd:-0}")" "$(mib "${SAVED_PSS_ksm:-0}")"
+printf '   %-58s %12s %12s\n' "saved: QEMU processes' RSS (MiB)" "$(mib "${SAVED_RSS_dedupd:-0}")" "$(mib "${SAVED_RSS_ksm:-0}")"
+printf '   %-58s %12s %12s\n' "saved: host MemAvailable + per-CPU lists (MiB)" "$(mib "${SAVED_AVAIL_dedupd:-0}")" "$(mib "${SAVED_AVAIL_ksm:-0}")"
+printf '   %-58s %12s %12s\n' "net saving, engine's own figure (MiB)" \
+	"$(awk -v b="${D_NET:-0}" 'BEGIN { printf "%.1f", b / 1048576 }')" \
+	"$(awk -v b="${K_PROFIT:-0}" 'BEGIN { printf "%.1f", b / 1048576 }')"
+printf '   %-58s %12s %12s\n' "serial + QMP probes answered / missed" \
+	"${PING_OK_dedupd:-0}/${PING_BAD_dedupd:-0}" "${PING_OK_ksm:-0}/${PING_BAD_ksm:-0}"
+echo
+echo "   estimate before merging (dedupd's guests): merge $(pg "$EST_MERGE") MiB" \
+	"(within $(pg "$EST_WITHIN"), across $(pg "$EST_ACROSS")) + zero pages $(pg "$EST_ZERO") MiB = $(pg "$EST_PAGES") MiB"
+ratio=$(awk -v d="${D_SAVED_PAGES:-0}" -v e="$EST_PAGES" 'BEGIN { printf "%.1f", e ? 100 * d / e : 0 }')
+echo "   dedupd freed $(pg "$D_SAVED_PAGES") MiB: $ratio % of what estimate counts over the whole QEMU processes"
+if [ -n "${EST_RAM:-}" ]; then
+	ratio_ram=$(awk -v d="${D_SAVED_PAGES:-0}" -v e="$EST_RAM" 'BEGIN { printf "%.1f", e ? 100 * d / e : 0 }')
+	echo "   and $ratio_ram % of what is freeable in the guest RAM that QEMU offers for merging ($(pg "$EST_RAM") MiB)"
+fi
+echo
+n_ok=$(grep -c ' OK ' "$OUT/sums.txt") n_bad=$(grep -c ' BAD ' "$OUT/sums.txt")
+echo "   checksums: $n_ok right, $n_bad wrong (before, during and after merging, after rewrites, after the kill; $OUT/sums.txt)"
+echo "   run time $(secs $(($(now_ms) - START))) s"
+failures=0
+[ -f "$OUT/failures.txt" ] && failures=$(wc -l <"$OUT/failures.txt")
+if [ "$failures" -eq 0 ]; then
+	echo "demo-vms: PASS"
+	exit 0
+fi
+echo "demo-vms: FAIL ($failures; see $OUT/failures.txt)"
+exit 1
