@@ -24,6 +24,8 @@ libcurl4-openssl-dev
 # systemd, and on a systemd host `systemctl disable --now prometheus` stops
 # it), systemd-analyze verifies the unit, groff checks the man pages.
 PKGS="$PKGS prometheus systemd groff-base"
+# Tests only: libFuzzer's runtime for the fuzz corpus replay (make fuzz-regress).
+PKGS="$PKGS libclang-rt-14-dev"
 [ "${DEDUP_DEPS_EXTRA:-}" ] && PKGS="$PKGS $DEDUP_DEPS_EXTRA"
 
 missing=""

@@ -195,6 +195,7 @@ struct dd_scanner {
 	pthread_t scan_thread, fault_thread;
 	bool running;
 	atomic_bool stop;
+	atomic_bool fault_stop; /* the fault thread's own: set after the scan threads end */
 	int fault_wake; /* eventfd in fault_ep: stop, or a sync request */
 	int fault_ep;   /* epoll over the clients' uffds + fault_wake */
 	uint64_t last_gc_ms;
@@ -576,6 +577,36 @@ static int ensure_store_sent(struct dd_scanner *s, struct dd_sclient *c, struct 
 	return r;
 }
 
+static void apply_events(struct dd_scanner *s, struct dd_sclient *c);
+static void rearm(struct dd_sclient *c, struct dd_region *r);
+
+/*
+ * Regions overlapping [addr, addr+len) whose every page is gone (the
+ * application unmapped them without unregistering: mmap() may hand the same
+ * addresses out again, and a new registration there must not be refused).
+ * c->lock held.
+ */
+static void drop_gone_regions(struct dd_scanner *s, struct dd_sclient *c, uint64_t addr,
+			      uint64_t len)
+{
+	struct dd_region **pp = &c->regions, *r;
+
+	while ((r = *pp)) {
+		bool gone = addr < r->start + (uint64_t)r->npages * DD_PAGE_SIZE &&
+			    r->start < addr + len;
+
+		for (uint32_t i = 0; gone && i < r->npages; i++)
+			gone = r->pages[i].state == PG_GONE;
+		if (!gone) {
+			pp = &r->next;
+			continue;
+		}
+		*pp = r->next;
+		region_kill(s, r);
+		region_put(r);
+	}
+}
+
 /*
  * What one client may make us allocate: a page record (16 B) per registered
  * page and a region header per region. A process registering more than the
@@ -699,9 +730,22 @@ int dd_scanner_register(struct dd_scanner *s, struct dd_sclient *c, uint64_t add
 	rc = check_limits(s, c, len, err, errlen);
 	if (rc < 0)
 		return rc;
+	fault_sync(s); /* unmap events read from the uffd, so that... */
 	pthread_mutex_lock(&c->lock);
+	apply_events(s, c); /* ...a region unmapped without UNREGISTER is seen */
+	drop_gone_regions(s, c, addr, len);
 	for (r = c->regions; r; r = r->next)
 		if (addr < r->start + (uint64_t)r->npages * DD_PAGE_SIZE && r->start < addr + len) {
+			/* The same range in the same domain again (mapped anew in
+			 * place, or offered twice, as QEMU does): already registered;
+			 * make sure its VMAs are registered with the uffd. */
+			if (r->start == addr && (uint64_t)r->npages * DD_PAGE_SIZE == len &&
+			    r->dom->policy == policy && r->dom->key == key && r->dom->salt == salt &&
+			    dd_maps_check_range(c->maps_path, addr, len, err, errlen) == 0) {
+				rearm(c, r);
+				rc = 0;
+				goto out;
+			}
 			snprintf(err, errlen, "range %#llx+%#llx overlaps the registered region at "
 				 "%#llx", (unsigned long long)addr, (unsigned long long)len,
 				 (unsigned long long)r->start);
@@ -868,7 +912,7 @@ static void *fault_main(void *arg)
 	struct dd_scanner *s = arg;
 	struct epoll_event ev[32];
 
-	while (!atomic_load(&s->stop)) {
+	while (!atomic_load(&s->fault_stop)) {
 		int n = epoll_wait(s->fault_ep, ev, 32, 1000);
 
 		for (int i = 0; i < n; i++) {
@@ -901,7 +945,7 @@ static void fault_sync(struct dd_scanner *s)
 	}
 	/* The batch in hand when we read g ends with g + 1; a thread that was
 	 * waiting wakes on our write and also ends its batch with g + 1. */
-	while (fault_gen < g + 1 && !atomic_load(&s->stop))
+	while (fault_gen < g + 1 && !atomic_load(&s->fault_stop))
 		pthread_cond_wait(&fault_cv, &fault_mx);
 	pthread_mutex_unlock(&fault_mx);
 }
@@ -2000,7 +2044,17 @@ void dd_scanner_stop(struct dd_scanner *s)
 	pthread_mutex_unlock(&s->pass_lock);
 	for (unsigned i = 0; i < s->nworkers; i++)
 		pthread_join(s->workers[i].thread, NULL);
+	/* The fault thread stops last: a scan thread may still be waiting for
+	 * an agent whose remap waits for its unmap event to be read, and the
+	 * writers it froze wait for the fault thread too. */
+	atomic_store(&s->fault_stop, true);
+	if (write(s->fault_wake, &one, sizeof(one)) < 0) {
+		/* eventfd full: the thread is awake anyway */
+	}
 	pthread_join(s->fault_thread, NULL);
+	pthread_mutex_lock(&fault_mx);
+	pthread_cond_broadcast(&fault_cv);
+	pthread_mutex_unlock(&fault_mx);
 	s->running = false;
 }
 

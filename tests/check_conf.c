@@ -953,6 +953,13 @@ START_TEST(test_dump_round_trip)
 	ck_assert_int_eq(dd_conf_set(&c, "socket_mode", "7", err, sizeof(err)), 0);
 	ck_assert_int_eq(dd_conf_set(&c, "client.vm1.match_uid", "0", err, sizeof(err)), 0);
 	round_trip(&c);
+	/* Blanks at the ends, quotes at both ends: quoted in the dump, so they
+	 * read back as they were (found by fuzzing). */
+	ck_assert_int_eq(dd_conf_set(&c, "client.vm1.match_comm", " a ", err, sizeof(err)), 0);
+	round_trip(&c);
+	ck_assert_int_eq(dd_conf_set(&c, "client.vm1.match_comm", "\"\"x\"\"", err, sizeof(err)),
+			 0);
+	round_trip(&c);
 	dd_conf_free(&c);
 }
 END_TEST

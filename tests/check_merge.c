@@ -834,6 +834,45 @@ START_TEST(test_restart_readopts_clients)
 }
 END_TEST
 
+/* A region unmapped without dedup_unregister(): mmap() hands the same
+ * addresses out again, and registering them again must work (found by the
+ * soak test: it used to answer EEXIST forever). */
+START_TEST(test_register_after_unmap)
+{
+	pid_t pid;
+	int st;
+
+	H_SKIP_UNLESS_ROOT();
+	pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		size_t len = 1 << 20;
+		char *a = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		char *b;
+
+		memset(a, 1, len);
+		if (dedup_register(a, len, NULL))
+			_exit(2);
+		munmap(a, len);
+		b = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (b != a)
+			_exit(77); /* the kernel chose another address: nothing to show */
+		memset(b, 2, len);
+		if (dedup_register(b, len, NULL)) {
+			fprintf(stderr, "register again: %s\n", dedup_strerror());
+			_exit(3);
+		}
+		_exit(0);
+	}
+	waitpid(pid, &st, 0);
+	if (WIFEXITED(st) && WEXITSTATUS(st) == 77) {
+		printf("SKIP %s: mmap gave another address\n", __func__);
+		return;
+	}
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "status %d", st);
+}
+END_TEST
+
 /* MADV_DONTNEED on merged pages: a plain one refaults the shared content
  * (the kernel's rule for private file mappings); dedup_discard(), which the
  * preload applies after the program's own DONTNEED, gives zeros. */
@@ -929,6 +968,7 @@ static Suite *merge_suite(void)
 	tcase_add_test(tc, test_scan_keeps_cow_pages_shared);
 	tcase_add_test(tc, test_restart_readopts_clients);
 	tcase_add_test(tc, test_discard_reads_zeros);
+	tcase_add_test(tc, test_register_after_unmap);
 	tcase_add_test(tc, test_preload_routes_madvise);
 	tcase_add_test(tc, test_preload_falls_back_without_daemon);
 	suite_add_tcase(s, tc);

@@ -297,6 +297,25 @@ START_TEST(test_fake_maps)
 }
 END_TEST
 
+/* A file name longer than the line buffer must not be read as a line of its
+ * own: a client controls its file names and could forge a mapping (found by
+ * fuzzing, tests/fuzz/regress/procmaps/long_path_forges_vma). */
+START_TEST(test_long_path_forges_nothing)
+{
+	static char text[12000];
+	int n;
+
+	n = snprintf(text, sizeof(text), "10000000-10001000 rw-s 00000000 00:01 9   /tmp/");
+	/* The forged line starts where a 4096-byte fgets() buffer ends. */
+	memset(text + n, 'a', 4095 - (size_t)n);
+	snprintf(text + 4095, sizeof(text) - 4095, "60000000-60001000 rw-p 00000000 00:00 0\n");
+	write_fake(text);
+	ck_assert_int_eq(fcheck(0x60000000, 0x1000), -EFAULT);
+	ck_assert_int_eq(fcheck(0x10000000, 0x1000), -EINVAL);
+	unlink(fake);
+}
+END_TEST
+
 /* ---- counts ---------------------------------------------------------------- */
 
 static long count_lines(const char *path)
@@ -370,6 +389,7 @@ Suite *procmaps_suite(void)
 	tcase_add_test(tc, test_mlocked_refused);
 	tcase_add_test(tc, test_wrapping_range_refused);
 	tcase_add_test(tc, test_fake_maps);
+	tcase_add_test(tc, test_long_path_forges_nothing);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("count");

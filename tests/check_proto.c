@@ -566,6 +566,23 @@ START_TEST(test_fd_closed_on_refusal)
 }
 END_TEST
 
+/* An empty packet reads as the end of the connection; an fd it carries must
+ * not leak (found by fuzzing: tests/fuzz/regress/proto/empty_packet_with_fd). */
+START_TEST(test_fd_closed_on_empty_packet)
+{
+	int p[2], fd = 12345, before = count_fds();
+
+	make_pipe(p);
+	send_raw("", 0, p[1]);
+	close(p[1]);
+	ck_assert_int_eq(dd_msg_recv(sp[1], rbuf, sizeof(rbuf), &fd, 1000), 0);
+	ck_assert_int_eq(fd, -1);
+	ck_assert_msg(pipe_writers_gone(p[0]), "fd of an empty packet leaked");
+	close(p[0]);
+	ck_assert_int_eq(count_fds(), before);
+}
+END_TEST
+
 START_TEST(test_fd_closed_when_not_wanted)
 {
 	struct dd_msg_hello m;
@@ -659,6 +676,7 @@ Suite *proto_suite(void)
 	tcase_add_checked_fixture(tc, pair_setup, pair_teardown);
 	tcase_add_test(tc, test_fd_passed);
 	tcase_add_test(tc, test_fd_closed_on_refusal);
+	tcase_add_test(tc, test_fd_closed_on_empty_packet);
 	tcase_add_test(tc, test_fd_closed_when_not_wanted);
 	tcase_add_test(tc, test_fd_extra_closed);
 	suite_add_tcase(s, tc);

@@ -63,7 +63,7 @@
  *     BLOCKED_MAX_MS, 3 x the worst seen, well under agent_timeout_millisecs
  *     (5 s), which a freeze that never settles reaches.
  *   - 5 or 10 s in 20 of the 33 SIGTERM restarts of the last 8 runs, and
- *     dedupd took as long to stop (at most 10274 ms): dd_scanner_stop() lets
+ *     dedupd took as long to stop (at most 10.4 s): dd_scanner_stop() lets
  *     the fault thread exit while a scan thread still has a batch at an
  *     agent, whose mmap() then waits in userfaultfd_event_wait_completion for
  *     an event nobody reads, until the scan thread gives up on the REMAP

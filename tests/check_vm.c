@@ -219,6 +219,11 @@ static int boot_in_cgroup(const char *cg, const char *name, const char *sock, co
 			_exit(3);
 		snprintf(pre, sizeof(pre), "%s/libdedup-preload.so", h_build());
 		setenv("DEDUP_VM_PRELOAD", pre, 1);
+		/* On a busy host a TCG guest can fail the kernel's boot-time timer
+		 * check and panic ("IO-APIC + timer doesn't work!"). */
+		snprintf(pre, sizeof(pre), "%s no_timer_check",
+			 getenv("DEDUP_VM_APPEND") ? getenv("DEDUP_VM_APPEND") : "");
+		setenv("DEDUP_VM_APPEND", pre, 1);
 		_exit(vm_boot(name, GUEST_MIB, env) == 0 ? 0 : 1);
 	}
 	if (p < 0)

@@ -28,7 +28,10 @@ ROOT=$(pwd)
 TSAN_BUILD=${TSAN_BUILD:-build-tsan}
 PLAIN=$TSAN_BUILD/plain
 MIXED=$TSAN_BUILD/mixed
-REPORTS=$ROOT/$TSAN_BUILD/tsan-reports
+case $TSAN_BUILD in
+/*) REPORTS=$TSAN_BUILD/tsan-reports ;;
+*) REPORTS=$ROOT/$TSAN_BUILD/tsan-reports ;;
+esac
 LOGS=$TSAN_BUILD/tsan-logs
 t0=$(date +%s)
 
@@ -50,7 +53,7 @@ run_suite() {
 	name=$1 build=$2 bin=$3
 	shift 3
 	start=$(date +%s)
-	env BUILD="$build" CK_TIMEOUT_MULTIPLIER="${CK_TIMEOUT_MULTIPLIER:-3}" "$@" "$bin" \
+	env BUILD="$build" CK_TIMEOUT_MULTIPLIER="${CK_TIMEOUT_MULTIPLIER:-2}" "$@" "$bin" \
 		>"$LOGS/$name.log" 2>&1
 	rc=$?
 	line=$(grep -E '^[0-9]+%: Checks: ' "$LOGS/$name.log" | tail -n 1)
