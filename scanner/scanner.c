@@ -134,6 +134,7 @@ struct dd_sclient {
 	bool events_lost;
 	/* pend_lock */
 	pthread_mutex_t pend_lock;
+	bool closed; /* removed: pend_add() queues nothing more */
 	struct pend *pend;
 	size_t npend, cappend;
 	/* active-memory sample (lock): pages write-protected to see writes */
@@ -159,7 +160,11 @@ struct dd_unstable {
 	atomic_bool live; /* in the table */
 };
 
+#define KNOB(s, f) __atomic_load_n(&(s)->knobs.f, __ATOMIC_RELAXED)
+#define KNOB_SET(s, f, v) __atomic_store_n(&(s)->knobs.f, (v), __ATOMIC_RELAXED)
 #define UPOOL_CHUNK 65536u
+#define UPOOL_MAX_CHUNKS 65536u /* 2^32 nodes; the array of chunk pointers is 512 KiB
+				 * of address space, touched as chunks come */
 
 struct merge {
 	struct dd_region *r;
@@ -205,7 +210,7 @@ struct dd_scanner {
 	uint32_t upool_chunks, upool_next;
 	uint32_t *upool_free;
 	size_t upool_nfree, upool_capfree;
-	uint32_t idle_passes;
+	atomic_uint idle_passes;
 	uint64_t pass_merges0; /* merges when the pass started */
 	/* scan threads: each claims whole clients, in id order, once per pass */
 	struct dd_worker *workers;
@@ -262,11 +267,19 @@ static bool vma_room(const struct dd_sclient *c)
 	return c->vmas - c->vmas_base + 2 <= c->vma_budget && c->vmas + 2 <= c->vma_limit;
 }
 
+static void client_put(struct dd_sclient *c);
+
+/* A region holds a reference on its client: another client's scan may find
+ * one of its pages in the unstable table and queue a merge on r->c. */
 static void region_put(struct dd_region *r)
 {
 	if (atomic_fetch_sub(&r->refs, 1) == 1) {
+		struct dd_sclient *c = r->c;
+
 		free(r->pages);
 		free(r);
+		if (c)
+			client_put(c);
 	}
 }
 
@@ -374,7 +387,7 @@ struct dd_sclient *dd_scanner_add_client(struct dd_scanner *s, pid_t pid, uid_t 
 	/* VMAs our remaps may add: the knob, or half of what the process has
 	 * left; and never closer than 1024 to vm.max_map_count, so that the
 	 * application's own mmap() never fails because of us. */
-	c->vma_budget = s->knobs.max_vmas_per_client ? (long)s->knobs.max_vmas_per_client
+	c->vma_budget = KNOB(s, max_vmas_per_client) ? (long)KNOB(s, max_vmas_per_client)
 						     : (max - c->vmas) / 2;
 	c->vma_limit = max - 1024;
 	c->id = ++s->next_client_id;
@@ -416,11 +429,12 @@ void dd_scanner_remove_client(struct dd_scanner *s, struct dd_sclient *c)
 	c->regions = NULL;
 	pthread_mutex_unlock(&c->lock);
 	pthread_mutex_lock(&c->pend_lock);
+	c->closed = true;
 	for (size_t i = 0; i < c->npend; i++) {
 		dd_store_pend_done(c->pend[i].r->dom->store, c->pend[i].slot, false);
 		region_put(c->pend[i].r);
 	}
-	c->npend = 0;
+	__atomic_store_n(&c->npend, 0, __ATOMIC_RELAXED);
 	pthread_mutex_unlock(&c->pend_lock);
 	pthread_mutex_lock(&s->lock);
 	for (pp = &s->clients; *pp; pp = &(*pp)->next)
@@ -719,7 +733,7 @@ int dd_scanner_register(struct dd_scanner *s, struct dd_sclient *c, uint64_t add
 		return -EINVAL;
 	}
 	if (policy == DD_DOMAIN_DEFAULT)
-		policy = s->knobs.share_domain;
+		policy = KNOB(s, share_domain);
 	if (policy < DD_DOMAIN_ALL || policy > DD_DOMAIN_SALT) {
 		snprintf(err, errlen, "unknown share domain policy %u", policy);
 		return -EINVAL;
@@ -788,6 +802,7 @@ int dd_scanner_register(struct dd_scanner *s, struct dd_sclient *c, uint64_t add
 	r->npages = (uint32_t)(len / DD_PAGE_SIZE);
 	r->dom = d;
 	r->c = c;
+	atomic_fetch_add(&c->refs, 1); /* dropped when the region is freed */
 	atomic_init(&r->refs, 1);
 	if (nsv)
 		atomic_fetch_add(&s->pages_adopted, adopt_pages(c, r, sv, nsv));
@@ -796,7 +811,7 @@ int dd_scanner_register(struct dd_scanner *s, struct dd_sclient *c, uint64_t add
 	*pp = r;
 	atomic_fetch_add(&s->registered, r->npages);
 	atomic_fetch_add(&s->nregions, 1);
-	s->idle_passes = 0; /* new memory: scan at full rate again */
+	atomic_store(&s->idle_passes, 0); /* new memory: scan at full rate again */
 	rc = 0;
 out:
 	pthread_mutex_unlock(&c->lock);
@@ -1032,6 +1047,11 @@ static void mq_add(struct dd_worker *w, struct dd_region *r, uint32_t idx, int64
 static void pend_add(struct dd_sclient *c, struct dd_region *r, uint32_t idx, uint32_t slot)
 {
 	pthread_mutex_lock(&c->pend_lock);
+	if (c->closed) { /* the client is leaving: nobody will run it */
+		pthread_mutex_unlock(&c->pend_lock);
+		dd_store_pend_done(r->dom->store, slot, false);
+		return;
+	}
 	if (c->npend == c->cappend) {
 		size_t cap = c->cappend ? c->cappend * 2 : 64;
 		struct pend *p = realloc(c->pend, cap * sizeof(*p));
@@ -1044,7 +1064,8 @@ static void pend_add(struct dd_sclient *c, struct dd_region *r, uint32_t idx, ui
 		c->cappend = cap;
 	}
 	atomic_fetch_add(&r->refs, 1);
-	c->pend[c->npend++] = (struct pend){ r, idx, slot };
+	c->pend[c->npend] = (struct pend){ r, idx, slot };
+	__atomic_store_n(&c->npend, c->npend + 1, __ATOMIC_RELAXED);
 	pthread_mutex_unlock(&c->pend_lock);
 }
 
@@ -1140,20 +1161,19 @@ static struct dd_unstable *unode_get(struct dd_scanner *s)
 		u = unode(s, s->upool_free[--s->upool_nfree]);
 	} else {
 		i = s->upool_next;
+		if (i / UPOOL_CHUNK >= UPOOL_MAX_CHUNKS)
+			goto out;
 		if (i / UPOOL_CHUNK >= s->upool_chunks) {
-			struct dd_unstable **v = realloc(s->upool, (s->upool_chunks + 1) * sizeof(*v));
-
-			if (!v)
-				goto out;
-			s->upool = v;
-			v[s->upool_chunks] = calloc(UPOOL_CHUNK, sizeof(**v));
-			if (!v[s->upool_chunks])
+			/* The chunk array never moves (sized for the most chunks at
+			 * start): lock-free readers index it. */
+			s->upool[s->upool_chunks] = calloc(UPOOL_CHUNK, sizeof(**s->upool));
+			if (!s->upool[s->upool_chunks])
 				goto out;
 			s->upool_chunks++;
 		}
-		s->upool_next++;
 		u = unode(s, i);
 		u->self = i;
+		__atomic_store_n(&s->upool_next, i + 1, __ATOMIC_RELEASE);
 	}
 out:
 	pthread_mutex_unlock(&s->upool_lock);
@@ -1206,7 +1226,7 @@ static struct dd_unstable *unstable_of(struct dd_scanner *s, struct dd_region *r
 	struct dd_page *p = &r->pages[idx];
 	struct dd_unstable *u;
 
-	if (p->state != PG_UNSTABLE || p->slot >= s->upool_next)
+	if (p->state != PG_UNSTABLE || p->slot >= __atomic_load_n(&s->upool_next, __ATOMIC_ACQUIRE))
 		return NULL;
 	u = unode(s, p->slot);
 	return atomic_load(&u->live) && u->r == r && u->idx == idx ? u : NULL;
@@ -1356,7 +1376,7 @@ static void replace(struct dd_worker *w, struct dd_sclient *c, struct merge *q, 
 			continue;
 		}
 		if (!z)
-			c->vmas += 2; /* a remap splits at most one VMA in three */
+			__atomic_fetch_add(&c->vmas, 2, __ATOMIC_RELAXED); /* splits one VMA in three */
 		e[z][ne[z]] = (struct dd_remap_entry){
 			.addr = mq_addr(&q[i]),
 			.store_off = z ? 0 : (uint64_t)q[i].slot * DD_PAGE_SIZE,
@@ -1432,8 +1452,15 @@ static void settle(struct dd_scanner *s, struct dd_sclient *c, struct merge *q, 
 		 * of its pages breaks COW (rearm()), before it is frozen next time. */
 		ioctl(c->uffd, UFFDIO_WAKE, &rg);
 	}
+	/* The unmap events of our own remaps were all raised by now (the agent's
+	 * mmap waits until its event is read); once the fault thread is done
+	 * with them, what is left expected never comes: a remap over a VMA we
+	 * left unregistered raises none. Forget those, or an application's own
+	 * mmap over the same range later would pass for ours. */
+	fault_sync(s);
 	pthread_mutex_lock(&c->fault_lock);
 	c->ninflight = 0;
+	c->nexpect = 0;
 	pthread_mutex_unlock(&c->fault_lock);
 	for (size_t i = 0; i < n; i++)
 		if (q[i].ref)
@@ -1470,7 +1497,7 @@ static void flush(struct dd_worker *w, struct dd_sclient *c)
 		long v = dd_maps_count(c->maps_path);
 
 		if (v >= 0)
-			c->vmas = v;
+			__atomic_store_n(&c->vmas, v, __ATOMIC_RELAXED);
 		c->vmas_counted_ms = now_ms();
 	}
 	for (size_t i = 0; i < n; i++)
@@ -1486,7 +1513,7 @@ static void flush(struct dd_worker *w, struct dd_sclient *c)
 
 static size_t merge_cap(struct dd_scanner *s)
 {
-	uint32_t b = s->knobs.merge_batch_pages;
+	uint32_t b = KNOB(s, merge_batch_pages);
 
 	return b && b < MAX_MERGE ? b : MAX_MERGE;
 }
@@ -1530,7 +1557,7 @@ static uint32_t thp_pages(struct dd_scanner *s, struct dd_sclient *c, uint64_t b
 	for (long k = 0; k < got; k++) {
 		uint64_t a = v[k].start, b = v[k].end;
 
-		if (s->knobs.thp_split && c->pidfd >= 0) {
+		if (KNOB(s, thp_split) && c->pidfd >= 0) {
 			for (uint64_t t = a & ~(THP_BYTES - 1); t < b; t += THP_BYTES) {
 				struct iovec iov = { (void *)(uintptr_t)(t > a ? t : a), DD_PAGE_SIZE };
 
@@ -1623,7 +1650,7 @@ static int scan_batch(struct dd_worker *w, struct dd_sclient *c, struct dd_regio
 			continue;
 		scanned++;
 		csum = dd_page_hash(pg);
-		zero = s->knobs.zero_pages && !(p->flags & PGF_REMAPPED) && dd_page_is_zero(pg);
+		zero = KNOB(s, zero_pages) && !(p->flags & PGF_REMAPPED) && dd_page_is_zero(pg);
 		if (p->state == PG_UNSTABLE) {
 			struct dd_unstable *u = unstable_of(s, r, idx0 + i);
 
@@ -1705,7 +1732,9 @@ static void run_pending(struct dd_worker *w)
 		for (;;) {
 			pthread_mutex_lock(&c->pend_lock);
 			while (c->npend && w->nmq < merge_cap(s)) {
-				struct pend *p = &c->pend[--c->npend];
+				struct pend *p = &c->pend[c->npend - 1];
+
+				__atomic_store_n(&c->npend, c->npend - 1, __ATOMIC_RELAXED);
 
 				w->mq[w->nmq++] = (struct merge){ .r = p->r, .idx = p->idx,
 								  .slot = p->slot, .ref = true };
@@ -1740,9 +1769,9 @@ static void pass_end(struct dd_scanner *s)
 	/* Idle passes (nothing merged) stretch the pause, up to
 	 * idle_backoff_ms_max: no need to rescan unchanged memory at full rate. */
 	if (atomic_load(&s->merges) == s->pass_merges0)
-		s->idle_passes++;
+		atomic_fetch_add(&s->idle_passes, 1);
 	else
-		s->idle_passes = 0;
+		atomic_store(&s->idle_passes, 0);
 	s->pass_merges0 = atomic_load(&s->merges);
 	atomic_store(&s->pages_volatile, atomic_exchange(&s->pass_volatile, 0));
 	atomic_store(&s->thp_skipped, atomic_exchange(&s->pass_thp_skipped, 0));
@@ -1770,7 +1799,7 @@ static void pass_end(struct dd_scanner *s)
 		id = c->id + 1;
 		pthread_mutex_lock(&c->lock);
 		if (v >= 0)
-			c->vmas = v;
+			__atomic_store_n(&c->vmas, v, __ATOMIC_RELAXED);
 		pthread_mutex_unlock(&c->lock);
 		client_put(c);
 	}
@@ -1802,9 +1831,11 @@ static uint32_t pause_ms(struct dd_scanner *s)
 	uint32_t ms;
 
 	pthread_mutex_lock(&s->lock);
+	unsigned idle = atomic_load(&s->idle_passes);
+
 	ms = s->knobs.sleep_millisecs;
-	if (s->idle_passes >= 2 && s->knobs.idle_backoff_ms_max) {
-		uint32_t extra = 10u << (s->idle_passes - 2 < 7 ? s->idle_passes - 2 : 7);
+	if (idle >= 2 && s->knobs.idle_backoff_ms_max) {
+		uint32_t extra = 10u << (idle - 2 < 7 ? idle - 2 : 7);
 
 		ms += extra < s->knobs.idle_backoff_ms_max ? extra : s->knobs.idle_backoff_ms_max;
 	}
@@ -1838,7 +1869,7 @@ static void scan_client(struct dd_worker *w, struct dd_sclient *c)
 		uint32_t budget;
 
 		pthread_mutex_lock(&s->lock);
-		budget = s->knobs.pages_to_scan / s->nworkers;
+		budget = KNOB(s, pages_to_scan) / s->nworkers;
 		pthread_mutex_unlock(&s->lock);
 		budget = budget ? budget : 1;
 		pthread_mutex_lock(&c->lock);
@@ -1952,6 +1983,11 @@ struct dd_scanner *dd_scanner_new(const struct dd_scan_knobs *k, const struct dd
 		return NULL;
 	pthread_mutex_init(&s->lock, NULL);
 	pthread_mutex_init(&s->upool_lock, NULL);
+	s->upool = calloc(UPOOL_MAX_CHUNKS, sizeof(*s->upool));
+	if (!s->upool) {
+		free(s);
+		return NULL;
+	}
 	pthread_mutex_init(&s->pass_lock, NULL);
 	pthread_cond_init(&s->pass_cv, NULL);
 	pthread_mutex_init(&s->sleep_mx, NULL);
@@ -2100,9 +2136,18 @@ void dd_scanner_free(struct dd_scanner *s)
 void dd_scanner_set_knobs(struct dd_scanner *s, const struct dd_scan_knobs *k)
 {
 	pthread_mutex_lock(&s->lock);
-	s->knobs = *k;
-	s->knobs.scan_threads = s->nworkers; /* fixed at start */
-	s->idle_passes = 0;
+	/* Scan threads read single knobs without the lock (KNOB()): each field
+	 * is stored atomically; a reader may see old and new fields mixed for
+	 * one batch, never a torn one. */
+	KNOB_SET(s, pages_to_scan, k->pages_to_scan);
+	KNOB_SET(s, sleep_millisecs, k->sleep_millisecs);
+	KNOB_SET(s, merge_batch_pages, k->merge_batch_pages);
+	KNOB_SET(s, max_vmas_per_client, k->max_vmas_per_client);
+	KNOB_SET(s, share_domain, k->share_domain);
+	KNOB_SET(s, zero_pages, k->zero_pages);
+	KNOB_SET(s, idle_backoff_ms_max, k->idle_backoff_ms_max);
+	KNOB_SET(s, thp_split, k->thp_split);
+	atomic_store(&s->idle_passes, 0);
 	pthread_mutex_unlock(&s->lock);
 	pthread_mutex_lock(&s->sleep_mx);
 	pthread_cond_broadcast(&s->sleep_cv);
@@ -2138,9 +2183,11 @@ void dd_scanner_stats(struct dd_scanner *s, struct dd_scan_stats *o)
 	}
 	for (struct dd_sclient *c = s->clients; c; c = c->next) {
 		o->clients++;
-		o->vmas += (uint64_t)c->vmas;
-		if (c->vmas > c->vmas_base)
-			o->vmas_added += (uint64_t)(c->vmas - c->vmas_base);
+		long v = __atomic_load_n(&c->vmas, __ATOMIC_RELAXED);
+
+		o->vmas += (uint64_t)v;
+		if (v > c->vmas_base)
+			o->vmas_added += (uint64_t)(v - c->vmas_base);
 		o->meta_bytes += sizeof(*c);
 	}
 	pthread_mutex_unlock(&s->lock);
@@ -2187,7 +2234,7 @@ void dd_scanner_regions(struct dd_scanner *s, void (*fn)(const struct dd_region_
 			struct dd_region_info ri = {
 				.pid = c->pid, .client_id = c->id, .start = r->start,
 				.pages = r->npages, .domain = r->dom->id, .merged = r->merged,
-				.zero = r->zero, .vmas = (uint64_t)c->vmas,
+				.zero = r->zero, .vmas = (uint64_t)__atomic_load_n(&c->vmas, __ATOMIC_RELAXED),
 			};
 			fn(&ri, arg);
 		}

@@ -926,7 +926,9 @@ START_TEST(test_lib_overlap)
 	ck_assert_int_eq(dedup_register(p + 2 * PG, 4 * PG, NULL), 0);
 	ck_assert_str_eq(dedup_strerror(), "");
 	ck_assert(h_wait_stat(sock, "regions", 1, false, 3000));
-	assert_lib_err(dedup_register(p + 2 * PG, 4 * PG, NULL), -EEXIST, "overlaps");
+	/* The same range again is already registered (QEMU offers RAM twice). */
+	ck_assert_int_eq(dedup_register(p + 2 * PG, 4 * PG, NULL), 0);
+	ck_assert_int_eq(h_stat(sock, "regions"), 1);
 	assert_lib_err(dedup_register(p, 3 * PG, NULL), -EEXIST, "overlaps");
 	assert_lib_err(dedup_register(p + 5 * PG, 3 * PG, NULL), -EEXIST, "overlaps");
 	assert_lib_err(dedup_register(p + 3 * PG, PG, NULL), -EEXIST, "overlaps");

@@ -11,11 +11,11 @@
 #include <string.h>
 #include <strings.h>
 
-static int max_level = DD_LOG_INFO;
+static int max_level = DD_LOG_INFO; /* read by every thread: atomic loads and stores */
 
 void dd_log_set_level(int level)
 {
-	max_level = level;
+	__atomic_store_n(&max_level, level, __ATOMIC_RELAXED);
 }
 
 int dd_log_level_parse(const char *s)
@@ -38,7 +38,7 @@ static void vlog(int level, int r, const char *fmt, va_list ap)
 					"warning", "notice", "info", "debug" };
 	char msg[1024];
 
-	if (level > max_level)
+	if (level > __atomic_load_n(&max_level, __ATOMIC_RELAXED))
 		return;
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	if (getenv("JOURNAL_STREAM"))

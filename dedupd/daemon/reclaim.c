@@ -489,6 +489,8 @@ void dd_reclaim_configure(struct dd_reclaim *r, const struct dd_conf *conf)
 void dd_reclaim_pressure(struct dd_reclaim *r, enum dd_pstate state, uint64_t total_bytes,
 			 uint64_t free_bytes)
 {
+	bool changed;
+
 	pthread_mutex_lock(&r->lock);
 	if (state != r->state) {
 		r->state_changed = true;
@@ -498,8 +500,9 @@ void dd_reclaim_pressure(struct dd_reclaim *r, enum dd_pstate state, uint64_t to
 	r->state = state;
 	r->total_bytes = total_bytes;
 	r->free_bytes = free_bytes;
+	changed = r->state_changed;
 	pthread_mutex_unlock(&r->lock);
-	if (r->state_changed)
+	if (changed)
 		pthread_cond_signal(&r->cv);
 }
 
@@ -767,10 +770,9 @@ static void reap(struct dd_reclaim *r)
 #define DEFLATE_HOLD_MS 3000
 
 static void undo(struct dd_reclaim *r, struct snap *v, size_t n, uint64_t total, uint64_t free_b,
-		 uint64_t high_since_ms)
+		 uint64_t high_since_ms, double high_pct)
 {
-	double keep = (double)total * (r->conf.pressure.high_free_percent + DEFLATE_MARGIN_PERCENT) /
-		      100.0;
+	double keep = (double)total * (high_pct + DEFLATE_MARGIN_PERCENT) / 100.0;
 	uint64_t surplus = (double)free_b > keep ? (uint64_t)((double)free_b - keep) : 0;
 	uint64_t now = mono_ms();
 
@@ -819,9 +821,10 @@ static uint64_t inflating(const struct snap *v, size_t n)
 	return sum;
 }
 
-static void act(struct dd_reclaim *r, struct snap *v, size_t n, enum dd_pstate st, uint64_t need)
+static void act(struct dd_reclaim *r, struct snap *v, size_t n, enum dd_pstate st, uint64_t need,
+		const struct dd_conf_reclaim *rcp)
 {
-	struct dd_conf_reclaim rc = r->conf.reclaim;
+	struct dd_conf_reclaim rc = *rcp;
 	uint64_t now = mono_ms(), swap_total = 0, swap_free = 0, pend;
 	struct dd_rc_client *in = calloc(n ? n : 1, sizeof(*in));
 	uint64_t *take = calloc(n ? n : 1, sizeof(*take));
@@ -867,8 +870,10 @@ static void act(struct dd_reclaim *r, struct snap *v, size_t n, enum dd_pstate s
 	for (size_t i = 0; i < n; i++) {
 		struct rc_client *c = v[i].c;
 
+		pthread_mutex_lock(&r->lock);
 		c->rho = dd_rc_rho(c->shares, c->pss, c->act.estimate, rc.tax_rate);
 		c->target = take[i] ? c->pss - take[i] : c->target;
+		pthread_mutex_unlock(&r->lock);
 		if (!take[i])
 			continue;
 		snprintf(why, sizeof(why), "%s state, %" PRIu64 " MiB to free, rho %.3g lowest",
@@ -891,6 +896,8 @@ out:
 static void tick(struct dd_reclaim *r)
 {
 	enum dd_pstate st;
+	struct dd_conf_reclaim rc;
+	double high_pct;
 	uint64_t need, total, free_b, high_since, now = mono_ms();
 	bool period;
 	uint32_t npages;
@@ -905,6 +912,8 @@ static void tick(struct dd_reclaim *r)
 	total = r->total_bytes;
 	free_b = r->free_bytes;
 	high_since = r->high_since_ms;
+	high_pct = r->conf.pressure.high_free_percent;
+	rc = r->conf.reclaim;
 	r->state_changed = false;
 	period = now >= r->next_sample_ms;
 	if (period)
@@ -930,9 +939,9 @@ static void tick(struct dd_reclaim *r)
 		}
 	}
 	if (st == DD_PSTATE_HIGH)
-		undo(r, v, n, total, free_b, high_since);
+		undo(r, v, n, total, free_b, high_since, high_pct);
 	else
-		act(r, v, n, st, need);
+		act(r, v, n, st, need, &rc);
 	release(r, v, n);
 }
 
