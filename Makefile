@@ -134,11 +134,16 @@ run: deps
 	$(Q)$(MAKE) --no-print-directory all
 	$(Q)BUILD=$(BUILD) ./tests/tools/demo.sh
 
-# Every suite, then the fuzz corpus replayed (tests/fuzz/README.md).
+# Every suite, then the fuzz corpus replayed (tests/fuzz/README.md), then the
+# concurrent suites under ThreadSanitizer (tests/tsan.sh). NOTSAN=1 skips the
+# last (~3 minutes).
 check: deps
 	$(Q)$(MAKE) --no-print-directory tests
 	$(Q)BUILD=$(BUILD) SAN=$(SAN) ./tests/run.sh
 	$(Q)$(MAKE) --no-print-directory fuzz-regress NODEPS=1
+ifneq ($(NOTSAN),1)
+	$(Q)$(MAKE) --no-print-directory tsan NODEPS=1
+endif
 
 bench: deps
 	$(Q)$(MAKE) --no-print-directory all
