@@ -434,6 +434,7 @@ START_TEST(test_guest_balloon_under_pressure)
 		struct pollfd pfd = { .fd = hog.done, .events = POLLIN };
 		int64_t tgt, gfree;
 		const char *st;
+		char state_now[16];
 
 		if (!hog_ms && poll(&pfd, 1, 0) == 1 &&
 		    read(hog.done, &hog_ms, sizeof(hog_ms)) != (ssize_t)sizeof(hog_ms))
@@ -460,6 +461,7 @@ START_TEST(test_guest_balloon_under_pressure)
 		       " MiB  query-balloon guest %4" PRId64 " MiB  guest free %4" PRId64 " MiB\n",
 		       (double)(now - t_hog) / 1000.0, st, u / MIB, tgt / (int64_t)MIB,
 		       a / (int64_t)MIB, gfree / (int64_t)MIB);
+		snprintf(state_now, sizeof(state_now), "%s", st); /* st lives in doc */
 		json_object_put(doc);
 		if (a > 0 && a < (int64_t)ram && !t_first)
 			t_first = now;
@@ -471,7 +473,7 @@ START_TEST(test_guest_balloon_under_pressure)
 		if (t_first && u < usage_min)
 			usage_min = u;
 		if (t_first && hog_ms &&
-		    (now - last_change > 2000 || now - t_first > 15000 || !strcmp(st, "high")))
+		    (now - last_change > 2000 || now - t_first > 15000 || !strcmp(state_now, "high")))
 			break;
 	}
 	rss_ballooned = vm_mem_kib(name, "rss_kib");
