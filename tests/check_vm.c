@@ -433,7 +433,7 @@ START_TEST(test_guest_balloon_under_pressure)
 		uint64_t u = memcg_u64(cg, "memory.usage_in_bytes"), now;
 		struct pollfd pfd = { .fd = hog.done, .events = POLLIN };
 		int64_t tgt, gfree;
-		const char *st;
+		char st[16];
 		char state_now[16];
 
 		if (!hog_ms && poll(&pfd, 1, 0) == 1 &&
@@ -444,7 +444,7 @@ START_TEST(test_guest_balloon_under_pressure)
 		a = vm_balloon_actual(name);
 		doc = clients_json(sock);
 		c = client_of(doc, q);
-		st = field_s(doc, "state");
+		vm_copy(st, sizeof(st), field_s(doc, "state")); /* doc is put below */
 		saw_soft |= strcmp(st, "high") != 0; /* soft, or worse with a bigger hog */
 		tgt = field_i(c, "balloon_target_bytes");
 		gfree = field_i(c, "guest_free_bytes");
@@ -560,8 +560,7 @@ static void teardown(void)
 	int d = 0;
 
 	guest_name(name, sizeof(name));
-	if (vm_pid(name) > 0)
-		vm_stop(name);
+	vm_stop(name); /* also removes the files of a guest that died */
 	daemon_pidfile(pf, sizeof(pf));
 	f = fopen(pf, "re");
 	if (f) {

@@ -97,11 +97,23 @@ def main():
                     if in_ram:
                         c["ram_absent"] += n
                     continue
-                try:
-                    mem.seek(a)
-                    data = mem.read(n * PAGE)
-                except OSError:
-                    continue
+                # Read only the present pages: reading an absent one through
+                # /proc/PID/mem faults it in (seen: 27 MiB more RssAnon in QEMU).
+                data = bytearray(n * PAGE)
+                i = 0
+                while i < n:
+                    if not ents[i] & PM_PRESENT:
+                        i += 1
+                        continue
+                    j = i
+                    while j < n and ents[j] & PM_PRESENT:
+                        j += 1
+                    try:
+                        mem.seek(a + i * PAGE)
+                        data[i * PAGE:j * PAGE] = mem.read((j - i) * PAGE)
+                    except OSError:
+                        pass
+                    i = j
                 for i, e in enumerate(ents):
                     if not e & PM_PRESENT:
                         c["ram_absent"] += in_ram
@@ -124,7 +136,7 @@ def main():
                         continue
                     seen_pfn.add(pfn)
                     c["scanned"] += 1
-                    page = data[i * PAGE:(i + 1) * PAGE]
+                    page = bytes(data[i * PAGE:(i + 1) * PAGE])
                     if page == ZERO:
                         if in_ram:
                             c["zero_ram"] += 1
@@ -156,7 +168,7 @@ def main():
     # contents still frees its RAM frames less one; every zero frame is freeable.
     print("guest RAM after merging: %s present, %s of them sharing a frame with another "
           "(merged), %s mapped from a file (dedupd's store), %s on the zero page, %s in THPs; "
-          "%s not present" % (pg(c["ram_present"]), pg(c["ram_shared_frames"]), pg(c["ram_file"]),
+          "%s not present (a merged page is, until the guest reads it)" % (pg(c["ram_present"]), pg(c["ram_shared_frames"]), pg(c["ram_file"]),
                               pg(c["ram_zero_mapped"]), pg(c["ram_thp"]), pg(c["ram_absent"])))
     print("  left that could still be freed: zero pages %s (%s in THPs), duplicates %s "
           "(%s in THPs)" % (pg(c["zero_ram"]), pg(c["zero_ram_thp"]), pg(ram_only), pg(ram_thp)))
