@@ -610,6 +610,7 @@ elif [ "$(cat $KSM/run)" != 0 ]; then
 	fail "KSM run skipped: $KSM/run is $(cat $KSM/run)"
 else
 	echo "== 2. kernel KSM (no preload: QEMU's madvise(MADV_MERGEABLE) goes to the kernel)"
+	KSM_RAN=1
 	KSMD=$(ksmd_pid) || { fail "no ksmd thread"; exit 1; }
 	: >"$OUT/ksm-restore.txt.new"
 	for k in run $KSM_KNOBS; do echo "$k $(cat "$KSM/$k")" >>"$OUT/ksm-restore.txt.new"; done
@@ -676,7 +677,14 @@ fi
 
 # ================================================================ 3: the table
 
-row() { printf '   %-62s %10s %10s\n' "$@"; }
+# The KSM column says "-" where KSM did not run.
+row() {
+	if [ "${KSM_RAN:-0}" = 1 ] || [ "$1" = figure ]; then
+		printf '   %-62s %10s %10s\n' "$@"
+	else
+		printf '   %-62s %10s %10s\n' "$1" "$2" -
+	fi
+}
 echo
 echo "== 3. side by side (3 guests x $MIB MiB, $FILL MiB of dd-work each; MiB unless said)"
 row figure dedupd KSM
