@@ -74,6 +74,14 @@ for f in dedupd dedupctl libdedup-preload.so; do
 	[ -e "$BUILD/$f" ] || { echo "demo-vms: $BUILD/$f is missing: run make first" >&2; exit 1; }
 done
 mkdir -p "$OUT"
+# One run at a time: a second one would stop the first one's guests (the names
+# are fixed) and restore KSM under its feet.
+exec 9>"$OUT/lock"
+if ! flock -n 9; then
+	echo "demo-vms: another demo-vms is running (lock $OUT/lock)" >&2
+	exit 1
+fi
+rm -f "$OUT/stopping"
 # On a busy host a TCG guest can miss the kernel's boot-time timer check and
 # panic ("IO-APIC + timer doesn't work!"): seen here at load average 10.
 DEDUP_VM_APPEND="${DEDUP_VM_APPEND:-} no_timer_check"
@@ -101,7 +109,7 @@ stop_guests() {
 	# in the cgroup goes too.
 	if [ -d "$CG" ]; then
 		i=0
-		while [ -s "$CG/cgroup.procs" ] && [ $i -lt 50 ]; do
+		while [ -n "$(cat "$CG/cgroup.procs" 2>/dev/null)" ] && [ $i -lt 50 ]; do
 			[ $i -eq 20 ] && xargs -r kill <"$CG/cgroup.procs" 2>/dev/null
 			sleep 0.1
 			i=$((i + 1))
@@ -113,6 +121,7 @@ stop_guests() {
 # shellcheck disable=SC2317 # called by the traps
 cleanup() {
 	trap - EXIT INT TERM HUP
+	: >"$OUT/stopping" # checks still running in the background say nothing now
 	[ -n "$pinger_pid" ] && kill "$pinger_pid" 2>/dev/null
 	for p in $bg_pids; do kill "$p" 2>/dev/null; done
 	stop_guests
@@ -120,20 +129,31 @@ cleanup() {
 		kill "$daemon_pid" 2>/dev/null
 		wait "$daemon_pid" 2>/dev/null
 	fi
+	rm -f "$OUT/dedupd.pid"
 	ksm_restore
 	rm -f "$OUT/ping.stop"
 }
 trap cleanup EXIT
 trap 'echo; echo "demo-vms: interrupted, cleaning up"; exit 130' INT TERM HUP
 
-# A previous run that was killed outright may have left KSM changed, or guests.
+# A previous run that was killed outright may have left KSM changed, guests,
+# or its dedupd.
 ksm_restore
 stop_guests
+if [ -s "$OUT/dedupd.pid" ] && p=$(cat "$OUT/dedupd.pid") &&
+	[ "$(cat "/proc/$p/comm" 2>/dev/null)" = dedupd ] &&
+	tr '\0' ' ' <"/proc/$p/cmdline" | grep -q -- "--socket $SOCK "; then
+	echo "demo-vms: stopping the dedupd (pid $p) of an earlier run"
+	kill "$p"
+fi
+rm -f "$OUT/dedupd.pid"
+MAIN=$$
 
 # ---------------------------------------------------------------- helpers
 
 # Failures go to a file: some checks run in background subshells.
 fail() {
+	[ -e "$OUT/stopping" ] && return 0
 	echo "FAIL $*"
 	echo "FAIL $*" >>"$OUT/failures.txt"
 }
@@ -236,7 +256,7 @@ check_all() {
 # The pinger: every guest in turn, `echo` on the serial console and
 # query-status on QMP, until $OUT/ping.stop exists. One line per probe.
 pinger() {
-	while [ ! -e "$OUT/ping.stop" ]; do
+	while [ ! -e "$OUT/ping.stop" ] && kill -0 "$MAIN" 2>/dev/null; do
 		for g in $GUESTS; do
 			t0=$(now_ms)
 			s=ok q=ok
@@ -475,8 +495,9 @@ rm -f "$SOCK"
 # shellcheck disable=SC2086
 "$BUILD/dedupd" --foreground --socket "$SOCK" --metrics-listen "" --set scan.thp=split \
 	--pages-to-scan 1 --sleep-millisecs 60000 ${DEMO_VM_DEDUPD_ARGS:-} \
-	>"$OUT/dedupd.log" 2>&1 &
+	>"$OUT/dedupd.log" 2>&1 9>&- &
 daemon_pid=$!
+echo "$daemon_pid" >"$OUT/dedupd.pid"
 i=0
 until "$BUILD/dedupctl" -s "$SOCK" status >/dev/null 2>&1; do
 	i=$((i + 1))
