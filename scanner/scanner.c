@@ -229,6 +229,7 @@ struct dd_scanner {
 		pages_volatile, zero_pages, faults, unstable_count, last_pass_ms, pages_adopted,
 		scan_cpu_ns, registered, nregions, thp_split, thp_skipped, pass_thp_skipped;
 	atomic_bool no_pagemap_scan; /* the kernel refused PAGEMAP_SCAN */
+	int kpageflags;              /* /proc/kpageflags, or -1 */
 };
 
 static uint64_t now_ms(void)
@@ -1574,6 +1575,55 @@ static uint32_t thp_pages(struct dd_scanner *s, struct dd_sclient *c, uint64_t b
 	return skipped;
 }
 
+/* /proc/kpageflags bits of a page in a large folio (THP, mTHP) */
+#define KPF_LARGE ((1ULL << 15) | (1ULL << 16) | (1ULL << 22)) /* head, tail, thp */
+
+/*
+ * With thp_split: large folios that are mapped by page table entries, not by
+ * a PMD, so that PAGEMAP_SCAN does not call them huge: a THP whose PMD was
+ * split by a write-protect or mprotect of part of it (our activity sampling,
+ * the application), or a multi-size THP. Merging pages out of such a folio
+ * would leave it partly mapped: its memory comes back only when the kernel's
+ * deferred-split shrinker runs, under memory pressure. The pages of a large
+ * folio have consecutive frame numbers, so only the first page of each run
+ * of consecutive frames is looked up in /proc/kpageflags; one MADV_COLD of a
+ * 4 KiB page of each large folio splits it (as in thp_pages()).
+ */
+static void split_pte_folios(struct dd_scanner *s, struct dd_sclient *c, uint64_t base,
+			     uint32_t n, const uint64_t *pm)
+{
+	struct iovec iov[16];
+	unsigned int niov = 0;
+
+	if (s->kpageflags < 0 || c->pidfd < 0)
+		return;
+	for (uint32_t i = 0; i + 1 < n; i++) {
+		uint64_t pfn = pm[i] & DD_PM_PFN_MASK, fl = 0;
+		uint32_t j = i;
+
+		if ((pm[i] & (DD_PM_PRESENT | DD_PM_FILE)) != DD_PM_PRESENT || !pfn)
+			continue;
+		while (j + 1 < n && (pm[j + 1] & (DD_PM_PRESENT | DD_PM_FILE)) == DD_PM_PRESENT &&
+		       (pm[j + 1] & DD_PM_PFN_MASK) == (pm[j] & DD_PM_PFN_MASK) + 1)
+			j++;
+		if (j == i)
+			continue;
+		if (pread(s->kpageflags, &fl, sizeof(fl), (off_t)(pfn * sizeof(fl))) ==
+			    (ssize_t)sizeof(fl) && (fl & KPF_LARGE)) {
+			iov[niov++] = (struct iovec){ (void *)(uintptr_t)(base + (uint64_t)i * DD_PAGE_SIZE),
+						      DD_PAGE_SIZE };
+			if (niov == sizeof(iov) / sizeof(iov[0])) {
+				if (syscall(SYS_process_madvise, c->pidfd, iov, niov, MADV_COLD, 0) > 0)
+					atomic_fetch_add(&s->thp_split, niov);
+				niov = 0;
+			}
+		}
+		i = j;
+	}
+	if (niov && syscall(SYS_process_madvise, c->pidfd, iov, niov, MADV_COLD, 0) > 0)
+		atomic_fetch_add(&s->thp_split, niov);
+}
+
 static int scan_batch(struct dd_worker *w, struct dd_sclient *c, struct dd_region *r,
 		      uint32_t idx0, uint32_t n)
 {
@@ -1595,6 +1645,8 @@ static int scan_batch(struct dd_worker *w, struct dd_sclient *c, struct dd_regio
 	if (pread(c->pagemap, pm, n * sizeof(pm[0]), (off_t)(base / DD_PAGE_SIZE * 8)) !=
 	    (ssize_t)(n * sizeof(pm[0])))
 		return -errno ? -errno : -EIO;
+	if (KNOB(s, thp_split))
+		split_pte_folios(s, c, base, n, pm);
 	for (uint32_t i = 0; i < n; i++) {
 		struct dd_page *p = &r->pages[idx0 + i];
 
@@ -2001,6 +2053,7 @@ struct dd_scanner *dd_scanner_new(const struct dd_scan_knobs *k, const struct dd
 	}
 	s->knobs = *k;
 	s->ops = *ops;
+	s->kpageflags = open("/proc/kpageflags", O_RDONLY | O_CLOEXEC);
 	the_scanner = s;
 	s->fault_wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	s->fault_ep = epoll_create1(EPOLL_CLOEXEC);
@@ -2114,6 +2167,8 @@ void dd_scanner_free(struct dd_scanner *s)
 		close(s->fault_wake);
 	if (s->fault_ep >= 0)
 		close(s->fault_ep);
+	if (s->kpageflags >= 0)
+		close(s->kpageflags);
 	for (unsigned i = 0; s->workers && i < s->nworkers; i++) {
 		free(s->workers[i].buf);
 		free(s->workers[i].vbuf);
@@ -2303,6 +2358,26 @@ static bool pm_entry(struct dd_sclient *c, uint64_t addr, uint64_t *pm)
 	return pread(c->pagemap, pm, sizeof(*pm), off) == (ssize_t)sizeof(*pm);
 }
 
+/*
+ * Whether the page at addr is part of a THP mapped by a PMD. The sampler
+ * leaves those alone: write-protecting 4 KiB of one makes the kernel split
+ * its PMD, and the large folio, now mapped page by page, would no longer be
+ * seen as huge (thp_pages()).
+ */
+static bool pmd_mapped(struct dd_scanner *s, struct dd_sclient *c, uint64_t addr)
+{
+	struct dd_page_region v;
+	struct dd_pm_scan_arg arg = {
+		.size = sizeof(arg), .start = addr, .end = addr + DD_PAGE_SIZE,
+		.vec = (uintptr_t)&v, .vec_len = 1, .category_mask = DD_PAGE_IS_HUGE,
+		.return_mask = DD_PAGE_IS_HUGE,
+	};
+
+	if (atomic_load(&s->no_pagemap_scan))
+		return false;
+	return ioctl(c->pagemap, DD_PAGEMAP_SCAN, &arg) > 0;
+}
+
 static void sample_drop(struct dd_sclient *c)
 {
 	for (uint32_t i = 0; i < c->nsample; i++) {
@@ -2345,7 +2420,8 @@ int dd_scanner_sample_begin(struct dd_scanner *s, uint64_t client_id, uint32_t n
 		for (uint32_t i = 0; i < c->nsample && !dup; i++)
 			dup = c->sample[i] == a;
 		if (dup || !sampleable(page_at(c, a)) || !pm_entry(c, a, &pm) ||
-		    (pm & (DD_PM_PRESENT | DD_PM_FILE | DD_PM_UFFD_WP)) != DD_PM_PRESENT)
+		    (pm & (DD_PM_PRESENT | DD_PM_FILE | DD_PM_UFFD_WP)) != DD_PM_PRESENT ||
+		    pmd_mapped(s, c, a))
 			continue;
 		if (ioctl(c->uffd, UFFDIO_WRITEPROTECT, &wp) == 0)
 			c->sample[c->nsample++] = a;

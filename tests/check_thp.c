@@ -10,6 +10,8 @@
  *    usage falls by both copies (the one copy left lives in dedupd's store,
  *    charged to dedupd). Unmapping 4 KiB pages of an unsplit THP
  *    would not free anything until a deferred split under pressure.
+ *  - thp = split with THPs mapped page by page (their PMD split, not the
+ *    folio): found through /proc/kpageflags, split and freed all the same.
  * Needs root and THP (enabled = always or madvise); says why when it skips.
  */
 #include "tests/harness.h"
@@ -43,8 +45,13 @@ static bool thp_usable(const char *test)
 	return true;
 }
 
-/* A child: LEN of THP-backed memory, the same in every child; registered. */
-static pid_t thp_kid(const char *cg, int *ready_fd)
+/* A child: LEN of THP-backed memory, the same in every child; registered.
+ * pte_mapped: each THP is then mapped page by page (mprotect of 4 KiB of it
+ * splits its PMD, not the large folio), as our own activity sampling or an
+ * application's mprotect leaves it; PAGEMAP_SCAN no longer calls it huge.
+ * Its odd pages are then the child's own, so that merging the others leaves
+ * every folio partly mapped unless it was split. */
+static pid_t thp_kid(const char *cg, bool pte_mapped, int idx, int *ready_fd)
 {
 	int p[2];
 	pid_t pid;
@@ -63,7 +70,12 @@ static pid_t thp_kid(const char *cg, int *ready_fd)
 		m = (uint8_t *)(((uintptr_t)raw + 2 * MIB - 1) & ~(uintptr_t)(2 * MIB - 1));
 		madvise(m, LEN, MADV_HUGEPAGE);
 		for (uint64_t i = 0; i < LEN / 4096; i++)
-			h_fill(m + i * 4096, 77, i);
+			h_fill(m + i * 4096, pte_mapped && (i & 1) ? 1000 + idx : 77, i);
+		for (uint64_t o = 0; pte_mapped && o < LEN; o += 2 * MIB) {
+			if (mprotect(m + o + 4096, 4096, PROT_READ) ||
+			    mprotect(m + o + 4096, 4096, PROT_READ | PROT_WRITE))
+				_exit(92);
+		}
 		r = dedup_register(m, LEN, NULL);
 		if (write(p[1], &r, sizeof(r)) != sizeof(r))
 			_exit(91);
@@ -75,7 +87,7 @@ static pid_t thp_kid(const char *cg, int *ready_fd)
 	return pid;
 }
 
-static void run(const char *mode, long *huge_kib_after, int64_t *sharing, int64_t *split,
+static void run(const char *mode, bool pte_mapped, long *huge_kib_after, int64_t *sharing, int64_t *split,
 		int64_t *skipped, int64_t *usage_drop)
 {
 	char sock[256], cg[256], set[64];
@@ -85,14 +97,14 @@ static void run(const char *mode, long *huge_kib_after, int64_t *sharing, int64_
 	uint64_t before, after;
 	int fd[2], r;
 
-	memcg_dir(cg, sizeof(cg), "dd-check-thp", runner, mode);
+	memcg_dir(cg, sizeof(cg), "dd-check-thp", runner, pte_mapped ? "pte" : mode);
 	ck_assert_int_eq(memcg_make(cg, 1ULL << 30), 0);
 	snprintf(set, sizeof(set), "scan.thp=%s", mode);
 	h_sock_path(sock, sizeof(sock), "thp");
 	setenv("DEDUPD_SOCKET", sock, 1);
 	d = h_daemon_start(sock, args);
 	for (int i = 0; i < 2; i++) {
-		k[i] = thp_kid(cg, &fd[i]);
+		k[i] = thp_kid(cg, pte_mapped, i, &fd[i]);
 		ck_assert_int_eq(read(fd[i], &r, sizeof(r)), (ssize_t)sizeof(r));
 		ck_assert_int_eq(r, 0);
 		close(fd[i]);
@@ -101,7 +113,7 @@ static void run(const char *mode, long *huge_kib_after, int64_t *sharing, int64_
 	printf("%s: AnonHugePages before: %ld + %ld KiB\n", mode,
 	       h_smaps_kib(k[0], "AnonHugePages"), h_smaps_kib(k[1], "AnonHugePages"));
 	if (!strcmp(mode, "split"))
-		h_wait_stat(sock, "pages_sharing", LEN / 4096, false, 20000);
+		h_wait_stat(sock, "pages_sharing", LEN / 4096 / (pte_mapped ? 2 : 1), false, 20000);
 	else
 		h_wait_stat(sock, "full_scans", 4, true, 20000);
 	h_sleep_ms(300);
@@ -131,7 +143,7 @@ START_TEST(test_thp_keep)
 
 	if (!thp_usable(__func__))
 		return;
-	run("keep", &huge, &sharing, &split, &skipped, &drop);
+	run("keep", false, &huge, &sharing, &split, &skipped, &drop);
 	if (huge <= 0) {
 		printf("SKIP %s: the kernel gave no huge pages\n", __func__);
 		return;
@@ -152,7 +164,7 @@ START_TEST(test_thp_split_frees_memory)
 
 	if (!thp_usable(__func__))
 		return;
-	run("split", &huge, &sharing, &split, &skipped, &drop);
+	run("split", false, &huge, &sharing, &split, &skipped, &drop);
 	ck_assert_int_eq(sharing, LEN / 4096);
 	ck_assert_int_ge(split, 8); /* at least one client's THPs */
 	ck_assert_int_eq(huge, 0);
@@ -163,6 +175,24 @@ START_TEST(test_thp_split_frees_memory)
 }
 END_TEST
 
+/* THPs mapped page by page (PMD split, folio not): still found, split and
+ * freed; a partly mapped large folio would stay charged until the kernel's
+ * deferred split runs under memory pressure. */
+START_TEST(test_thp_split_pte_mapped)
+{
+	long huge;
+	int64_t sharing, split, skipped, drop;
+
+	if (!thp_usable(__func__))
+		return;
+	run("split", true, &huge, &sharing, &split, &skipped, &drop);
+	ck_assert_int_eq(sharing, LEN / 4096 / 2);
+	ck_assert_int_ge(split, 8);
+	/* Half of each client's pages left its cgroup. */
+	ck_assert_msg(drop >= (int64_t)(12 * MIB), "only %lld KiB freed", (long long)drop / 1024);
+}
+END_TEST
+
 static void teardown(void)
 {
 	char cg[256];
@@ -170,6 +200,8 @@ static void teardown(void)
 	memcg_dir(cg, sizeof(cg), "dd-check-thp", runner, "keep");
 	memcg_remove(cg);
 	memcg_dir(cg, sizeof(cg), "dd-check-thp", runner, "split");
+	memcg_remove(cg);
+	memcg_dir(cg, sizeof(cg), "dd-check-thp", runner, "pte");
 	memcg_remove(cg);
 }
 
@@ -182,6 +214,7 @@ static Suite *thp_suite(void)
 	tcase_add_unchecked_fixture(tc, NULL, teardown);
 	tcase_add_test(tc, test_thp_keep);
 	tcase_add_test(tc, test_thp_split_frees_memory);
+	tcase_add_test(tc, test_thp_split_pte_mapped);
 	suite_add_tcase(s, tc);
 	return s;
 }
