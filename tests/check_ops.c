@@ -981,6 +981,104 @@ START_TEST(test_estimate_exact)
 }
 END_TEST
 
+/* --mergeable: three 16-page regions, the same in both children: A
+ * registered with dedupd (its scanner paused), B marked MADV_MERGEABLE
+ * (kernel KSM), C neither. */
+#define MR 16
+static void mergeable_child(unsigned idx, int in, int out)
+{
+	uint8_t *m = mmap(NULL, 3 * MR * PG, PROT_READ | PROT_WRITE,
+			  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	char c;
+	int r;
+
+	(void)idx;
+	madvise(m, 3 * MR * PG, MADV_NOHUGEPAGE);
+	for (unsigned i = 0; i < 3 * MR; i++)
+		h_fill(m + (size_t)i * PG, 5 + i / MR, i);
+	r = dedup_register(m, MR * PG, NULL);
+	if (r == 0 && madvise(m + MR * PG, MR * PG, MADV_MERGEABLE))
+		r = -errno;
+	/* C must not merge into B's mapping: a guard page between them */
+	if (r == 0 && mprotect(m + 2 * MR * PG - PG, PG, PROT_READ))
+		r = -errno;
+	if (write(out, &r, sizeof(r)) != sizeof(r))
+		_exit(2);
+	while (read(in, &c, 1) == 1 && c != 'q')
+		;
+	_exit(0);
+}
+
+static struct json_object *estimate_mergeable(const char *sock, pid_t a, pid_t b)
+{
+	char pa[16], pb[16];
+	struct proc_out p;
+	struct json_object *o;
+
+	snprintf(pa, sizeof(pa), "%d", (int)a);
+	snprintf(pb, sizeof(pb), "%d", (int)b);
+	p = ctl("--socket", sock, "estimate", "--mergeable", "--pid", pa, pb, "--json", NULL);
+	ck_assert_msg(p.status == 0, "estimate: exit %d: %s", p.status, p.err);
+	o = json_tokener_parse(p.out);
+	ck_assert_msg(o, "not JSON: %s", p.out);
+	proc_free(&p);
+	return o;
+}
+
+START_TEST(test_estimate_mergeable)
+{
+	const char *args[] = { "--pages-to-scan", "1", "--sleep-millisecs", "60000", NULL };
+	char sock[256], gone[300];
+	struct json_object *e, *v;
+	struct kid k[2];
+	pid_t d;
+
+	H_SKIP_UNLESS_ROOT();
+	h_sock_path(sock, sizeof(sock), "estm");
+	snprintf(gone, sizeof(gone), "%s.none", sock);
+	d = h_daemon_start(sock, args);
+	setenv("DEDUPD_SOCKET", sock, 1);
+	for (unsigned i = 0; i < 2; i++) {
+		k[i] = kid_fork(mergeable_child, i);
+		ck_assert_int_eq(kid_read(&k[i]), 0);
+	}
+	/* A (registered) and B (MADV_MERGEABLE, less its read-only last page):
+	 * 31 pages each, the same in both children. */
+	e = estimate_mergeable(sock, k[0].pid, k[1].pid);
+	ck_assert(json_object_object_get_ex(e, "daemon_reached", &v) && json_object_get_boolean(v));
+	ck_assert_int_eq(json_int(e, "registered_ranges"), 2);
+	for (int i = 0; i < 2; i++) {
+		ck_assert_int_eq(json_int(pid_entry(e, i), "pages_mapped"), 2 * MR - 1);
+		ck_assert_int_eq(json_int(pid_entry(e, i), "pages_scanned"), 2 * MR - 1);
+		ck_assert_int_eq(json_int(pid_entry(e, i), "pages_saved_if_merged"), 0);
+	}
+	ck_assert_int_eq(json_int(e, "pages_saved_if_merged"), 2 * MR - 1);
+	ck_assert_int_eq(json_int(e, "pages_saved_across_pids"), 2 * MR - 1);
+	json_object_put(e);
+	/* No daemon on the socket: B only, and it says so. */
+	e = estimate_mergeable(gone, k[0].pid, k[1].pid);
+	ck_assert(json_object_object_get_ex(e, "daemon_reached", &v) && !json_object_get_boolean(v));
+	ck_assert_int_eq(json_int(e, "pages_scanned"), 2 * (MR - 1));
+	ck_assert_int_eq(json_int(e, "pages_saved_if_merged"), MR - 1);
+	json_object_put(e);
+	{
+		char pa[16];
+		struct proc_out p;
+
+		snprintf(pa, sizeof(pa), "%d", (int)k[0].pid);
+		p = ctl("--socket", gone, "estimate", "-m", "--pid", pa, NULL);
+		ck_assert_int_eq(p.status, 0);
+		assert_says(p.out, "only memory offered for merging: 0 range(s) registered with "
+				   "dedupd (no daemon answered");
+		proc_free(&p);
+	}
+	for (unsigned i = 0; i < 2; i++)
+		kid_stop(&k[i]);
+	h_daemon_stop(d, SIGTERM);
+	unsetenv("DEDUPD_SOCKET");
+}
+END_TEST
+
 /* Without frame numbers (not root): still counts, and says so. */
 static void est_sleeper(unsigned idx, int in, int out)
 {
@@ -1645,6 +1743,7 @@ Suite *ops_suite(void)
 	tcase_set_timeout(tc, 30);
 	tcase_add_test(tc, test_estimate_exact);
 	tcase_add_test(tc, test_estimate_errors);
+	tcase_add_test(tc, test_estimate_mergeable);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("ctl");

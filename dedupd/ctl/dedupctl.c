@@ -53,11 +53,15 @@ static const char usage_text[] =
 	"  set KEY=VALUE       change a setting at run time (root), with the rules of\n"
 	"                      dedupd.conf(5): pages_to_scan, sleep_millisecs,\n"
 	"                      merge_batch_pages, max_vmas_per_client, zero_pages, ...\n"
-	"  estimate --pid PID...\n"
+	"  estimate [--mergeable] --pid PID...\n"
 	"                      read-only dry run over any processes, no daemon needed:\n"
 	"                      pages scanned, zero pages, and the pages merging would\n"
 	"                      save within each process and across them; reading\n"
-	"                      another user's process needs root\n"
+	"                      another user's process needs root. All private\n"
+	"                      writable memory; with -m, --mergeable only what the\n"
+	"                      processes offer for merging: the ranges they registered\n"
+	"                      with dedupd (asked of the daemon, when it answers) and\n"
+	"                      the mappings they marked madvise(MADV_MERGEABLE)\n"
 	"\n"
 	"Options (also accepted after the command):\n"
 	"  -s, --socket PATH      the daemon's socket (default $DEDUPD_SOCKET, else\n"
@@ -102,6 +106,7 @@ struct opts {
 	const char *verb; /* cmd's first word */
 	pid_t pids[DD_ESTIMATE_MAX_PIDS];
 	size_t npids;
+	bool mergeable; /* estimate --mergeable */
 };
 
 /* ---- talking to the daemon ---------------------------------------------- */
@@ -426,11 +431,77 @@ static void print_estimate(const struct dd_estimate *e)
 		       "as if they were not.\n");
 }
 
+/*
+ * The ranges the given processes registered with the daemon, from its
+ * regions list; none (and *reached false) when no daemon answers.
+ */
+static int registered_ranges(const struct opts *o, struct dd_estimate_range **out, size_t *n,
+			     bool *reached)
+{
+	struct json_object *j;
+	char *text = NULL;
+	int status = 0;
+
+	*out = NULL;
+	*n = 0;
+	*reached = false;
+	if (request(o->sock, "regions", &text, &status) < 0 || status < 0) {
+		free(text);
+		return 0;
+	}
+	j = json_tokener_parse(text);
+	free(text);
+	if (!j || !json_object_is_type(j, json_type_array)) {
+		json_object_put(j);
+		fprintf(stderr, "dedupctl: the daemon's regions answer is not a JSON array\n");
+		return -EPROTO;
+	}
+	*reached = true;
+	*out = calloc(json_object_array_length(j) + 1, sizeof(**out));
+	if (!*out) {
+		json_object_put(j);
+		return -ENOMEM;
+	}
+	for (size_t i = 0; i < json_object_array_length(j); i++) {
+		struct json_object *g = json_object_array_get_idx(j, i), *v;
+		pid_t pid = 0;
+		uint64_t start = 0, pages = 0;
+
+		if (json_object_object_get_ex(g, "pid", &v))
+			pid = (pid_t)json_object_get_int(v);
+		if (json_object_object_get_ex(g, "start", &v))
+			start = json_object_get_uint64(v);
+		if (json_object_object_get_ex(g, "pages", &v))
+			pages = json_object_get_uint64(v);
+		for (size_t k = 0; k < o->npids; k++)
+			if (o->pids[k] == pid && pages)
+				(*out)[(*n)++] = (struct dd_estimate_range){ pid, start,
+									     start + pages * DD_PAGE_SIZE };
+	}
+	json_object_put(j);
+	return 0;
+}
+
 static int run_estimate(const struct opts *o)
 {
 	struct dd_estimate e;
+	struct dd_estimate_range *reg = NULL;
+	size_t nreg = 0;
+	bool reached = false;
 	char err[512];
-	int r = dd_estimate_run(o->pids, o->npids, &e, err, sizeof(err));
+	int r;
+
+	if (o->mergeable) {
+		r = registered_ranges(o, &reg, &nreg, &reached);
+		if (r < 0) {
+			free(reg);
+			return EXIT_DAEMON;
+		}
+		r = dd_estimate_run_mergeable(o->pids, o->npids, reg, nreg, &e, err, sizeof(err));
+		free(reg);
+	} else {
+		r = dd_estimate_run(o->pids, o->npids, &e, err, sizeof(err));
+	}
 
 	if (r < 0) {
 		fprintf(stderr, "dedupctl: %s\n", err);
@@ -439,10 +510,20 @@ static int run_estimate(const struct opts *o)
 	if (o->json) {
 		struct json_object *j = estimate_json(&e);
 
+		if (o->mergeable) {
+			json_object_object_add(j, "mergeable_only", json_object_new_boolean(true));
+			json_object_object_add(j, "daemon_reached", json_object_new_boolean(reached));
+			ADD_U64(j, "registered_ranges", nreg);
+		}
+
 		puts(json_object_to_json_string_ext(j, JSON_C_TO_STRING_PLAIN));
 		json_object_put(j);
 	} else {
 		print_estimate(&e);
+		if (o->mergeable)
+			printf("only memory offered for merging: %zu range(s) registered with dedupd%s, "
+			       "and mappings marked madvise(MADV_MERGEABLE) for kernel KSM.\n",
+			       nreg, reached ? "" : " (no daemon answered on the socket)");
 	}
 	dd_estimate_free(&e);
 	return EXIT_OK;
@@ -666,6 +747,8 @@ static int parse_tail(struct opts *o, int argc, char **argv, int i)
 				return -EINVAL;
 			}
 			o->sock = argv[++i];
+		} else if (!strcmp(o->verb, "estimate") && (!strcmp(a, "--mergeable") || !strcmp(a, "-m"))) {
+			o->mergeable = true;
 		} else if (!strcmp(o->verb, "estimate") && (!strcmp(a, "--pid") || !strcmp(a, "-p"))) {
 			pids = true;
 		} else if (!strcmp(o->verb, "estimate") && !strncmp(a, "--pid=", 6)) {

@@ -57,6 +57,11 @@ struct run {
 	int *mem;	   /* /proc/PID/mem of each process, -1 until opened */
 	char *err;
 	size_t errlen;
+	bool mergeable; /* only the ranges below and the "mg" mappings */
+	const struct dd_estimate_range *offered;
+	size_t noffered;
+	struct dd_estimate_range *only; /* this process's, during collect_pid() */
+	size_t nonly, capnonly;
 };
 
 __attribute__((format(printf, 3, 4))) static int fail(struct run *r, int e, const char *fmt, ...)
@@ -311,6 +316,75 @@ static int mem_fd(struct run *r, unsigned pidx)
 	return r->mem[pidx] = fd;
 }
 
+static int add_only(struct run *r, pid_t pid, uint64_t lo, uint64_t hi)
+{
+	if (r->nonly == r->capnonly) {
+		size_t cap = r->capnonly ? 2 * r->capnonly : 64;
+		struct dd_estimate_range *v = realloc(r->only, cap * sizeof(*v));
+
+		if (!v)
+			return fail(r, -ENOMEM, "out of memory");
+		r->only = v;
+		r->capnonly = cap;
+	}
+	r->only[r->nonly++] = (struct dd_estimate_range){ pid, lo, hi };
+	return 0;
+}
+
+/* The ranges of pid offered for merging: given ones and "mg" mappings. */
+static int mergeable_ranges(struct run *r, pid_t pid)
+{
+	unsigned long long lo = 0, hi = 0;
+	char *line = NULL;
+	size_t cap = 0;
+	int fd, rc = 0;
+	FILE *f;
+
+	r->nonly = 0;
+	for (size_t i = 0; i < r->noffered && rc == 0; i++)
+		if (r->offered[i].pid == pid && r->offered[i].end > r->offered[i].start)
+			rc = add_only(r, pid, r->offered[i].start, r->offered[i].end);
+	fd = open_proc(r, pid, "smaps");
+	if (fd < 0)
+		return fd;
+	f = fdopen(fd, "re");
+	if (!f) {
+		close(fd);
+		return fail(r, -ENOMEM, "out of memory");
+	}
+	while (rc == 0 && getline(&line, &cap, f) > 0) {
+		unsigned long long a, b;
+		int off = 0;
+
+		if (sscanf(line, "%llx-%llx %n", &a, &b, &off) == 2 && off) {
+			lo = a;
+			hi = b;
+		} else if (!strncmp(line, "VmFlags:", 8) && strstr(line, " mg")) {
+			rc = add_only(r, pid, lo, hi);
+		}
+	}
+	free(line);
+	fclose(f);
+	return rc;
+}
+
+/* [lo, hi) of a wanted mapping, cut to the ranges offered for merging. */
+static int collect_offered(struct run *r, unsigned pidx, int pm_fd, uint64_t lo, uint64_t hi)
+{
+	int rc = 0;
+
+	for (size_t i = 0; i < r->nonly && rc == 0; i++) {
+		uint64_t a = r->only[i].start > lo ? r->only[i].start : lo;
+		uint64_t b = r->only[i].end < hi ? r->only[i].end : hi;
+
+		if (a < b) {
+			r->e->pids[pidx].pages_mapped += (b - a) / DD_PAGE_SIZE;
+			rc = collect_vma(r, pidx, pm_fd, a, b);
+		}
+	}
+	return rc;
+}
+
 static int collect_pid(struct run *r, unsigned pidx)
 {
 	struct dd_estimate_pid *p = &r->e->pids[pidx];
@@ -334,7 +408,12 @@ static int collect_pid(struct run *r, unsigned pidx)
 		close(pm_fd);
 		return proc_error(r, p->pid, "mem", -rc);
 	}
-	rc = 0;
+	rc = r->mergeable ? mergeable_ranges(r, p->pid) : 0;
+	if (rc < 0) {
+		close(maps_fd);
+		close(pm_fd);
+		return rc;
+	}
 	read_identity(p);
 	f = fdopen(maps_fd, "re");
 	if (!f) {
@@ -355,6 +434,10 @@ static int collect_pid(struct run *r, unsigned pidx)
 		if (!mapping_wanted(perms, (unsigned long)inode, name))
 			continue;
 		p->vmas++;
+		if (r->mergeable) {
+			rc = collect_offered(r, pidx, pm_fd, lo, hi);
+			continue;
+		}
 		p->pages_mapped += (hi - lo) / DD_PAGE_SIZE;
 		rc = collect_vma(r, pidx, pm_fd, lo, hi);
 	}
@@ -634,9 +717,31 @@ static int check_pids(struct run *r, const pid_t *pids, size_t n)
 	return 0;
 }
 
+static int estimate(struct run *r, const pid_t *pids, size_t n);
+
 int dd_estimate_run(const pid_t *pids, size_t n, struct dd_estimate *e, char *err, size_t errlen)
 {
 	struct run r = { .e = e, .err = err, .errlen = errlen };
+
+	return estimate(&r, pids, n);
+}
+
+int dd_estimate_run_mergeable(const pid_t *pids, size_t n, const struct dd_estimate_range *offered,
+			      size_t noffered, struct dd_estimate *e, char *err, size_t errlen)
+{
+	struct run r = { .e = e, .err = err, .errlen = errlen, .mergeable = true,
+			 .offered = offered, .noffered = noffered };
+	int rc = estimate(&r, pids, n);
+
+	if (rc == 0)
+		e->mergeable_only = true;
+	return rc;
+}
+
+static int estimate(struct run *rp, const pid_t *pids, size_t n)
+{
+	struct run r = *rp;
+	struct dd_estimate *e = r.e;
 	struct timespec t0, t1;
 	int rc;
 
@@ -679,6 +784,7 @@ out:
 	free(r.mem);
 	free(r.refs);
 	free(r.buf);
+	free(r.only);
 	if (rc < 0)
 		dd_estimate_free(e);
 	return rc;

@@ -64,6 +64,7 @@ struct dd_estimate {
 	uint64_t pages_zero_mapped, pages_already_shared, pages_swapped, pages_unreadable;
 	uint64_t hash_collisions; /* equal checksums, different contents */
 	uint64_t elapsed_ms;
+	bool mergeable_only; /* dd_estimate_run_mergeable() */
 };
 
 /*
@@ -74,6 +75,22 @@ struct dd_estimate {
  * dd_estimate_free().
  */
 int dd_estimate_run(const pid_t *pids, size_t n, struct dd_estimate *out, char *err, size_t errlen);
+
+/* A range of a process's address space, [start, end). */
+struct dd_estimate_range {
+	pid_t pid;
+	uint64_t start, end;
+};
+
+/*
+ * The same over the memory the processes offer for merging only: the
+ * mappings they marked madvise(MADV_MERGEABLE) for kernel KSM (VmFlags "mg"
+ * in /proc/PID/smaps), and the ranges given in offered[] (what they registered
+ * with dedupd: dedupctl asks the daemon). What a deduplication engine can
+ * reach, as against all of the processes' private memory.
+ */
+int dd_estimate_run_mergeable(const pid_t *pids, size_t n, const struct dd_estimate_range *offered,
+			      size_t noffered, struct dd_estimate *out, char *err, size_t errlen);
 
 /* Free what dd_estimate_run() allocated; NULL-safe. */
 void dd_estimate_free(struct dd_estimate *e);
