@@ -1586,11 +1586,13 @@ static uint32_t thp_pages(struct dd_scanner *s, struct dd_sclient *c, uint64_t b
  * would leave it partly mapped: its memory comes back only when the kernel's
  * deferred-split shrinker runs, under memory pressure. The pages of a large
  * folio have consecutive frame numbers, so only the first page of each run
- * of consecutive frames is looked up in /proc/kpageflags; one MADV_COLD of a
- * 4 KiB page of each large folio splits it (as in thp_pages()).
+ * of consecutive frames is looked up in /proc/kpageflags, and only runs
+ * with a page seen for the first time (registered, faulted in again); one
+ * MADV_COLD of a 4 KiB page of each large folio splits it (as in
+ * thp_pages()).
  */
 static void split_pte_folios(struct dd_scanner *s, struct dd_sclient *c, uint64_t base,
-			     uint32_t n, const uint64_t *pm)
+			     uint32_t n, const uint64_t *pm, const struct dd_page *pages)
 {
 	struct iovec iov[16];
 	unsigned int niov = 0;
@@ -1608,6 +1610,16 @@ static void split_pte_folios(struct dd_scanner *s, struct dd_sclient *c, uint64_
 			j++;
 		if (j == i)
 			continue;
+		/* Pages seen before were looked at then (or are merged, zero,
+		 * candidates): only runs with a page seen for the first time. */
+		bool fresh = false;
+
+		for (uint32_t k = i; k <= j && !fresh; k++)
+			fresh = pages[k].state == PG_NEW;
+		if (!fresh) {
+			i = j;
+			continue;
+		}
 		if (pread(s->kpageflags, &fl, sizeof(fl), (off_t)(pfn * sizeof(fl))) ==
 			    (ssize_t)sizeof(fl) && (fl & KPF_LARGE)) {
 			iov[niov++] = (struct iovec){ (void *)(uintptr_t)(base + (uint64_t)i * DD_PAGE_SIZE),
@@ -1646,7 +1658,7 @@ static int scan_batch(struct dd_worker *w, struct dd_sclient *c, struct dd_regio
 	    (ssize_t)(n * sizeof(pm[0])))
 		return -errno ? -errno : -EIO;
 	if (KNOB(s, thp_split))
-		split_pte_folios(s, c, base, n, pm);
+		split_pte_folios(s, c, base, n, pm, &r->pages[idx0]);
 	for (uint32_t i = 0; i < n; i++) {
 		struct dd_page *p = &r->pages[idx0 + i];
 
