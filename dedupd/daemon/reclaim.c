@@ -759,8 +759,9 @@ static void reap(struct dd_reclaim *r)
  * The state is high again: give balloons back, but only out of the surplus
  * above the high threshold plus a margin, so that deflating does not bring the
  * pressure straight back; when the pressure is really gone the surplus covers
- * every balloon. The clients with the highest rho (least idle-taxed per byte)
- * get theirs back first. Limits are lifted at once.
+ * every balloon. The surplus goes back in small steps, each to the client
+ * with the highest rho (least idle-taxed per byte) after it. Limits are
+ * lifted at once.
  */
 #define DEFLATE_MARGIN_PERCENT 2.0
 /* Balloons wait this long in the high state before they deflate: memory a
@@ -782,28 +783,55 @@ static void undo(struct dd_reclaim *r, struct snap *v, size_t n, uint64_t total,
 	for (size_t i = 0; i < n; i++)
 		if (v[i].c->throttled)
 			release_throttle(r, v[i].c, "memory state back to high");
+	if (!surplus || !n)
+		return;
+	uint64_t *give = calloc(n, sizeof(*give));
+	uint64_t step = surplus / 1024 > MIB ? surplus / 1024 : MIB;
+	double tax = r->conf.reclaim.tax_rate;
+
+	if (!give)
+		return; /* next tick */
+	/* Min-funding revocation run backwards, in small steps: each step goes
+	 * to the client whose rho would then be the highest, so that clients
+	 * with equal shares and activity end up with equal memory (one client
+	 * taking the whole surplus left them megabytes apart). */
 	while (surplus) {
-		struct rc_client *best = NULL;
-		uint64_t give;
+		double best_rho = 0;
+		size_t best = n;
+		uint64_t g;
 
 		for (size_t i = 0; i < n; i++) {
 			struct rc_client *c = v[i].c;
+			double rho;
 
-			if (c->balloon_target && balloon_usable(c, now) && !v[i].take &&
-			    (!best || c->rho > best->rho))
-				best = c;
+			if (!c->balloon_target || give[i] >= c->balloon_target || v[i].take ||
+			    !balloon_usable(c, now))
+				continue;
+			rho = dd_rc_rho(c->shares, c->pss + give[i], c->act.estimate, tax);
+			if (best == n || rho > best_rho) {
+				best = i;
+				best_rho = rho;
+			}
 		}
-		if (!best)
+		if (best == n)
 			break;
-		for (size_t i = 0; i < n; i++)
-			if (v[i].c == best)
-				v[i].take = 1; /* once per tick */
-		give = best->balloon_target < surplus ? best->balloon_target : surplus;
-		surplus -= give;
-		set_balloon(r, best, best->balloon_target - give,
-			    give == best->balloon_target ? "memory state back to high"
+		g = v[best].c->balloon_target - give[best];
+		g = g < step ? g : step;
+		g = g < surplus ? g : surplus;
+		give[best] += g;
+		surplus -= g;
+	}
+	for (size_t i = 0; i < n; i++) {
+		struct rc_client *c = v[i].c;
+
+		if (!give[i])
+			continue;
+		v[i].take = 1; /* once per tick */
+		set_balloon(r, c, c->balloon_target - give[i],
+			    give[i] == c->balloon_target ? "memory state back to high"
 							 : "memory state back to high, in part");
 	}
+	free(give);
 }
 
 /* Balloon memory asked for but not yet handed over: it will still be freed. */
