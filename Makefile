@@ -59,7 +59,8 @@ TEST_SRC    := $(wildcard tests/check_*.c)
 obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 SKELS     := $(patsubst bpf/%.bpf.c,$(BUILD)/bpf/%.skel.h,$(BPF_PROGS))
 CORE_OBJS := $(call obj,$(HASH_SRC) $(SCANNER_SRC) $(BPF_SRC) $(CONF_SRC) $(COMMON_SRC) $(RECLAIM_SRC) $(DAEMON_SRC))
-LIB_OBJS  := $(call obj,$(LIB_SRC) $(COMMON_SRC))
+# The agent checksums pages in the client (HASH): the page hash goes into libdedup too.
+LIB_OBJS  := $(call obj,$(LIB_SRC) $(COMMON_SRC) $(filter hash/pagehash%,$(HASH_SRC)))
 CORE_LIB  := $(BUILD)/libdd-core.a
 LIBDEDUP  := $(BUILD)/libdedup.so
 PRELOAD   := $(BUILD)/libdedup-preload.so

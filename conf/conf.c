@@ -134,6 +134,7 @@ static const struct knob knobs[] = {
 	{ F(scan, zero_pages), .kind = K_BOOL, .reloadable = true },
 	{ F(scan, share_domain), .kind = K_ENUM, .names = domains },
 	{ F(scan, thp), .kind = K_ENUM, .names = thps, .reloadable = true },
+	{ F(scan, agent_hash), .kind = K_BOOL, .reloadable = true },
 	/* [pressure] */
 	{ F(pressure, bpf), .kind = K_BOOL },
 	{ STR(pressure, psi_trigger, check_psi) },
@@ -207,6 +208,7 @@ void dd_conf_init(struct dd_conf *c)
 			.zero_pages = true,
 			.share_domain = DD_CONF_DOMAIN_UID,
 			.thp = DD_CONF_THP_KEEP,
+			.agent_hash = true,
 		},
 		.pressure = {
 			.bpf = true,

@@ -90,6 +90,7 @@ struct dd_conf_scan {
 	bool zero_pages;	      /* zap all-zero pages instead of merging them */
 	int share_domain;	      /* enum dd_conf_share_domain */
 	int thp;		      /* enum dd_conf_thp */
+	bool agent_hash;	      /* clients' agents checksum their pages in place */
 };
 
 /* [pressure] */

@@ -50,7 +50,8 @@
 #include <urcu.h>
 
 #define MAX_DOMAINS 1024
-#define READ_BATCH 256    /* pages per pagemap read and process_vm_readv */
+#define READ_BATCH 256    /* pages per pagemap read */
+#define HASH_CHUNK 64     /* pages per process_vm_readv + hash: 256 KiB, fits L2 */
 #define MAX_MERGE 1024    /* merges per flush */
 #define MAX_EVENTS 256    /* queued unmap events per client before a full reset */
 #define VMA_RECOUNT_MS 50 /* a client's VMA count is at most this old when merging */
@@ -117,6 +118,7 @@ struct dd_sclient {
 	void *agent;
 	atomic_int refs;
 	bool dead;
+	bool copy_only; /* its agent does not hash: copy its pages */
 	pthread_mutex_t lock;
 	struct dd_region *regions;
 	uint64_t next_region_id;
@@ -178,7 +180,7 @@ struct merge {
 struct dd_worker {
 	struct dd_scanner *s;
 	pthread_t thread;
-	uint8_t *buf;  /* READ_BATCH pages */
+	uint8_t *buf;  /* HASH_CHUNK pages */
 	uint8_t *vbuf; /* MAX_MERGE pages: verify copies */
 	struct merge *mq;
 	size_t nmq;
@@ -186,6 +188,8 @@ struct dd_worker {
 	struct dd_remap_entry e[2][DD_BATCH_MAX];
 	size_t first[2][DD_BATCH_MAX], len[2][DD_BATCH_MAX];
 	int32_t res[DD_BATCH_MAX];
+	struct dd_hash_range hr[READ_BATCH];
+	struct dd_hash_result hres[READ_BATCH];
 };
 
 struct dd_scanner {
@@ -227,7 +231,8 @@ struct dd_scanner {
 	/* statistics */
 	atomic_uint_fast64_t pages_scanned, full_scans, merges, merge_failed, cow_breaks,
 		pages_volatile, zero_pages, faults, unstable_count, last_pass_ms, pages_adopted,
-		scan_cpu_ns, registered, nregions, thp_split, thp_skipped, pass_thp_skipped;
+		scan_cpu_ns, registered, nregions, thp_split, thp_skipped, pass_thp_skipped,
+		agent_hash_pages, agent_cpu_ns, agent_unreadable;
 	atomic_bool no_pagemap_scan; /* the kernel refused PAGEMAP_SCAN */
 	int kpageflags;              /* /proc/kpageflags, or -1 */
 };
@@ -252,6 +257,7 @@ void dd_scan_knobs_default(struct dd_scan_knobs *k)
 		.share_domain = DD_DOMAIN_UID,
 		.zero_pages = true,
 		.idle_backoff_ms_max = 1000,
+		.agent_hash = true,
 	};
 }
 
@@ -410,6 +416,7 @@ void dd_scanner_set_agent(struct dd_scanner *s, struct dd_sclient *c, void *agen
 {
 	pthread_mutex_lock(&c->lock);
 	c->agent = agent;
+	c->copy_only = false;
 	memset(c->stores_sent, 0, sizeof(c->stores_sent));
 	pthread_mutex_unlock(&c->lock);
 }
@@ -1118,7 +1125,10 @@ static int stable_visit(struct dd_table_node *tn, void *arg)
 	struct stable_hit *h = arg;
 	struct dd_stable *st = caa_container_of(tn, struct dd_stable, tn);
 
-	if (st->dead || memcmp(h->page, dd_store_page(st->store, st->slot), DD_PAGE_SIZE))
+	/* Without the page (the agent sent only its checksum), the byte compare
+	 * under freeze in verify() is the only one, as for unstable hits. */
+	if (st->dead ||
+	    (h->page && memcmp(h->page, dd_store_page(st->store, st->slot), DD_PAGE_SIZE)))
 		return 0;
 	if (!dd_store_try_pend(st))
 		return 0;
@@ -1233,7 +1243,11 @@ static struct dd_unstable *unstable_of(struct dd_scanner *s, struct dd_region *r
 	return atomic_load(&u->live) && u->r == r && u->idx == idx ? u : NULL;
 }
 
-/* Look a candidate page up in both tables (rcu read lock held). */
+/*
+ * Look a candidate page up in both tables (rcu read lock held). page is its
+ * content, or NULL if only its checksum is known (the agent hashed it): then
+ * it is read here only if a new store page must be made of it.
+ */
 static void match_page(struct dd_worker *w, struct dd_region *r, uint32_t idx, const void *page)
 {
 	struct dd_scanner *s = w->s;
@@ -1255,6 +1269,11 @@ static void match_page(struct dd_worker *w, struct dd_region *r, uint32_t idx, c
 
 		if (!unstable_del(s, uh.node))
 			goto insert; /* someone else took it */
+		if (!page) {
+			if (read_pages(r->c, r->start + (uint64_t)idx * DD_PAGE_SIZE, w->buf, 1) < 0)
+				return; /* gone meanwhile; the other page waits for the next pass */
+			page = w->buf;
+		}
 		/* Two merges will pend on the new slot: this page and the other. */
 		slot = dd_store_alloc(r->dom->store, page, w->hint, 2);
 		if (slot >= 0) {
@@ -1636,19 +1655,178 @@ static void split_pte_folios(struct dd_scanner *s, struct dd_sclient *c, uint64_
 		atomic_fetch_add(&s->thp_split, niov);
 }
 
+/*
+ * Copy pages [k0, k1) of the batch whose need[] is set into w->buf (page i at
+ * (i - k0)), one process_vm_readv for all of them; shared anonymous pages one
+ * by one through /proc/PID/mem (see read_pages()). Pages that could not be
+ * read (unmapped under us) get need[] cleared. Returns 0 or -errno.
+ */
+static int copy_chunk(struct dd_worker *w, struct dd_sclient *c, uint64_t base,
+		      const uint64_t *pm, bool *need, uint32_t k0, uint32_t k1)
+{
+	struct iovec lv[HASH_CHUNK], rv[HASH_CHUNK];
+	size_t niov = 0;
+	ssize_t got;
+
+	for (uint32_t i = k0; i < k1; i++) {
+		uint8_t *dst = w->buf + (size_t)(i - k0) * DD_PAGE_SIZE;
+
+		if (!need[i])
+			continue;
+		if (pm_shared_anon(pm[i])) { /* never pin it */
+			if (read_mem(c, base + (uint64_t)i * DD_PAGE_SIZE, dst, 1) < 0)
+				need[i] = false;
+			continue;
+		}
+		if (niov && (uint8_t *)lv[niov - 1].iov_base + lv[niov - 1].iov_len == dst) {
+			lv[niov - 1].iov_len += DD_PAGE_SIZE;
+			rv[niov - 1].iov_len += DD_PAGE_SIZE;
+		} else {
+			lv[niov] = (struct iovec){ dst, DD_PAGE_SIZE };
+			rv[niov++] = (struct iovec){ (void *)(uintptr_t)(base + i * DD_PAGE_SIZE),
+						     DD_PAGE_SIZE };
+		}
+	}
+	got = niov ? process_vm_readv(c->pid, lv, niov, rv, niov, 0) : 0;
+	if (got < 0)
+		return -errno;
+	/* Pages the readv did not reach (unmapped under us) are skipped. */
+	for (size_t v = 0, done = (size_t)got; v < niov; v++) {
+		size_t take = done < lv[v].iov_len ? done : lv[v].iov_len;
+		size_t first = k0 + (size_t)((uint8_t *)lv[v].iov_base - w->buf) / DD_PAGE_SIZE;
+
+		for (size_t j = take / DD_PAGE_SIZE; j < lv[v].iov_len / DD_PAGE_SIZE; j++)
+			need[first + j] = false;
+		done -= take;
+	}
+	return 0;
+}
+
+/*
+ * What one scanned page's checksum means for it (c->lock, rcu read lock):
+ * pg is its content, or NULL when the agent hashed it in place.
+ */
+static void scan_page(struct dd_worker *w, struct dd_sclient *c, struct dd_region *r,
+		      uint32_t idx, uint64_t csum, bool zero, const void *pg, uint16_t gen,
+		      uint64_t *vol)
+{
+	struct dd_scanner *s = w->s;
+	struct dd_page *p = &r->pages[idx];
+
+	if (p->state == PG_UNSTABLE) {
+		struct dd_unstable *u = unstable_of(s, r, idx);
+
+		if (u && p->csum == csum)
+			return; /* waiting in the table for a partner */
+		if (u) { /* changed: out of the table, wait for it to settle */
+			unstable_del(s, u);
+			(*vol)++;
+			p->csum = csum;
+			p->state = PG_CHECKED;
+			p->gen = gen;
+			return;
+		}
+		p->state = PG_CHECKED; /* a partner took it; its merge failed */
+	}
+	if (p->state == PG_ZERO) {
+		if (zero)
+			return;
+		atomic_fetch_sub(&s->zero_pages, 1);
+		r->zero--;
+		p->state = PG_NEW;
+		p->flags |= PGF_VOLATILE;
+	}
+	/* A page is a candidate the first time it is seen, unless it was
+	 * written after a merge before (PGF_VOLATILE): then, as in KSM, only
+	 * once its checksum held still for a pass. Candidates are only a
+	 * filter: every merge is byte-compared under freeze. */
+	if ((p->state == PG_CHECKED && p->csum == csum) ||
+	    (p->state == PG_NEW && !(p->flags & PGF_VOLATILE))) {
+		p->csum = csum;
+		if (zero)
+			mq_add(w, r, idx, -1); /* a zap splits no VMA */
+		else if (vma_room(c))
+			match_page(w, r, idx, pg);
+		else
+			p->state = PG_CHECKED; /* over the VMA budget: not now */
+	} else {
+		if (p->state == PG_CHECKED)
+			(*vol)++;
+		p->csum = csum;
+		p->state = PG_CHECKED;
+		p->gen = gen;
+	}
+	if (w->nmq + 2 >= merge_cap(s))
+		flush(w, c);
+}
+
+/*
+ * Have the agent checksum the needed pages of the batch in place. 1 if it
+ * did (need[] cleared for pages it could not read), 0 if the pages must be
+ * copied instead, -errno if the agent did not answer.
+ */
+static int agent_hash_batch(struct dd_worker *w, struct dd_sclient *c, uint64_t base, bool *need,
+			    uint32_t n)
+{
+	struct dd_scanner *s = w->s;
+	uint32_t nr = 0, np = 0;
+	uint64_t cpu = 0;
+	int r;
+
+	if (!s->ops.hash || !c->agent || c->copy_only || !KNOB(s, agent_hash))
+		return 0;
+	for (uint32_t i = 0; i < n; i++) {
+		if (!need[i])
+			continue;
+		if (nr && w->hr[nr - 1].addr + (uint64_t)w->hr[nr - 1].npages * DD_PAGE_SIZE ==
+				  base + (uint64_t)i * DD_PAGE_SIZE)
+			w->hr[nr - 1].npages++;
+		else
+			w->hr[nr++] = (struct dd_hash_range){ base + (uint64_t)i * DD_PAGE_SIZE, 1, 0 };
+		np++;
+	}
+	if (!np)
+		return 1;
+	r = s->ops.hash(c->agent, w->hr, nr, np, w->hres, &cpu);
+	if (r == -EOPNOTSUPP) {
+		c->copy_only = true;
+		return 0;
+	}
+	if (r < 0)
+		return r;
+	atomic_fetch_add(&s->agent_hash_pages, np);
+	atomic_fetch_add(&s->agent_cpu_ns, cpu);
+	/* Results in page order: spread them back over the batch, from the end
+	 * (result k goes to page i >= k, which holds no result still unread). */
+	for (uint32_t i = n, k = np, bad = 0; i-- > 0;)
+		if (need[i]) {
+			w->hres[i] = w->hres[--k];
+			need[i] = w->hres[i].flags & DD_HASH_OK;
+			bad += !need[i];
+			if (!k && bad)
+				atomic_fetch_add(&s->agent_unreadable, bad);
+		}
+	return 1;
+}
+
+/*
+ * One batch: one pagemap read for up to READ_BATCH pages; then either the
+ * client's agent checksums the pages in place, or they are copied and hashed
+ * here in chunks of HASH_CHUNK pages, so that the copy lands in, and the hash
+ * reads from, the CPU's L2 cache (a whole batch, 1 MiB, would not fit).
+ */
 static int scan_batch(struct dd_worker *w, struct dd_sclient *c, struct dd_region *r,
 		      uint32_t idx0, uint32_t n)
 {
 	struct dd_scanner *s = w->s;
 	uint64_t vol = 0;
 	uint64_t pm[READ_BATCH], base = r->start + (uint64_t)idx0 * DD_PAGE_SIZE;
-	struct iovec lv[READ_BATCH], rv[READ_BATCH];
 	bool need[READ_BATCH], huge[READ_BATCH];
 	uint32_t nhuge;
-	size_t niov = 0;
 	uint64_t scanned = 0;
-	ssize_t got;
 	uint16_t gen = (uint16_t)atomic_load(&s->full_scans);
+	bool zp = KNOB(s, zero_pages);
+	int err;
 
 	memset(huge, 0, n * sizeof(huge[0]));
 	nhuge = thp_pages(s, c, base, n, huge);
@@ -1676,91 +1854,42 @@ static int scan_batch(struct dd_worker *w, struct dd_sclient *c, struct dd_regio
 			p->flags |= PGF_VOLATILE;
 		}
 		need[i] = true;
-		if (pm_shared_anon(pm[i])) { /* see read_pages(): never pin it */
-			if (read_mem(c, base + (uint64_t)i * DD_PAGE_SIZE,
-				     w->buf + (size_t)i * DD_PAGE_SIZE, 1) < 0)
-				need[i] = false;
-			continue;
-		}
-		if (niov && (char *)lv[niov - 1].iov_base + lv[niov - 1].iov_len ==
-				    (char *)w->buf + (size_t)i * DD_PAGE_SIZE) {
-			lv[niov - 1].iov_len += DD_PAGE_SIZE;
-			rv[niov - 1].iov_len += DD_PAGE_SIZE;
-		} else {
-			lv[niov] = (struct iovec){ w->buf + (size_t)i * DD_PAGE_SIZE, DD_PAGE_SIZE };
-			rv[niov++] = (struct iovec){ (void *)(uintptr_t)(base + i * DD_PAGE_SIZE),
-						     DD_PAGE_SIZE };
-		}
+		if (p->state == PG_UNSTABLE && p->slot < __atomic_load_n(&s->upool_next,
+									  __ATOMIC_RELAXED))
+			__builtin_prefetch(unode(s, p->slot)); /* read by unstable_of() */
 	}
-	got = niov ? process_vm_readv(c->pid, lv, niov, rv, niov, 0) : 0;
-	if (got < 0)
-		return -errno;
-	/* Pages the readv did not reach (unmapped under us) are skipped. */
-	for (size_t v = 0, done = (size_t)got; v < niov; v++) {
-		size_t take = done < lv[v].iov_len ? done : lv[v].iov_len;
-		size_t first = (size_t)((uint8_t *)lv[v].iov_base - w->buf) / DD_PAGE_SIZE;
-
-		for (size_t j = take / DD_PAGE_SIZE; j < lv[v].iov_len / DD_PAGE_SIZE; j++)
-			need[first + j] = false;
-		done -= take;
-	}
-	for (uint32_t i = 0; i < n; i++) {
-		struct dd_page *p = &r->pages[idx0 + i];
-		const uint8_t *pg = w->buf + (size_t)i * DD_PAGE_SIZE;
-		bool zero;
-		uint64_t csum;
-
-		if (!need[i])
-			continue;
-		scanned++;
-		csum = dd_page_hash(pg);
-		zero = KNOB(s, zero_pages) && !(p->flags & PGF_REMAPPED) && dd_page_is_zero(pg);
-		if (p->state == PG_UNSTABLE) {
-			struct dd_unstable *u = unstable_of(s, r, idx0 + i);
-
-			if (u && p->csum == csum)
-				continue; /* waiting in the table for a partner */
-			if (u) { /* changed: out of the table, wait for it to settle */
-				unstable_del(s, u);
-				vol++;
-				p->csum = csum;
-				p->state = PG_CHECKED;
-				p->gen = gen;
+	if ((err = agent_hash_batch(w, c, base, need, n)) < 0)
+		return err;
+	if (err) {
+		for (uint32_t i = 0; i < n; i++) {
+			if (!need[i])
 				continue;
-			}
-			p->state = PG_CHECKED; /* a partner took it; its merge failed */
+			scanned++;
+			scan_page(w, c, r, idx0 + i, w->hres[i].csum,
+				  zp && !(r->pages[idx0 + i].flags & PGF_REMAPPED) &&
+					  (w->hres[i].flags & DD_HASH_ZERO),
+				  NULL, gen, &vol);
 		}
-		if (p->state == PG_ZERO) {
-			if (zero)
-				continue;
-			atomic_fetch_sub(&s->zero_pages, 1);
-			r->zero--;
-			p->state = PG_NEW;
-			p->flags |= PGF_VOLATILE;
-		}
-		/* A page is a candidate the first time it is seen, unless it was
-		 * written after a merge before (PGF_VOLATILE): then, as in KSM, only
-		 * once its checksum held still for a pass. Candidates are only a
-		 * filter: every merge is byte-compared under freeze. */
-		if ((p->state == PG_CHECKED && p->csum == csum) ||
-		    (p->state == PG_NEW && !(p->flags & PGF_VOLATILE))) {
-			p->csum = csum;
-			if (zero)
-				mq_add(w, r, idx0 + i, -1); /* a zap splits no VMA */
-			else if (vma_room(c))
-				match_page(w, r, idx0 + i, pg);
-			else
-				p->state = PG_CHECKED; /* over the VMA budget: not now */
-		} else {
-			if (p->state == PG_CHECKED)
-				vol++;
-			p->csum = csum;
-			p->state = PG_CHECKED;
-			p->gen = gen;
-		}
-		if (w->nmq + 2 >= merge_cap(s))
-			flush(w, c);
+		goto out;
 	}
+	for (uint32_t k0 = 0; k0 < n; k0 += HASH_CHUNK) {
+		uint32_t k1 = n - k0 < HASH_CHUNK ? n : k0 + HASH_CHUNK;
+
+		if ((err = copy_chunk(w, c, base, pm, need, k0, k1)) < 0)
+			return err;
+		for (uint32_t i = k0; i < k1; i++) {
+			const uint8_t *pg = w->buf + (size_t)(i - k0) * DD_PAGE_SIZE;
+
+			if (!need[i])
+				continue;
+			scanned++;
+			scan_page(w, c, r, idx0 + i, dd_page_hash(pg),
+				  zp && !(r->pages[idx0 + i].flags & PGF_REMAPPED) &&
+					  dd_page_is_zero(pg),
+				  pg, gen, &vol);
+		}
+	}
+out:
 	atomic_fetch_add(&s->pages_scanned, scanned);
 	atomic_fetch_add(&s->pass_volatile, vol);
 	return 0;
@@ -2082,7 +2211,7 @@ struct dd_scanner *dd_scanner_new(const struct dd_scan_knobs *k, const struct dd
 		struct dd_worker *w = &s->workers[i];
 
 		w->s = s;
-		w->buf = malloc((size_t)READ_BATCH * DD_PAGE_SIZE);
+		w->buf = malloc((size_t)HASH_CHUNK * DD_PAGE_SIZE);
 		w->vbuf = malloc((size_t)MAX_MERGE * DD_PAGE_SIZE);
 		w->mq = calloc(MAX_MERGE, sizeof(*w->mq));
 	}
@@ -2274,6 +2403,9 @@ void dd_scanner_stats(struct dd_scanner *s, struct dd_scan_stats *o)
 	o->thp_skipped = atomic_load(&s->thp_skipped);
 	o->faults = atomic_load(&s->faults);
 	o->scan_cpu_ns = atomic_load(&s->scan_cpu_ns);
+	o->agent_hash_pages = atomic_load(&s->agent_hash_pages);
+	o->agent_cpu_ns = atomic_load(&s->agent_cpu_ns);
+	o->agent_unreadable = atomic_load(&s->agent_unreadable);
 	o->last_pass_ms = atomic_load(&s->last_pass_ms);
 	o->meta_bytes += o->pages_registered * sizeof(struct dd_page) +
 			 o->pages_unshared * sizeof(struct dd_unstable);

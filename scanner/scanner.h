@@ -32,6 +32,12 @@ struct dd_scan_ops {
 		     int32_t *res);
 	/* Hand the store memfd of domain to the agent. 0 or -errno. */
 	int (*send_store)(void *agent, uint32_t domain, int memfd);
+	/* Have the agent checksum n ranges (npages pages in all, at most
+	 * DD_HASH_MAX) of its memory in place: res[] gets one result per page
+	 * and *cpu_ns the agent's CPU time. 0, -EOPNOTSUPP (the agent does not
+	 * hash: copy the pages), or another -errno (no answer). May be NULL. */
+	int (*hash)(void *agent, const struct dd_hash_range *e, uint32_t n, uint32_t npages,
+		    struct dd_hash_result *res, uint64_t *cpu_ns);
 };
 
 struct dd_scan_knobs {
@@ -45,6 +51,7 @@ struct dd_scan_knobs {
 	bool thp_split;               /* scan pages of transparent huge pages, splitting
 				       * each THP first; false: leave them alone */
 	uint32_t scan_threads;        /* 0: one per two cores; fixed at start */
+	bool agent_hash;              /* have agents checksum their pages in place */
 };
 
 void dd_scan_knobs_default(struct dd_scan_knobs *k);
@@ -75,6 +82,9 @@ struct dd_scan_stats {
 	uint64_t daemon_anon_bytes; /* the daemon's resident anonymous memory */
 	int64_t bytes_saved_net;
 	uint64_t scan_cpu_ns;     /* CPU time of the scan thread */
+	uint64_t agent_hash_pages; /* pages checksummed by agents, total */
+	uint64_t agent_cpu_ns;    /* agents' CPU time for those, as they report it */
+	uint64_t agent_unreadable; /* pages an agent could not read (a fault), total */
 	uint64_t last_pass_ms;    /* wall time of the last full pass */
 };
 

@@ -127,6 +127,7 @@ START_TEST(test_defaults)
 	ck_assert(c.scan.zero_pages);
 	ck_assert_int_eq(c.scan.share_domain, DD_CONF_DOMAIN_UID);
 	ck_assert_int_eq(c.scan.thp, DD_CONF_THP_KEEP);
+	ck_assert(c.scan.agent_hash);
 	ck_assert(c.pressure.bpf);
 	ck_assert_str_eq(c.pressure.psi_trigger, "some 150000 1000000");
 	ck_assert_str_eq(c.pressure.cgroup, "");
@@ -252,6 +253,7 @@ static const char all_set[] = "# every key away from its default\n"
 			      "zero_pages = FALSE\n"
 			      "share_domain = client\n"
 			      "thp = split\n"
+			      "agent_hash = no\n"
 			      "[pressure]\n"
 			      "bpf = 0\n"
 			      "psi_trigger = \"full 200000 2000000\"\n"
@@ -305,6 +307,7 @@ static void check_all_set(const struct dd_conf *c)
 	ck_assert(!c->scan.zero_pages);
 	ck_assert_int_eq(c->scan.share_domain, DD_CONF_DOMAIN_CLIENT);
 	ck_assert_int_eq(c->scan.thp, DD_CONF_THP_SPLIT);
+	ck_assert(!c->scan.agent_hash);
 	ck_assert(!c->pressure.bpf);
 	ck_assert_str_eq(c->pressure.psi_trigger, "full 200000 2000000");
 	ck_assert_str_eq(c->pressure.cgroup, "/sys/fs/cgroup/memory/vms");
@@ -348,8 +351,8 @@ START_TEST(test_every_knob)
 	dd_conf_init(&c);
 	ck_assert_msg(dd_conf_load(&c, write_conf(all_set), err, sizeof(err)) == 0, "%s", err);
 	check_all_set(&c);
-	ck_assert_int_eq(c.clients[0].line, 44);
-	ck_assert_int_eq(c.clients[1].line, 52);
+	ck_assert_int_eq(c.clients[0].line, 45);
+	ck_assert_int_eq(c.clients[1].line, 53);
 	dd_conf_free(&c);
 }
 END_TEST
@@ -820,7 +823,7 @@ START_TEST(test_reloadable)
 		"pages_to_scan",     "scan.sleep_millisecs",
 		"merge_batch_pages", "max_vmas_per_client",
 		"zero_pages",	     "thp",
-		"high_free_percent", "pressure.low_free_percent",
+		"agent_hash",	     "high_free_percent", "pressure.low_free_percent",
 		"tick_millisecs",    "tax_rate",
 		"sample_period_sec", "sample_pages",
 		"default_shares",    "default_min_bytes",
@@ -1034,7 +1037,7 @@ START_TEST(test_key_list)
 			ck_assert_str_eq(a, b);
 		}
 	}
-	ck_assert_uint_eq(n, 38 + 7);
+	ck_assert_uint_eq(n, 39 + 7);
 }
 END_TEST
 

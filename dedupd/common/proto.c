@@ -51,6 +51,10 @@ size_t dd_msg_min_len(uint16_t type)
 		return sizeof(struct dd_msg_balloon);
 	case DD_MSG_BALLOON_INFO:
 		return sizeof(struct dd_msg_balloon_info);
+	case DD_MSG_HASH:
+		return sizeof(struct dd_msg_hash);
+	case DD_MSG_HASH_REPLY:
+		return sizeof(struct dd_msg_hash_reply);
 	default:
 		return 0;
 	}
@@ -76,6 +80,18 @@ static int check_body(const void *buf, size_t len)
 	case DD_MSG_AGENT_REPLY: {
 		const struct dd_msg_agent_reply *m = buf;
 		if (m->n > DD_BATCH_MAX)
+			return -EBADMSG;
+		return len == sizeof(*m) + (size_t)m->n * sizeof(m->res[0]) ? 0 : -EBADMSG;
+	}
+	case DD_MSG_HASH: {
+		const struct dd_msg_hash *m = buf;
+		if (m->n > DD_HASH_MAX)
+			return -EBADMSG;
+		return len == sizeof(*m) + (size_t)m->n * sizeof(m->e[0]) ? 0 : -EBADMSG;
+	}
+	case DD_MSG_HASH_REPLY: {
+		const struct dd_msg_hash_reply *m = buf;
+		if (m->n > DD_HASH_MAX)
 			return -EBADMSG;
 		return len == sizeof(*m) + (size_t)m->n * sizeof(m->res[0]) ? 0 : -EBADMSG;
 	}

@@ -9,7 +9,9 @@
  *                each answered by RESULT.
  *   AGENT_HELLO  the same client's agent connection (client id + token from
  *                HELLO_OK). The daemon then sends STORE, REMAP and ZAP on it
- *                and the agent answers each REMAP/ZAP with AGENT_REPLY.
+ *                and the agent answers each REMAP/ZAP with AGENT_REPLY; and,
+ *                if HELLO's flags had DD_HELLO_AGENT_HASH, HASH (ranges of its
+ *                pages), answered by HASH_REPLY (a checksum per page).
  *   ADMIN        dedupctl: a text command; answered by RESULT whose text is JSON.
  * Reclaim: the daemon sends BALLOON (a balloon size) on the agent channel, and
  * the agent answers with a one-entry AGENT_REPLY at once; the application's
@@ -49,6 +51,8 @@ enum dd_msg_type {
 	DD_MSG_ADMIN,
 	DD_MSG_BALLOON,	     /* daemon -> agent: set the libdedup balloon */
 	DD_MSG_BALLOON_INFO, /* client -> daemon: its balloon backend and size */
+	DD_MSG_HASH,	     /* daemon -> agent: checksum these pages */
+	DD_MSG_HASH_REPLY,   /* agent -> daemon: the checksums */
 	DD_MSG_TYPE_MAX,
 };
 
@@ -69,9 +73,12 @@ enum dd_domain_policy {
 	DD_DOMAIN_SALT,
 };
 
+/* HELLO flags */
+#define DD_HELLO_AGENT_HASH 1u /* the agent answers HASH */
+
 struct dd_msg_hello { /* + SCM_RIGHTS: uffd */
 	struct dd_msg_hdr h;
-	uint32_t flags;
+	uint32_t flags; /* DD_HELLO_* */
 	uint32_t uffd_features;
 };
 
@@ -139,6 +146,43 @@ struct dd_msg_agent_reply {
 	uint32_t n;
 	uint32_t pad;
 	int32_t res[]; /* per entry: 0 or -errno */
+};
+
+/*
+ * HASH: the agent checksums (XXH3-64, as dd_page_hash()) the pages of each
+ * range in its own memory, without a copy, and answers with one result per
+ * page, in order. A page it cannot read (unmapped or made inaccessible by the
+ * application meanwhile) has no DD_HASH_OK. At most DD_HASH_MAX pages.
+ */
+#define DD_HASH_MAX 1024
+#define DD_HASH_OK 1u	/* csum is valid */
+#define DD_HASH_ZERO 2u /* every byte of the page is zero */
+
+struct dd_hash_range {
+	uint64_t addr;
+	uint32_t npages;
+	uint32_t pad;
+};
+
+struct dd_msg_hash {
+	struct dd_msg_hdr h;
+	uint32_t n; /* ranges */
+	uint32_t pad;
+	struct dd_hash_range e[];
+};
+
+struct dd_hash_result {
+	uint64_t csum;
+	uint32_t flags; /* DD_HASH_* */
+	uint32_t pad;
+};
+
+struct dd_msg_hash_reply {
+	struct dd_msg_hdr h;
+	uint32_t n; /* pages */
+	int32_t status; /* 0, or -errno: nothing was hashed (n is 0) */
+	uint64_t cpu_ns; /* the agent thread's CPU time for this request */
+	struct dd_hash_result res[];
 };
 
 struct dd_msg_balloon {

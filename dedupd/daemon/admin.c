@@ -63,6 +63,9 @@ static struct json_object *stats_json(struct dd_scanner *s)
 	ADD_U64(o, "daemon_anon_bytes", st.daemon_anon_bytes);
 	json_object_object_add(o, "bytes_saved_net", json_object_new_int64(st.bytes_saved_net));
 	ADD_U64(o, "scan_cpu_ns", st.scan_cpu_ns);
+	ADD_U64(o, "agent_hash_pages", st.agent_hash_pages);
+	ADD_U64(o, "agent_cpu_ns", st.agent_cpu_ns);
+	ADD_U64(o, "agent_hash_unreadable", st.agent_unreadable);
 	ADD_U64(o, "last_pass_ms", st.last_pass_ms);
 	return o;
 }

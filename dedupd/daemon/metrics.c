@@ -166,6 +166,9 @@ static const struct {
 	  STAT(merge_failed) },
 	{ "dedupd_cow_breaks_total", "counter",
 	  "Merged pages found written (copy-on-write breaks).", STAT(cow_breaks) },
+	{ "dedupd_agent_hash_pages_total", "counter",
+	  "Pages checksummed by the clients' agents in place (not copied out).",
+	  STAT(agent_hash_pages) },
 	{ "dedupd_thp_split_total", "counter",
 	  "Transparent huge pages split so that their pages could be merged.", STAT(thp_split) },
 	{ "dedupd_thp_pages_skipped", "gauge",
@@ -206,6 +209,9 @@ static void format_scan(FILE *f, const struct dd_scan_stats *st, const struct dd
 	fprintf(f, "dedupd_bytes_saved_net %" PRId64 "\n", st->bytes_saved_net);
 	counter_fixed(f, "dedupd_scan_cpu_seconds_total", "CPU time of the scan thread.",
 		      st->scan_cpu_ns, 9);
+	counter_fixed(f, "dedupd_agent_hash_cpu_seconds_total",
+		      "CPU time the clients' agents spent checksumming pages, as they report it.",
+		      st->agent_cpu_ns, 9);
 	gauge_fixed(f, "dedupd_last_pass_seconds", "Wall time of the last full pass.",
 		    st->last_pass_ms, 3);
 	gauge(f, "dedupd_scan_pages_to_scan",

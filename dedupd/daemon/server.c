@@ -21,6 +21,7 @@
 #include <grp.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,6 +51,7 @@ enum conn_kind { CONN_NEW, CONN_CLIENT, CONN_ADMIN };
 struct agent_chan {
 	int fd;
 	int timeout_ms;
+	atomic_bool hash; /* the agent answers HASH (HELLO flag), until it says it cannot */
 	uint32_t seq;
 	pthread_mutex_t lock;
 };
@@ -63,6 +65,7 @@ struct conn {
 	int pidfd;	 /* the peer process at connect time (SO_PEERPIDFD); -1 unknown */
 	bool privileged; /* root or a member of admin_group */
 	uint64_t token;
+	uint32_t hello_flags; /* DD_HELLO_* */
 	struct dd_sclient *sc;
 	struct agent_chan *agent;
 	struct conn *next;
@@ -113,6 +116,7 @@ void dd_server_knobs(const struct dd_conf *c, struct dd_scan_knobs *k)
 	k->share_domain = (uint32_t)c->scan.share_domain;
 	k->zero_pages = c->scan.zero_pages;
 	k->thp_split = c->scan.thp == DD_CONF_THP_SPLIT;
+	k->agent_hash = c->scan.agent_hash;
 }
 
 static void apply_conf(void *arg)
@@ -323,6 +327,64 @@ static int agent_batch(void *p, bool zap, const struct dd_remap_entry *e, uint32
 	return r;
 }
 
+/*
+ * Ask the agent for the checksums of n ranges (npages pages in all) of its
+ * memory. 0 with res[0..npages) and the agent's CPU time filled in, or -errno:
+ * -EOPNOTSUPP if the agent does not hash (the caller copies pages instead),
+ * else no answer came.
+ */
+static int agent_hash(void *p, const struct dd_hash_range *e, uint32_t n, uint32_t npages,
+		      struct dd_hash_result *res, uint64_t *cpu_ns)
+{
+	struct agent_chan *a = p;
+	size_t len = sizeof(struct dd_msg_hash) + n * sizeof(*e);
+	union {
+		char raw[DD_MSG_MAX];
+		struct dd_msg_hash m;
+		struct dd_msg_hash_reply r;
+	} u;
+	ssize_t got;
+	int r;
+
+	if (!atomic_load(&a->hash))
+		return -EOPNOTSUPP;
+	if (n > DD_HASH_MAX || npages > DD_HASH_MAX)
+		return -E2BIG;
+	dd_msg_init(&u.m.h, DD_MSG_HASH, len, 0);
+	u.m.n = n;
+	u.m.pad = 0;
+	memcpy(u.m.e, e, n * sizeof(*e));
+	pthread_mutex_lock(&a->lock);
+	u.m.h.seq = ++a->seq;
+	r = dd_msg_send(a->fd, &u.m, len, -1);
+	while (r == 0) {
+		got = dd_msg_recv(a->fd, u.raw, sizeof(u.raw), NULL, a->timeout_ms);
+		if (got <= 0) {
+			r = got == 0 ? -ECONNRESET : (int)got;
+			break;
+		}
+		if (u.r.h.type != DD_MSG_HASH_REPLY || u.r.h.seq != a->seq)
+			continue; /* a late answer to a request that timed out */
+		if (u.r.status < 0) {
+			r = u.r.status == -EOPNOTSUPP ? -EOPNOTSUPP : -EPROTO;
+		} else if (u.r.n != npages) {
+			r = -EBADMSG;
+		} else {
+			memcpy(res, u.r.res, npages * sizeof(*res));
+			*cpu_ns = u.r.cpu_ns;
+		}
+		break;
+	}
+	pthread_mutex_unlock(&a->lock);
+	if (r == -EOPNOTSUPP || r == -EPROTO || r == -EBADMSG) {
+		/* The application took over SIGSEGV, or the agent is broken:
+		 * copy its pages from now on. */
+		atomic_store(&a->hash, false);
+		r = -EOPNOTSUPP;
+	}
+	return r;
+}
+
 /* On the reclaim thread: ask the agent to set the libdedup balloon. */
 static int agent_balloon(void *p, uint64_t bytes)
 {
@@ -431,6 +493,7 @@ static int on_hello(struct dd_server *srv, struct conn *c, const struct dd_msg_h
 					  "the connecting process is gone");
 	}
 	c->kind = CONN_CLIENT;
+	c->hello_flags = m->flags;
 	if (getrandom(&c->token, sizeof(c->token), 0) != sizeof(c->token))
 		c->token = ((uint64_t)rand() << 32) ^ (uint64_t)rand();
 	ok.client_id = dd_sclient_id(c->sc);
@@ -464,6 +527,7 @@ static int on_agent_hello(struct dd_server *srv, struct conn *c,
 	pthread_mutex_init(&a->lock, NULL);
 	a->fd = c->fd;
 	a->timeout_ms = (int)srv->o.conf->daemon.agent_timeout_millisecs;
+	atomic_store(&a->hash, (owner->hello_flags & DD_HELLO_AGENT_HASH) != 0);
 	if (dd_msg_send_result(c->fd, m->h.seq, 0, 0, NULL) < 0) {
 		pthread_mutex_destroy(&a->lock);
 		free(a);
@@ -756,7 +820,8 @@ static int listen_on(const char *path, mode_t mode, const char *group)
 
 struct dd_server *dd_server_new(const struct dd_server_opts *o)
 {
-	struct dd_scan_ops ops = { .batch = agent_batch, .send_store = agent_send_store };
+	struct dd_scan_ops ops = { .batch = agent_batch, .send_store = agent_send_store,
+				   .hash = agent_hash };
 	struct dd_reclaim_ops rops = { .balloon = agent_balloon };
 	struct epoll_event ev = { .events = EPOLLIN };
 	struct dd_server *srv = calloc(1, sizeof(*srv));

@@ -8,6 +8,10 @@
  * replaces it: a page that is no longer write-protected was unmapped or
  * replaced by the application meanwhile, and is left alone (-ESTALE).
  *
+ * It also answers HASH: checksums of its own pages, read in place (no copy
+ * through process_vm_readv), so that the daemon reads only the pages it
+ * merges (see hash_pages()).
+ *
  * The thread must never block on memory that dedupd may freeze: its stack is a
  * MAP_SHARED mapping (shared memory is never merged), it allocates nothing on
  * the heap after start, and all its buffers live on that stack.
@@ -15,16 +19,20 @@
 #include "dedupd/lib/agent.h"
 #include "dedupd/common/proto.h"
 #include "dedupd/common/uffd.h"
+#include "hash/pagehash.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <setjmp.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #define AGENT_STACK_BYTES (512 * 1024)
@@ -112,6 +120,147 @@ static int do_entry(struct dd_agent *a, const struct dd_remap_entry *e, bool zap
 	return 0;
 }
 
+/*
+ * Reading the application's memory in place: another thread of the
+ * application may unmap or mprotect a page between the daemon's look at
+ * pagemap and the read, and the read then raises SIGSEGV (or SIGBUS) in the
+ * agent thread. A process-wide handler, installed before the first HASH is
+ * served, sends the agent back to its checkpoint when the fault is the
+ * agent's own (the page is reported unreadable) and passes every other
+ * signal on to the handler that was there before, or to the default action.
+ * If the application installs a handler of its own later, the agent stops
+ * hashing (the daemon copies the pages instead): a fault of the agent must
+ * never reach the application's handler.
+ */
+static pthread_mutex_t guard_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct sigaction prev_segv, prev_bus;
+static atomic_int guard_tid; /* the agent thread while it reads memory, else 0 */
+static sigjmp_buf guard_jmp;
+
+static void on_fault(int sig, siginfo_t *si, void *uc)
+{
+	const struct sigaction *prev = sig == SIGBUS ? &prev_bus : &prev_segv;
+	struct sigaction dfl = { .sa_handler = SIG_DFL };
+
+	/* si_code > 0: raised by the kernel for a fault, not sent by kill() */
+	if (si->si_code > 0 && atomic_load(&guard_tid) == (int)syscall(SYS_gettid)) {
+		atomic_store(&guard_tid, 0);
+		siglongjmp(guard_jmp, 1);
+	}
+	if (prev->sa_flags & SA_SIGINFO) {
+		prev->sa_sigaction(sig, si, uc);
+	} else if (prev->sa_handler == SIG_IGN) {
+		if (si->si_code > 0) { /* a fault cannot be ignored */
+			sigaction(sig, &dfl, NULL);
+		}
+	} else if (prev->sa_handler != SIG_DFL) {
+		prev->sa_handler(sig);
+	} else {
+		/* The default action: a fault happens again when the instruction
+		 * is retried; a signal sent with kill() is raised again here. */
+		sigaction(sig, &dfl, NULL);
+		if (si->si_code <= 0)
+			raise(sig);
+	}
+}
+
+static bool guard_is_ours(int sig)
+{
+	struct sigaction cur;
+
+	return sigaction(sig, NULL, &cur) == 0 && (cur.sa_flags & SA_SIGINFO) &&
+	       cur.sa_sigaction == on_fault;
+}
+
+/* Install the handler once per process; 0, or -EOPNOTSUPP if another
+ * handler replaced it since (or it cannot be installed). */
+static int guard_ready(void)
+{
+	static bool installed;
+	struct sigaction sa = { .sa_sigaction = on_fault, .sa_flags = SA_SIGINFO | SA_ONSTACK };
+	int r = 0;
+
+	pthread_mutex_lock(&guard_lock);
+	if (!installed) {
+		sigemptyset(&sa.sa_mask);
+		if (sigaction(SIGSEGV, &sa, &prev_segv) < 0)
+			r = -EOPNOTSUPP;
+		else if (sigaction(SIGBUS, &sa, &prev_bus) < 0) {
+			sigaction(SIGSEGV, &prev_segv, NULL);
+			r = -EOPNOTSUPP;
+		}
+		installed = r == 0;
+	} else if (!guard_is_ours(SIGSEGV) || !guard_is_ours(SIGBUS)) {
+		r = -EOPNOTSUPP;
+	}
+	pthread_mutex_unlock(&guard_lock);
+	return r;
+}
+
+static uint64_t thread_cpu_ns(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+	return (uint64_t)t.tv_sec * 1000000000ULL + (uint64_t)t.tv_nsec;
+}
+
+/* Checksum every page of the request's ranges into out[]; the caller checked
+ * the ranges. A page that faults gets flags 0. */
+static void hash_pages(const struct dd_msg_hash *m, struct dd_hash_result *out)
+{
+	volatile uint32_t r = 0, j = 0, k = 0;
+	int tid = (int)syscall(SYS_gettid);
+	sigset_t faults;
+
+	sigemptyset(&faults);
+	sigaddset(&faults, SIGSEGV);
+	sigaddset(&faults, SIGBUS);
+	if (sigsetjmp(guard_jmp, 0)) { /* page k faulted */
+		pthread_sigmask(SIG_UNBLOCK, &faults, NULL);
+		out[k] = (struct dd_hash_result){ 0 };
+		j++;
+		k++;
+	}
+	atomic_store(&guard_tid, tid);
+	for (; r < m->n; r++, j = 0)
+		for (; j < m->e[r].npages; j++, k++) {
+			const void *pg = (const void *)(uintptr_t)(m->e[r].addr +
+								   (uint64_t)j * PAGE_SIZE_);
+			uint64_t csum = dd_page_hash(pg);
+
+			out[k] = (struct dd_hash_result){
+				.csum = csum,
+				.flags = DD_HASH_OK | (dd_page_is_zero(pg) ? DD_HASH_ZERO : 0),
+			};
+		}
+	atomic_store(&guard_tid, 0);
+}
+
+/* A HASH request: fill reply (n results); status 0 or -errno. */
+static void do_hash(const struct dd_msg_hash *m, struct dd_msg_hash_reply *reply)
+{
+	uint64_t t0 = thread_cpu_ns(), total = 0;
+
+	reply->n = 0;
+	reply->status = 0;
+	for (uint32_t i = 0; i < m->n; i++) {
+		if (m->e[i].addr % PAGE_SIZE_ || m->e[i].npages > DD_HASH_MAX ||
+		    m->e[i].addr + (uint64_t)m->e[i].npages * PAGE_SIZE_ < m->e[i].addr)
+			reply->status = -EINVAL;
+		total += m->e[i].npages;
+	}
+	if (!reply->status && total > DD_HASH_MAX)
+		reply->status = -E2BIG;
+	if (!reply->status)
+		reply->status = guard_ready();
+	if (!reply->status) {
+		hash_pages(m, reply->res);
+		reply->n = (uint32_t)total;
+	}
+	reply->cpu_ns = thread_cpu_ns() - t0;
+}
+
 static void *agent_main(void *arg)
 {
 	struct dd_agent *a = arg;
@@ -122,14 +271,23 @@ static void *agent_main(void *arg)
 		struct dd_msg_store store;
 		struct dd_msg_batch batch;
 		struct dd_msg_balloon balloon;
+		struct dd_msg_hash hash;
 	} in;
 	union {
-		char raw[sizeof(struct dd_msg_agent_reply) + DD_BATCH_MAX * sizeof(int32_t)];
+		char raw[sizeof(struct dd_msg_hash_reply) + DD_HASH_MAX * sizeof(struct dd_hash_result)];
 		struct dd_msg_agent_reply r;
+		struct dd_msg_hash_reply hr;
 	} out;
 	int nstores = 0, fd;
+	sigset_t faults;
 	ssize_t n;
 
+	/* Created with every signal blocked; a fault that is blocked kills the
+	 * process, so let the two a read can raise through (see on_fault()). */
+	sigemptyset(&faults);
+	sigaddset(&faults, SIGSEGV);
+	sigaddset(&faults, SIGBUS);
+	pthread_sigmask(SIG_UNBLOCK, &faults, NULL);
 	for (;;) {
 		n = dd_msg_recv(a->sock, in.raw, sizeof(in.raw), &fd, -1);
 		if (n <= 0)
@@ -143,6 +301,14 @@ static void *agent_main(void *arg)
 		}
 		if (fd >= 0)
 			close(fd);
+		if (in.h.type == DD_MSG_HASH) {
+			do_hash(&in.hash, &out.hr);
+			dd_msg_init(&out.hr.h, DD_MSG_HASH_REPLY,
+				    sizeof(out.hr) + out.hr.n * sizeof(out.hr.res[0]), in.h.seq);
+			if (dd_msg_send(a->sock, &out.hr, out.hr.h.len, -1) < 0)
+				break;
+			continue;
+		}
 		if (in.h.type == DD_MSG_BALLOON) {
 			out.r.res[0] = do_balloon(&in.balloon);
 			out.r.n = 1;

@@ -190,8 +190,14 @@ static void atfork_child(void)
 static int connect_locked(void)
 {
 	struct dd_msg_hello hello = { .uffd_features = DD_UFFD_FEATURES };
+	const char *noh = getenv("DEDUP_NO_AGENT_HASH");
 	uint64_t idtok[2] = { 0, 0 };
 	int uffd, r;
+
+	/* The agent checksums pages in place unless told not to (it installs
+	 * a SIGSEGV/SIGBUS handler for that, see agent.c). */
+	if (!noh || !*noh || !strcmp(noh, "0"))
+		hello.flags |= DD_HELLO_AGENT_HASH;
 
 	if (g.ctl >= 0 && dd_agent_alive(g.agent))
 		return 0;
