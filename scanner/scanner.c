@@ -50,8 +50,9 @@
 #include <urcu.h>
 
 #define MAX_DOMAINS 1024
-#define READ_BATCH 256    /* pages per pagemap read */
+#define READ_BATCH 1024   /* pages per pagemap read and agent HASH round trip */
 #define HASH_CHUNK 64     /* pages per process_vm_readv + hash: 256 KiB, fits L2 */
+_Static_assert(READ_BATCH <= DD_HASH_MAX, "one HASH request per batch");
 #define MAX_MERGE 1024    /* merges per flush */
 #define MAX_EVENTS 256    /* queued unmap events per client before a full reset */
 #define VMA_RECOUNT_MS 50 /* a client's VMA count is at most this old when merging */
@@ -1557,10 +1558,10 @@ static size_t merge_cap(struct dd_scanner *s)
 static uint32_t thp_pages(struct dd_scanner *s, struct dd_sclient *c, uint64_t base, uint32_t n,
 			  bool *skip)
 {
-	struct dd_page_region v[8];
+	struct dd_page_region v[32];
 	struct dd_pm_scan_arg arg = {
 		.size = sizeof(arg), .start = base, .end = base + (uint64_t)n * DD_PAGE_SIZE,
-		.vec = (uintptr_t)v, .vec_len = 8, .category_mask = DD_PAGE_IS_HUGE,
+		.vec = (uintptr_t)v, .vec_len = 32, .category_mask = DD_PAGE_IS_HUGE,
 		.return_mask = DD_PAGE_IS_HUGE,
 	};
 	uint32_t skipped = 0;
@@ -1813,7 +1814,7 @@ static int agent_hash_batch(struct dd_worker *w, struct dd_sclient *c, uint64_t 
  * One batch: one pagemap read for up to READ_BATCH pages; then either the
  * client's agent checksums the pages in place, or they are copied and hashed
  * here in chunks of HASH_CHUNK pages, so that the copy lands in, and the hash
- * reads from, the CPU's L2 cache (a whole batch, 1 MiB, would not fit).
+ * reads from, the CPU's L2 cache (a whole batch, 4 MiB, would not fit).
  */
 static int scan_batch(struct dd_worker *w, struct dd_sclient *c, struct dd_region *r,
 		      uint32_t idx0, uint32_t n)

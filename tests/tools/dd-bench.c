@@ -1286,8 +1286,10 @@ static int measure_throughput_ksm(struct run *r)
 	return 0;
 }
 
-/* S under dedupd: pages_scanned per scan_cpu_ns (the scan threads' own CPU
- * time), and per CPU second of the whole process as well. */
+/* S under dedupd: pages_scanned per CPU second of the scan threads plus the
+ * agents' hashing (scan_cpu_ns + agent_cpu_ns: with scan.agent_hash the
+ * clients' agents checksum the pages, and that CPU is the scan's too), and per
+ * CPU second of the whole daemon process and the agent threads as well. */
 static int measure_throughput_dedupd(struct run *r)
 {
 	struct json_object *a, *b;
@@ -1302,12 +1304,16 @@ static int measure_throughput_dedupd(struct run *r)
 	}
 	b = dedupd_stats(r->sock), t1 = engine_ticks(r);
 	p = jget(b, "pages_scanned") - jget(a, "pages_scanned");
-	c = jget(b, "scan_cpu_ns") - jget(a, "scan_cpu_ns");
+	c = jget(b, "scan_cpu_ns") - jget(a, "scan_cpu_ns") +
+	    (jget(b, "agent_cpu_ns") - jget(a, "agent_cpu_ns"));
 	cpu = (double)(t1 - t0) / (double)g.hz;
 	r->gbps = c > 0 ? (double)p * PAGE_SIZE_B / (double)c : NAN;
 	r->gbps_alt = (double)p * PAGE_SIZE_B / cpu / 1e9;
 	JADD(r->j, "pages_scanned_delta", JI(p));
-	JADD(r->j, "scan_cpu_ns_delta", JI(c));
+	JADD(r->j, "scan_plus_agent_cpu_ns_delta", JI(c));
+	JADD(r->j, "agent_cpu_ns_delta", JI(jget(b, "agent_cpu_ns") - jget(a, "agent_cpu_ns")));
+	JADD(r->j, "agent_hash_pages_delta",
+	     JI(jget(b, "agent_hash_pages") - jget(a, "agent_hash_pages")));
 	JADD(r->j, "full_scans_delta", JI(jget(b, "full_scans") - jget(a, "full_scans")));
 	JADD(r->j, "process_cpu_s", JD(cpu));
 	ret = a && b ? 0 : -EIO; /* dedupctl failed */
