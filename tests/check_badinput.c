@@ -551,6 +551,72 @@ START_TEST(test_register_without_agent)
 }
 END_TEST
 
+/*
+ * An agent that says it hashes (HELLO flag) but answers HASH with a reply
+ * that disagrees with the request: the daemon stops asking it and copies the
+ * pages instead; nothing else changes.
+ */
+START_TEST(test_agent_bad_hash_reply)
+{
+	struct dd_msg_hello m = { .uffd_features = DD_UFFD_FEATURES, .flags = DD_HELLO_AGENT_HASH };
+	const struct dd_msg_hello_ok *ok = (const void *)rbuf;
+	struct dd_msg_agent_hello ah;
+	struct dd_msg_register r = { 0 };
+	struct dd_msg_hash_reply bad = { 0 };
+	int ctl, ag, uffd, fd, hashes = 0;
+	char *p;
+
+	H_SKIP_UNLESS_ROOT();
+	ctl = raw_connect();
+	uffd = make_uffd();
+	p = mmap(NULL, 64 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ck_assert_ptr_ne(p, MAP_FAILED);
+	for (size_t i = 0; i < 64 * PG; i++)
+		p[i] = (char)(i * 7 + i / PG);
+	dd_msg_init(&m.h, DD_MSG_HELLO, sizeof(m), 1);
+	raw_send(ctl, &m, sizeof(m), uffd);
+	close(uffd);
+	ck_assert_int_eq(dd_msg_recv(ctl, rbuf, sizeof(rbuf), NULL, RECV_MS), (ssize_t)sizeof(*ok));
+	ag = raw_connect();
+	dd_msg_init(&ah.h, DD_MSG_AGENT_HELLO, sizeof(ah), 2);
+	ah.client_id = ok->client_id;
+	ah.token = ok->token;
+	raw_send(ag, &ah, sizeof(ah), -1);
+	expect_result(ag, 0, NULL);
+	dd_msg_init(&r.h, DD_MSG_REGISTER, sizeof(r), 3);
+	r.addr = (uintptr_t)p;
+	r.len = 64 * PG;
+	raw_send(ctl, &r, sizeof(r), -1);
+	expect_result(ctl, 0, NULL);
+	/* Answer every HASH with one result too few, for 3 s. */
+	for (uint64_t t0 = h_now_ms(); h_now_ms() - t0 < 3000;) {
+		ssize_t n = dd_msg_recv(ag, rbuf, sizeof(rbuf), &fd, 200);
+		const struct dd_msg_hash *h = (const void *)rbuf;
+		uint32_t np = 0;
+
+		if (fd >= 0)
+			close(fd);
+		if (n <= 0 || h->h.type != DD_MSG_HASH)
+			continue;
+		for (uint32_t i = 0; i < h->n; i++)
+			np += h->e[i].npages;
+		ck_assert_uint_gt(np, 0);
+		dd_msg_init(&bad.h, DD_MSG_HASH_REPLY, sizeof(bad), h->h.seq);
+		bad.n = 0; /* np expected */
+		raw_send(ag, &bad, sizeof(bad), -1);
+		hashes++;
+	}
+	ck_assert_int_eq(hashes, 1); /* asked once, never again */
+	ck_assert_msg(h_wait_stat(sock, "pages_scanned", 64, true, 5000), "pages_scanned %lld",
+		      (long long)h_stat(sock, "pages_scanned"));
+	ck_assert_int_eq(h_stat(sock, "agent_hash_pages"), 0);
+	close(ag);
+	close(ctl);
+	munmap(p, 64 * PG);
+	assert_alive();
+}
+END_TEST
+
 /* ---- raw: admin ------------------------------------------------------------- */
 
 static void expect_admin(const char *cmd, int want, const char *words)
@@ -1210,6 +1276,7 @@ Suite *badinput_suite(void)
 	tcase_add_test(tc, test_agent_hello_wrong_token);
 	tcase_add_test(tc, test_unregister_unknown);
 	tcase_add_test(tc, test_register_without_agent);
+	tcase_add_test(tc, test_agent_bad_hash_reply);
 	tcase_add_test(tc, test_admin_unknown_command);
 	tcase_add_test(tc, test_admin_set_errors);
 	tcase_add_test(tc, test_many_connections);

@@ -398,6 +398,48 @@ START_TEST(test_bad_variable_length)
 }
 END_TEST
 
+/* HASH and HASH_REPLY: lengths that agree pass, others and n over
+ * DD_HASH_MAX are refused. */
+START_TEST(test_hash_messages)
+{
+	static char buf[DD_MSG_MAX];
+	struct dd_msg_hash *h = (void *)buf;
+	struct dd_msg_hash_reply *r = (void *)buf;
+	size_t len;
+
+	ck_assert_uint_eq(dd_msg_min_len(DD_MSG_HASH), sizeof(struct dd_msg_hash));
+	ck_assert_uint_eq(dd_msg_min_len(DD_MSG_HASH_REPLY), sizeof(struct dd_msg_hash_reply));
+	len = sizeof(*h) + 3 * sizeof(h->e[0]);
+	hdr(h, DD_MSG_HASH, len);
+	h->n = 3;
+	h->e[0] = (struct dd_hash_range){ 0x10000, 5, 0 };
+	roundtrip(h, len);
+	hdr(h, DD_MSG_HASH, len);
+	h->n = 4;
+	expect_refused(h, len, -EBADMSG);
+	hdr(h, DD_MSG_HASH, len - 4);
+	h->n = 3;
+	expect_refused(h, len - 4, -EBADMSG); /* a partial range */
+	len = sizeof(*h) + (DD_HASH_MAX + 1) * sizeof(h->e[0]);
+	ck_assert_uint_le(len, DD_MSG_MAX);
+	hdr(h, DD_MSG_HASH, len);
+	h->n = DD_HASH_MAX + 1;
+	expect_refused(h, len, -EBADMSG);
+
+	len = sizeof(*r) + 2 * sizeof(r->res[0]);
+	hdr(r, DD_MSG_HASH_REPLY, len);
+	r->n = 2;
+	r->res[1] = (struct dd_hash_result){ 0x1234, DD_HASH_OK | DD_HASH_ZERO, 0 };
+	roundtrip(r, len);
+	hdr(r, DD_MSG_HASH_REPLY, len);
+	r->n = 1;
+	expect_refused(r, len, -EBADMSG);
+	hdr(r, DD_MSG_HASH_REPLY, sizeof(*r));
+	r->n = 1u << 28; /* n * 16 wraps to 0 in 32 bits */
+	expect_refused(r, sizeof(*r), -EBADMSG);
+}
+END_TEST
+
 START_TEST(test_batch_over_max)
 {
 	static char buf[DD_MSG_MAX];
@@ -666,6 +708,7 @@ Suite *proto_suite(void)
 	tcase_add_test(tc, test_bad_length);
 	tcase_add_test(tc, test_bad_variable_length);
 	tcase_add_test(tc, test_batch_over_max);
+	tcase_add_test(tc, test_hash_messages);
 	tcase_add_test(tc, test_too_big_for_buffer);
 	tcase_add_test(tc, test_eof_and_timeout);
 	tcase_add_test(tc, test_send_errors);
