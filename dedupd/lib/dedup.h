@@ -9,7 +9,12 @@
  *
  * The first call connects to dedupd ($DEDUPD_SOCKET, default
  * /run/dedupd/dedupd.sock), hands it a userfaultfd of this process and starts
- * one small agent thread that maps shared pages on the daemon's request.
+ * one small agent thread that maps shared pages on the daemon's request and
+ * checksums pages for it. For reading pages in place the agent installs a
+ * SIGSEGV/SIGBUS handler (at the daemon's first request) that takes back only
+ * its own faults and passes every other signal on to the handler installed
+ * before it; a handler the program installs afterwards turns this off, and so
+ * does DEDUP_NO_AGENT_HASH=1 in the environment (dedupd then copies pages).
  * Creating the userfaultfd needs root or CAP_SYS_PTRACE, or read-write access to
  * /dev/userfaultfd; see README "Unprivileged clients".
  *
