@@ -147,7 +147,8 @@ static void on_fault(int sig, siginfo_t *si, void *uc)
 		atomic_store(&guard_tid, 0);
 		siglongjmp(guard_jmp, 1);
 	}
-	if (prev->sa_flags & SA_SIGINFO) {
+	if ((prev->sa_flags & SA_SIGINFO) && prev->sa_handler != SIG_DFL &&
+	    prev->sa_handler != SIG_IGN) {
 		prev->sa_sigaction(sig, si, uc);
 	} else if (prev->sa_handler == SIG_IGN) {
 		if (si->si_code > 0) { /* a fault cannot be ignored */
