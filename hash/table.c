@@ -6,13 +6,17 @@
  *                     only by walking every node (cds_lfht_count_nodes); the
  *                     scanner reads the count for its statistics, so we keep
  *                     an atomic counter, moved by adds and successful dels.
- *   key               (domain, csum). The bucket hash mixes both, and
- *                     match_key() compares both, because cds_lfht calls it
- *                     only for nodes whose full hash is equal.
+ *   key               (domain, csum). The bucket hash mixes both, bijectively
+ *                     in csum for each domain, and cds_lfht keeps all 64 bits
+ *                     of it (bit-reversed) in the node and calls match_key()
+ *                     only for nodes whose hash is equal. So match_key() asks
+ *                     the owner only for the domain, and a node needs no key
+ *                     fields: 16 bytes, where the scanner has one per unique
+ *                     page.
  *   dd_table_clear()  removes every node and hands them all to ONE call_rcu()
- *                     callback, chained through their own rcu_head (unused
- *                     until then): the unstable table is emptied every pass,
- *                     and one callback per pass beats one per node.
+ *                     callback, listed in an array allocated up front (a node
+ *                     has no room to chain them, and its linkage must stay
+ *                     intact for readers until the grace period ends).
  *
  * Tables grow with CDS_LFHT_AUTO_RESIZE (resizes run in liburcu's worker
  * thread, so adds never allocate) and never shrink below their initial size,
@@ -28,13 +32,18 @@
 /* 2^24 buckets of 16 bytes: 256 MiB up front is enough; the table grows past it. */
 #define MAX_INIT_BUCKETS (1UL << 24)
 
+_Static_assert(sizeof(unsigned long) == sizeof(uint64_t),
+	       "cds_lfht must keep the whole 64-bit hash for keyless nodes");
+_Static_assert(sizeof(struct dd_table_node) == 16, "table node must stay 16 bytes");
+
 struct dd_table {
 	struct cds_lfht *ht;
+	dd_table_domain_fn domain_of;
 	atomic_ulong nr_nodes; /* nodes added and not yet removed */
 };
 
 struct table_key {
-	uint64_t csum;
+	dd_table_domain_fn domain_of;
 	uint32_t domain;
 };
 
@@ -42,7 +51,8 @@ struct table_key {
 struct clear_batch {
 	struct rcu_head rcu;
 	void (*release)(struct dd_table_node *n);
-	struct cds_wfcq_node *first; /* chained through dd_table_node.rcu.next */
+	size_t n, cap;
+	struct dd_table_node *nodes[];
 };
 
 unsigned long dd_table_key_hash(uint32_t domain, uint64_t csum)
@@ -64,10 +74,11 @@ static int match_key(struct cds_lfht_node *ln, const void *key)
 	const struct dd_table_node *n = caa_container_of(ln, struct dd_table_node, node);
 	const struct table_key *k = key;
 
-	return n->csum == k->csum && n->domain == k->domain;
+	/* cds_lfht compared the full hash already (see the top of the file). */
+	return k->domain_of(n) == k->domain;
 }
 
-struct dd_table *dd_table_new(unsigned long init_buckets)
+struct dd_table *dd_table_new(unsigned long init_buckets, dd_table_domain_fn domain_of)
 {
 	unsigned long size = 1;
 	struct dd_table *t;
@@ -77,6 +88,7 @@ struct dd_table *dd_table_new(unsigned long init_buckets)
 	t = calloc(1, sizeof(*t));
 	if (!t)
 		return NULL;
+	t->domain_of = domain_of;
 	t->ht = cds_lfht_new(size, size, 0, CDS_LFHT_AUTO_RESIZE | CDS_LFHT_ACCOUNTING, NULL);
 	if (!t->ht) {
 		dd_table_free(t);
@@ -102,8 +114,7 @@ void dd_table_free(struct dd_table *t)
 
 void dd_table_add(struct dd_table *t, struct dd_table_node *n, uint32_t domain, uint64_t csum)
 {
-	n->csum = csum;
-	n->domain = domain;
+	assert(t->domain_of(n) == domain);
 	cds_lfht_node_init(&n->node);
 	cds_lfht_add(t->ht, dd_table_key_hash(domain, csum), &n->node);
 	atomic_fetch_add_explicit(&t->nr_nodes, 1, memory_order_relaxed);
@@ -120,7 +131,7 @@ int dd_table_del(struct dd_table *t, struct dd_table_node *n)
 int dd_table_for_each_dup(struct dd_table *t, uint32_t domain, uint64_t csum, dd_table_visit_fn fn,
 			  void *arg)
 {
-	const struct table_key key = {.csum = csum, .domain = domain};
+	const struct table_key key = {.domain_of = t->domain_of, .domain = domain};
 	struct cds_lfht_iter iter;
 	struct cds_lfht_node *ln;
 	int r;
@@ -135,6 +146,15 @@ int dd_table_for_each_dup(struct dd_table *t, uint32_t domain, uint64_t csum, dd
 	return 0;
 }
 
+unsigned long dd_table_node_hash(const struct dd_table_node *n)
+{
+	unsigned long r = n->node.reverse_hash, h = 0;
+
+	for (unsigned int i = 0; i < 64; i++, r >>= 1)
+		h = (h << 1) | (r & 1);
+	return h;
+}
+
 unsigned long dd_table_count(struct dd_table *t)
 {
 	return atomic_load_explicit(&t->nr_nodes, memory_order_relaxed);
@@ -143,14 +163,9 @@ unsigned long dd_table_count(struct dd_table *t)
 static void release_batch(struct rcu_head *head)
 {
 	struct clear_batch *b = caa_container_of(head, struct clear_batch, rcu);
-	struct cds_wfcq_node *link = b->first;
-	struct dd_table_node *n;
 
-	while (link) {
-		n = caa_container_of(link, struct dd_table_node, rcu.next);
-		link = link->next; /* before release() frees n */
-		b->release(n);
-	}
+	for (size_t i = 0; i < b->n; i++)
+		b->release(b->nodes[i]);
 	free(b);
 }
 
@@ -163,22 +178,27 @@ long dd_table_clear(struct dd_table *t, void (*release)(struct dd_table_node *n)
 	long removed = 0;
 
 	if (release) {
-		b = calloc(1, sizeof(*b));
+		/* Room for every node there is now, and a few added meanwhile;
+		 * nodes beyond that stay (allowed: they were added concurrently). */
+		size_t cap = dd_table_count(t) + 64;
+
+		b = calloc(1, sizeof(*b) + cap * sizeof(b->nodes[0]));
 		if (!b)
 			return -ENOMEM;
 		b->release = release;
+		b->cap = cap;
 	}
 	rcu_read_lock();
 	for (cds_lfht_first(t->ht, &iter); (ln = cds_lfht_iter_get_node(&iter));
 	     cds_lfht_next(t->ht, &iter)) {
 		n = caa_container_of(ln, struct dd_table_node, node);
+		if (b && b->n == b->cap)
+			break;
 		if (dd_table_del(t, n))
 			continue; /* another thread removed it: its node to dispose of */
 		removed++;
-		if (b) {
-			n->rcu.next.next = b->first;
-			b->first = &n->rcu.next;
-		}
+		if (b)
+			b->nodes[b->n++] = n;
 	}
 	if (b && removed)
 		call_rcu(&b->rcu, release_batch);

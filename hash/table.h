@@ -16,7 +16,8 @@
  *   inside rcu_read_lock()/rcu_read_unlock(); a node found by a lookup may be
  *   used until the caller's rcu_read_unlock().
  * - A node may be freed or added again only after a grace period following its
- *   successful dd_table_del(): call_rcu(&n->rcu, ...) or synchronize_rcu().
+ *   successful dd_table_del(): the owner's own rcu_head with call_rcu(), one
+ *   call_rcu() for a batch of nodes, or synchronize_rcu().
  * - Before the process exits or unloads code that call_rcu() callbacks run,
  *   call rcu_barrier() so that pending callbacks (dd_table_clear's included)
  *   have run.
@@ -33,19 +34,27 @@
 struct dd_table;
 
 struct dd_table_node {
-	struct cds_lfht_node node; /* table linkage; owned by the table while added */
-	uint64_t csum;		   /* key: page checksum, set by dd_table_add() */
-	uint32_t domain;	   /* key: share domain, set by dd_table_add() */
-	struct rcu_head rcu;	   /* for the owner's call_rcu() after dd_table_del() */
+	struct cds_lfht_node node; /* table linkage and the key's hash; the table's while added */
 };
 
 /*
- * A new, empty table starting with @init_buckets buckets (rounded up to a power
- * of two, 0 taken as 1, at most 2^24). It grows with its node count and never
- * shrinks below the initial size. Returns NULL on ENOMEM (errno is set).
- * Needs no RCU registration.
+ * The share domain of node @n, which the owner keeps (the node holds no key of
+ * its own, so that a node is 16 bytes: the scanner has one per unique page).
+ * It must not change while @n is in the table. The checksum needs no field:
+ * cds_lfht keeps the full 64-bit bucket hash in the node and offers a lookup
+ * only nodes whose hash is equal, and the hash is a bijection of the checksum
+ * for each domain (dd_table_key_hash()), so equal hash and equal domain mean
+ * an equal key.
  */
-struct dd_table *dd_table_new(unsigned long init_buckets);
+typedef uint32_t (*dd_table_domain_fn)(const struct dd_table_node *n);
+
+/*
+ * A new, empty table starting with @init_buckets buckets (rounded up to a power
+ * of two, 0 taken as 1, at most 2^24), whose nodes' domains @domain_of tells.
+ * It grows with its node count and never shrinks below the initial size.
+ * Returns NULL on ENOMEM (errno is set). Needs no RCU registration.
+ */
+struct dd_table *dd_table_new(unsigned long init_buckets, dd_table_domain_fn domain_of);
 
 /*
  * Destroy @t. NULL-safe. The table must be empty (dd_table_clear() first);
@@ -56,7 +65,8 @@ void dd_table_free(struct dd_table *t);
 
 /*
  * Add @n under key (@domain, @csum), whether or not other nodes have that key.
- * @n must not be in any table. Never fails: cds_lfht allocates only when it
+ * The owner's domain_of(@n) must already return @domain. @n must not be in any
+ * table. Never fails: cds_lfht allocates only when it
  * resizes, and does that in its own worker thread. Call inside rcu_read_lock().
  */
 void dd_table_add(struct dd_table *t, struct dd_table_node *n, uint32_t domain, uint64_t csum);
@@ -82,6 +92,9 @@ typedef int (*dd_table_visit_fn)(struct dd_table_node *n, void *arg);
 int dd_table_for_each_dup(struct dd_table *t, uint32_t domain, uint64_t csum, dd_table_visit_fn fn,
 			  void *arg);
 
+/* The bucket hash (dd_table_key_hash()) of the key @n was added under. */
+unsigned long dd_table_node_hash(const struct dd_table_node *n);
+
 /*
  * Number of nodes in @t: exact when no add or del is in flight, otherwise
  * somewhere between the counts before and after them. O(1), no RCU needed.
@@ -96,7 +109,8 @@ unsigned long dd_table_count(struct dd_table *t);
  * (after its own grace period). Nodes added concurrently may survive. The read
  * lock is taken inside, so the caller may or may not hold it.
  * Returns the number of nodes removed (so @release will run that many times),
- * or -ENOMEM, in which case nothing was removed.
+ * or -ENOMEM, in which case nothing was removed. With @release, nodes added
+ * while it runs beyond the count it found at the start are left in the table.
  */
 long dd_table_clear(struct dd_table *t, void (*release)(struct dd_table_node *n));
 

@@ -154,14 +154,24 @@ struct dd_sclient {
  * read and a hash per pass. Nodes live in a pool and are named by index in the
  * page record's slot field; a record's node is valid only while it is live
  * and still names that page.
+ *
+ * 32 bytes, one per unique page, so no key and no rcu_head: the table node
+ * holds the key's hash (see hash/table.h), the domain is the region's, and
+ * deleted nodes wait for their grace period in a list chained through their
+ * self fields (no reader looks at self), one call_rcu() per UNODE_BATCH.
  */
+#define UNODE_LIVE 0x80000000u /* in idx_live: the node is in the table */
+#define UNODE_NONE UINT32_MAX  /* end of the retired list */
+#define UNODE_BATCH 1024u
+#define REGION_MAX_PAGES 0x7fffffffu /* page indexes leave room for UNODE_LIVE */
+
 struct dd_unstable {
 	struct dd_table_node tn;
 	struct dd_region *r;
-	uint32_t idx;
-	uint32_t self;	  /* index in the pool */
-	atomic_bool live; /* in the table */
+	_Atomic uint32_t idx_live; /* page index, | UNODE_LIVE while in the table */
+	uint32_t self;		   /* index in the pool; next retired node once retired */
 };
+_Static_assert(sizeof(struct dd_unstable) == 32, "unstable node must stay 32 bytes");
 
 #define KNOB(s, f) __atomic_load_n(&(s)->knobs.f, __ATOMIC_RELAXED)
 #define KNOB_SET(s, f, v) __atomic_store_n(&(s)->knobs.f, (v), __ATOMIC_RELAXED)
@@ -215,6 +225,7 @@ struct dd_scanner {
 	uint32_t upool_chunks, upool_next;
 	uint32_t *upool_free;
 	size_t upool_nfree, upool_capfree;
+	uint32_t retired, nretired; /* deleted nodes waiting for a grace period */
 	atomic_uint idle_passes;
 	uint64_t pass_merges0; /* merges when the pass started */
 	/* scan threads: each claims whole clients, in id order, once per pass */
@@ -266,6 +277,7 @@ static void fault_sync(struct dd_scanner *s);
 struct dd_unstable;
 static struct dd_unstable *unstable_of(struct dd_scanner *s, struct dd_region *r, uint32_t idx);
 static bool unstable_del(struct dd_scanner *s, struct dd_unstable *u);
+static void unode_flush_retired(struct dd_scanner *s);
 
 /* ---- clients and regions ---------------------------------------------- */
 
@@ -350,6 +362,10 @@ static void region_kill(struct dd_scanner *s, struct dd_region *r)
 {
 	for (uint32_t i = 0; i < r->npages; i++)
 		page_release(s, r, i);
+	/* Its retired nodes hold the region, and through it the client's uffd,
+	 * whose unmap events nobody reads once the client is gone: release them
+	 * after a grace period now rather than at the end of the pass. */
+	unode_flush_retired(s);
 	atomic_fetch_sub(&s->registered, r->npages);
 	atomic_fetch_sub(&s->nregions, 1);
 	r->dead = true;
@@ -735,9 +751,10 @@ int dd_scanner_register(struct dd_scanner *s, struct dd_sclient *c, uint64_t add
 	int rc;
 
 	if (!len || addr % DD_PAGE_SIZE || len % DD_PAGE_SIZE || addr + len < addr ||
-	    len / DD_PAGE_SIZE > UINT32_MAX) {
+	    len / DD_PAGE_SIZE > REGION_MAX_PAGES) {
 		snprintf(err, errlen, "bad range %#llx+%#llx: address and length must be "
-			 "non-zero multiples of 4096", (unsigned long long)addr,
+			 "non-zero multiples of 4096, and the length at most 8 TiB",
+			 (unsigned long long)addr,
 			 (unsigned long long)len);
 		return -EINVAL;
 	}
@@ -1151,7 +1168,9 @@ static int unstable_visit(struct dd_table_node *tn, void *arg)
 	/* No read of the other page here: it is byte-compared with the new
 	 * store page under freeze like every merge, so a checksum collision or
 	 * a page that changed only costs that one merge. */
-	if (!atomic_load(&u->live) || u->r->dead || (u->r == h->self && u->idx == h->self_idx))
+	uint32_t v = atomic_load(&u->idx_live);
+
+	if (!(v & UNODE_LIVE) || u->r->dead || (u->r == h->self && v == (h->self_idx | UNODE_LIVE)))
 		return 0;
 	h->node = u;
 	return 1;
@@ -1192,18 +1211,19 @@ out:
 	return u;
 }
 
-static struct dd_scanner *the_scanner; /* for call_rcu callbacks */
+static uint32_t unstable_domain(const struct dd_table_node *tn)
+{
+	return caa_container_of(tn, struct dd_unstable, tn)->r->dom->id;
+}
 
 static void unstable_release(struct dd_table_node *tn)
 {
 	region_put(caa_container_of(tn, struct dd_unstable, tn)->r);
 }
 
-static void unstable_free_rcu(struct rcu_head *h)
+/* Put a node whose grace period is over back in the pool. */
+static void unode_put(struct dd_scanner *s, struct dd_unstable *u, uint32_t i)
 {
-	struct dd_unstable *u = caa_container_of(h, struct dd_unstable, tn.rcu);
-	struct dd_scanner *s = the_scanner;
-
 	region_put(u->r);
 	pthread_mutex_lock(&s->upool_lock);
 	if (s->upool_nfree == s->upool_capfree) {
@@ -1217,18 +1237,75 @@ static void unstable_free_rcu(struct rcu_head *h)
 		s->upool_free = f;
 		s->upool_capfree = cap;
 	}
-	s->upool_free[s->upool_nfree++] = u->self;
+	s->upool_free[s->upool_nfree++] = i;
 	pthread_mutex_unlock(&s->upool_lock);
+}
+
+/* Walk a retired list, putting every node back. */
+static void unode_put_list(struct dd_scanner *s, uint32_t i)
+{
+	while (i != UNODE_NONE) {
+		struct dd_unstable *u = unode(s, i);
+		uint32_t next = u->self;
+
+		u->self = i;
+		unode_put(s, u, i);
+		i = next;
+	}
+}
+
+struct retired_batch {
+	struct rcu_head rcu;
+	struct dd_scanner *s;
+	uint32_t first;
+};
+
+static void retired_free_rcu(struct rcu_head *h)
+{
+	struct retired_batch *b = caa_container_of(h, struct retired_batch, rcu);
+
+	unode_put_list(b->s, b->first);
+	free(b);
+}
+
+/* Hand the retired list to one call_rcu() (callable in a read-side section);
+ * with no memory for that, the nodes stay retired until the next try. */
+static void unode_flush_retired(struct dd_scanner *s)
+{
+	struct retired_batch *b = malloc(sizeof(*b));
+
+	pthread_mutex_lock(&s->upool_lock);
+	if (b && s->nretired) {
+		b->s = s;
+		b->first = s->retired;
+		s->retired = UNODE_NONE;
+		s->nretired = 0;
+		call_rcu(&b->rcu, retired_free_rcu);
+		b = NULL;
+	}
+	pthread_mutex_unlock(&s->upool_lock);
+	free(b);
 }
 
 /* Take u out of the unstable table; the winner of a race disposes of it. */
 static bool unstable_del(struct dd_scanner *s, struct dd_unstable *u)
 {
+	bool flush;
+	uint32_t i;
+
 	if (dd_table_del(s->unstable, &u->tn) != 0)
 		return false;
-	atomic_store(&u->live, false);
+	atomic_fetch_and(&u->idx_live, ~UNODE_LIVE);
 	atomic_fetch_sub(&s->unstable_count, 1);
-	call_rcu(&u->tn.rcu, unstable_free_rcu);
+	pthread_mutex_lock(&s->upool_lock);
+	/* Readers still in their grace period read r and idx_live, never self. */
+	i = u->self;
+	u->self = s->retired;
+	s->retired = i;
+	flush = ++s->nretired >= UNODE_BATCH;
+	pthread_mutex_unlock(&s->upool_lock);
+	if (flush)
+		unode_flush_retired(s);
 	return true;
 }
 
@@ -1241,7 +1318,7 @@ static struct dd_unstable *unstable_of(struct dd_scanner *s, struct dd_region *r
 	if (p->state != PG_UNSTABLE || p->slot >= __atomic_load_n(&s->upool_next, __ATOMIC_ACQUIRE))
 		return NULL;
 	u = unode(s, p->slot);
-	return atomic_load(&u->live) && u->r == r && u->idx == idx ? u : NULL;
+	return atomic_load(&u->idx_live) == (idx | UNODE_LIVE) && u->r == r ? u : NULL;
 }
 
 /*
@@ -1266,7 +1343,7 @@ static void match_page(struct dd_worker *w, struct dd_region *r, uint32_t idx, c
 	dd_table_for_each_dup(s->unstable, r->dom->id, p->csum, unstable_visit, &uh);
 	if (uh.node) {
 		struct dd_region *qr = uh.node->r;
-		uint32_t qidx = uh.node->idx;
+		uint32_t qidx = atomic_load(&uh.node->idx_live) & ~UNODE_LIVE;
 
 		if (!unstable_del(s, uh.node))
 			goto insert; /* someone else took it */
@@ -1290,10 +1367,9 @@ insert:
 	if (!u)
 		return;
 	u->r = r;
-	u->idx = idx;
 	atomic_fetch_add(&r->refs, 1);
 	dd_table_add(s->unstable, &u->tn, r->dom->id, p->csum);
-	atomic_store(&u->live, true);
+	atomic_store(&u->idx_live, idx | UNODE_LIVE);
 	atomic_fetch_add(&s->unstable_count, 1);
 	p->state = PG_UNSTABLE;
 	p->slot = u->self;
@@ -1975,6 +2051,7 @@ static void pass_end(struct dd_scanner *s)
 					     (uint64_t)(s->pass_start.tv_nsec / 1000000));
 	s->pass_start = ts;
 	atomic_fetch_add(&s->full_scans, 1);
+	unode_flush_retired(s);
 	if (t - s->last_gc_ms >= 2000) { /* GC reads every /proc/PID/maps: not too often */
 		uint32_t nd;
 
@@ -2177,6 +2254,7 @@ struct dd_scanner *dd_scanner_new(const struct dd_scan_knobs *k, const struct dd
 		return NULL;
 	pthread_mutex_init(&s->lock, NULL);
 	pthread_mutex_init(&s->upool_lock, NULL);
+	s->retired = UNODE_NONE;
 	s->upool = calloc(UPOOL_MAX_CHUNKS, sizeof(*s->upool));
 	if (!s->upool) {
 		free(s);
@@ -2196,11 +2274,10 @@ struct dd_scanner *dd_scanner_new(const struct dd_scan_knobs *k, const struct dd
 	s->knobs = *k;
 	s->ops = *ops;
 	s->kpageflags = open("/proc/kpageflags", O_RDONLY | O_CLOEXEC);
-	the_scanner = s;
 	s->fault_wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	s->fault_ep = epoll_create1(EPOLL_CLOEXEC);
-	s->stable = dd_table_new(1 << 12);
-	s->unstable = dd_table_new(1 << 12);
+	s->stable = dd_table_new(1 << 12, dd_stable_domain);
+	s->unstable = dd_table_new(1 << 12, unstable_domain);
 	s->nworkers = k->scan_threads;
 	if (!s->nworkers) { /* default: one per two cores */
 		long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
@@ -2302,6 +2379,9 @@ void dd_scanner_free(struct dd_scanner *s)
 	for (uint32_t i = 0; i < s->ndomains; i++)
 		dd_store_free(s->domains[i].store);
 	rcu_read_unlock();
+	synchronize_rcu(); /* the scan threads are gone: no reader sees a retired node */
+	unode_put_list(s, s->retired);
+	s->retired = UNODE_NONE;
 	rcu_barrier();
 	dd_table_free(s->stable);
 	dd_table_free(s->unstable);

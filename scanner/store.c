@@ -161,9 +161,14 @@ bool dd_store_is_file(const struct dd_store *st, unsigned long ino)
 	return (unsigned long)st->ino == ino;
 }
 
+uint32_t dd_stable_domain(const struct dd_table_node *tn)
+{
+	return caa_container_of(tn, struct dd_stable, tn)->store->domain;
+}
+
 static void free_node_rcu(struct rcu_head *h)
 {
-	free(caa_container_of(h, struct dd_stable, tn.rcu));
+	free(caa_container_of(h, struct dd_stable, rcu));
 }
 
 void dd_store_free(struct dd_store *st)
@@ -175,7 +180,7 @@ void dd_store_free(struct dd_store *st)
 	for (uint32_t i = 0; i < st->nslots; i++) {
 		struct dd_stable *n = st->slots[i].node;
 		if (n && dd_table_del(st->stable, &n->tn) == 0)
-			call_rcu(&n->tn.rcu, free_node_rcu);
+			call_rcu(&n->rcu, free_node_rcu);
 	}
 	if (st->base != MAP_FAILED)
 		munmap(st->base, (size_t)STORE_MAX_SLOTS * DD_PAGE_SIZE);
@@ -397,7 +402,7 @@ int dd_store_gc(struct dd_store *st)
 		}
 		s->node->dead = true;
 		if (dd_table_del(st->stable, &s->node->tn) == 0)
-			call_rcu(&s->node->tn.rcu, free_node_rcu);
+			call_rcu(&s->node->rcu, free_node_rcu);
 		s->node = NULL;
 		fallocate(st->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
 			  (off_t)i * DD_PAGE_SIZE, DD_PAGE_SIZE);

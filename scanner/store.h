@@ -24,7 +24,11 @@ struct dd_stable {
 	struct dd_store *store;
 	uint32_t slot;
 	bool dead;
+	struct rcu_head rcu; /* freed after a grace period once out of the table */
 };
+
+/* A stable node's share domain (its store's), for dd_table_new(). */
+uint32_t dd_stable_domain(const struct dd_table_node *tn);
 
 /* A new store for domain, whose nodes live in table. NULL on failure (errno). */
 struct dd_store *dd_store_new(uint32_t domain, struct dd_table *stable);

@@ -286,8 +286,22 @@ static void rcu_teardown(void)
 
 struct tnode {
 	struct dd_table_node tn;
+	uint32_t domain; /* the owner keeps the domain; the table node has no key */
+	struct rcu_head rcu;
 	int id;
 };
+
+static uint32_t tnode_domain(const struct dd_table_node *n)
+{
+	return caa_container_of(n, struct tnode, tn)->domain;
+}
+
+/* Add n under (domain, csum), setting the domain the table will ask for. */
+static void tadd(struct dd_table *t, struct tnode *n, uint32_t domain, uint64_t csum)
+{
+	n->domain = domain;
+	dd_table_add(t, &n->tn, domain, csum);
+}
 
 struct collect {
 	struct tnode *seen[16];
@@ -324,7 +338,7 @@ static bool seen(const struct collect *c, const struct tnode *n)
 START_TEST(test_table_add_lookup_del)
 {
 	enum { N = 5000 };
-	struct dd_table *t = dd_table_new(0); /* one bucket: every add below resizes it */
+	struct dd_table *t = dd_table_new(0, tnode_domain); /* one bucket: every add below resizes it */
 	struct tnode *nodes = calloc(N, sizeof(*nodes));
 	struct collect c;
 
@@ -334,14 +348,14 @@ START_TEST(test_table_add_lookup_del)
 	ck_assert_uint_eq(lookup(t, 1, 12345, &c), 0);
 	rcu_read_lock();
 	for (int i = 0; i < N; i++)
-		dd_table_add(t, &nodes[i].tn, 1, 1000 + (uint64_t)i * 7919);
+		tadd(t, &nodes[i], 1, 1000 + (uint64_t)i * 7919);
 	rcu_read_unlock();
 	ck_assert_uint_eq(dd_table_count(t), N);
 	for (int i = 0; i < N; i++) {
 		ck_assert_uint_eq(lookup(t, 1, 1000 + (uint64_t)i * 7919, &c), 1);
 		ck_assert_ptr_eq(c.seen[0], &nodes[i]);
-		ck_assert_uint_eq(c.seen[0]->tn.csum, 1000 + (uint64_t)i * 7919);
-		ck_assert_uint_eq(c.seen[0]->tn.domain, 1);
+		ck_assert_uint_eq(dd_table_node_hash(&c.seen[0]->tn),
+				  dd_table_key_hash(1, 1000 + (uint64_t)i * 7919));
 	}
 	ck_assert_uint_eq(lookup(t, 1, 1001, &c), 0);
 	rcu_read_lock();
@@ -362,15 +376,15 @@ END_TEST
 
 START_TEST(test_table_duplicates)
 {
-	struct dd_table *t = dd_table_new(64);
+	struct dd_table *t = dd_table_new(64, tnode_domain);
 	struct tnode nodes[5], other;
 	struct collect c;
 
 	ck_assert_ptr_nonnull(t);
 	rcu_read_lock();
 	for (int i = 0; i < 5; i++)
-		dd_table_add(t, &nodes[i].tn, 3, 0xabcdef);
-	dd_table_add(t, &other.tn, 3, 0xabcdee);
+		tadd(t, &nodes[i], 3, 0xabcdef);
+	tadd(t, &other, 3, 0xabcdee);
 	rcu_read_unlock();
 	ck_assert_uint_eq(dd_table_count(t), 6);
 	ck_assert_uint_eq(lookup(t, 3, 0xabcdef, &c), 5);
@@ -402,6 +416,12 @@ struct owned_page {
 	struct dd_table_node tn;
 	const unsigned char *data;
 };
+
+static uint32_t owned_domain(const struct dd_table_node *n)
+{
+	(void)n;
+	return 9; /* every owned page below is in domain 9 */
+}
 
 struct equal_search {
 	const unsigned char *page;
@@ -439,7 +459,7 @@ START_TEST(test_table_forced_collision)
 	unsigned char *pages = alloc_pages(3);
 	unsigned char *a = pages, *b = pages + DD_PAGE_SIZE, *c = pages + 2 * DD_PAGE_SIZE;
 	struct owned_page na = {.data = a}, nb = {.data = b};
-	struct dd_table *t = dd_table_new(16);
+	struct dd_table *t = dd_table_new(16, owned_domain);
 	unsigned int visited;
 	uint64_t csum;
 
@@ -487,7 +507,7 @@ START_TEST(test_table_domains_isolated)
 	const uint64_t golden = 0x9e3779b97f4a7c15ULL, c1 = 0x1122334455667788ULL;
 	const uint64_t c2 = c1 + golden * (1 - 2);
 	struct tnode d1, d2, d2same, d1b;
-	struct dd_table *t = dd_table_new(16);
+	struct dd_table *t = dd_table_new(16, tnode_domain);
 	struct collect c;
 
 	ck_assert_ptr_nonnull(t);
@@ -495,10 +515,10 @@ START_TEST(test_table_domains_isolated)
 	ck_assert_msg(dd_table_key_hash(1, c1) == dd_table_key_hash(2, c2),
 		      "dd_table_key_hash() changed: update how this test forces a collision");
 	rcu_read_lock();
-	dd_table_add(t, &d1.tn, 1, c1);
-	dd_table_add(t, &d2same.tn, 2, c1);
-	dd_table_add(t, &d2.tn, 2, c2);
-	dd_table_add(t, &d1b.tn, 1, c1);
+	tadd(t, &d1, 1, c1);
+	tadd(t, &d2same, 2, c1);
+	tadd(t, &d2, 2, c2);
+	tadd(t, &d1b, 1, c1);
 	rcu_read_unlock();
 
 	ck_assert_uint_eq(lookup(t, 1, c1, &c), 2);
@@ -526,7 +546,7 @@ static void release_tnode(struct dd_table_node *n)
 START_TEST(test_table_clear)
 {
 	enum { N = 20000 };
-	struct dd_table *t = dd_table_new(1024);
+	struct dd_table *t = dd_table_new(1024, tnode_domain);
 	struct tnode *n;
 	struct collect c;
 
@@ -536,7 +556,7 @@ START_TEST(test_table_clear)
 	for (int i = 0; i < N; i++) {
 		n = calloc(1, sizeof(*n));
 		ck_assert_ptr_nonnull(n);
-		dd_table_add(t, &n->tn, (uint32_t)i % 4, (uint64_t)i / 3);
+		tadd(t, n, (uint32_t)i % 4, (uint64_t)i / 3);
 	}
 	rcu_read_unlock();
 	ck_assert_uint_eq(dd_table_count(t), N);
@@ -614,7 +634,7 @@ static void mt_expect(struct mt_shared *sh, bool ok)
 
 static void free_tnode_rcu(struct rcu_head *h)
 {
-	free(caa_container_of(h, struct tnode, tn.rcu));
+	free(caa_container_of(h, struct tnode, rcu));
 }
 
 /* Add a short-lived node, see it, delete it, free it after a grace period. */
@@ -627,13 +647,13 @@ static void mt_churn(struct mt_shared *sh, int i)
 		return;
 	}
 	rcu_read_lock();
-	dd_table_add(sh->t, &tmp->tn, mt_domain(i), mt_csum(i));
+	tadd(sh->t, tmp, mt_domain(i), mt_csum(i));
 	rcu_read_unlock();
 	mt_expect(sh, mt_present(sh->t, tmp, i));
 	rcu_read_lock();
 	mt_expect(sh, dd_table_del(sh->t, &tmp->tn) == 0);
 	rcu_read_unlock();
-	call_rcu(&tmp->tn.rcu, free_tnode_rcu);
+	call_rcu(&tmp->rcu, free_tnode_rcu);
 }
 
 static void *mt_worker(void *p)
@@ -649,7 +669,7 @@ static void *mt_worker(void *p)
 	/* Phase 1: add our slice while the others add theirs; churn and look around. */
 	for (i = lo; i < lo + NODES_PER_THREAD; i++) {
 		rcu_read_lock();
-		dd_table_add(sh->t, &sh->nodes[i].tn, mt_domain(i), mt_csum(i));
+		tadd(sh->t, &sh->nodes[i], mt_domain(i), mt_csum(i));
 		rcu_read_unlock();
 		mt_expect(sh, mt_present(sh->t, &sh->nodes[i], i));
 		if (i % 8 == 0)
@@ -685,7 +705,7 @@ START_TEST(test_table_concurrent)
 	pthread_t th[NR_THREADS];
 	long bad_wins = 0;
 
-	sh.t = dd_table_new(16);
+	sh.t = dd_table_new(16, tnode_domain);
 	sh.nodes = calloc((size_t)total, sizeof(*sh.nodes));
 	sh.del_wins = calloc((size_t)total, sizeof(*sh.del_wins));
 	ck_assert_ptr_nonnull(sh.t);

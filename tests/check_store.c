@@ -38,7 +38,7 @@ static struct dd_store *st;
 static void store_setup(void)
 {
 	rcu_register_thread();
-	table = dd_table_new(64);
+	table = dd_table_new(64, dd_stable_domain);
 	ck_assert_ptr_nonnull(table);
 	st = dd_store_new(DOMAIN, table);
 	ck_assert_ptr_nonnull(st);
@@ -184,8 +184,8 @@ START_TEST(test_alloc_copies_page)
 	ck_assert_ptr_eq(n->store, st);
 	ck_assert_uint_eq(n->slot, slot);
 	ck_assert(!n->dead);
-	ck_assert_uint_eq(n->tn.domain, DOMAIN);
-	ck_assert_uint_eq(n->tn.csum, dd_page_hash(orig));
+	ck_assert_uint_eq(dd_stable_domain(&n->tn), DOMAIN);
+	ck_assert_uint_eq(dd_table_node_hash(&n->tn), dd_table_key_hash(DOMAIN, dd_page_hash(orig)));
 	ck_assert_ptr_null(find_node(page));
 	rcu_read_unlock();
 }
