@@ -8,11 +8,11 @@
  *                       from the fault thread, and merges queued on it by
  *                       other clients' scans (pend).
  *   struct dd_region    one registered range: start, pages, share domain, and
- *                       a 16-byte struct dd_page record per page.
+ *                       an 8-byte struct dd_page record per page.
  *   struct dd_domain    a share domain (policy key) and its stable store.
  *   stable table        (domain, csum) -> store slot, all live slots.
- *   unstable table      (domain, csum) -> one page seen twice with that csum
- *                       this pass but not merged yet; emptied every pass.
+ *   unstable table      (domain, csum) -> a candidate page not merged yet
+ *                       (32-byte pooled node); kept while its checksum holds.
  *
  * Page life cycle: NEW -hash-> CHECKED -same csum next pass-> candidate:
  * stable hit (byte-equal) -> merge onto that slot; unstable hit (byte-equal)
@@ -61,14 +61,23 @@ enum pg_state { PG_NEW, PG_CHECKED, PG_UNSTABLE, PG_MERGED, PG_ZERO, PG_GONE };
 #define PGF_REMAPPED 1 /* the page lies in a VMA we remapped: never zap it */
 #define PGF_VOLATILE 2 /* written after a merge: wait for a stable checksum */
 
-struct dd_page { /* 16 bytes per registered page */
-	uint64_t csum;
-	uint32_t slot;
-	uint8_t state;
-	uint8_t flags;
-	uint16_t gen; /* pass number (low bits) in which it went UNSTABLE */
+/*
+ * 8 bytes per registered page. The checksum kept is only its low 27 bits: it
+ * tells whether the page changed since the last pass. The tables get the
+ * full 64-bit checksum fresh from the scan. A change that the low bits miss
+ * (2^-27 of changes) costs at most a merge refused under freeze, or an
+ * unstable entry left under the page's old checksum until it changes again.
+ */
+#define PG_CSUM_BITS 27
+#define PG_CSUM(c) ((uint32_t)(c) & ((1u << PG_CSUM_BITS) - 1))
+struct dd_page {
+	uint32_t slot;			/* store slot (MERGED) or unstable node (UNSTABLE) */
+	uint32_t csum : PG_CSUM_BITS;	/* PG_CSUM() of the last checksum */
+	uint32_t state : 3;		/* enum pg_state */
+	uint32_t flags : 2;		/* PGF_* */
 };
-_Static_assert(sizeof(struct dd_page) == 16, "page record must stay 16 bytes");
+_Static_assert(sizeof(struct dd_page) == 8, "page record must stay 8 bytes");
+_Static_assert(PG_GONE < 8, "page states must fit the record's 3 bits");
 
 struct dd_domain {
 	uint32_t id;
@@ -647,12 +656,12 @@ static void drop_gone_regions(struct dd_scanner *s, struct dd_sclient *c, uint64
 }
 
 /*
- * What one client may make us allocate: a page record (16 B) per registered
+ * What one client may make us allocate: a page record (8 B) per registered
  * page and a region header per region. A process registering more than the
  * host's memory gains nothing (it cannot have more resident), so that is its
  * limit; a user other than root gets four times that over all its
  * processes, and a process at most MAX_REGIONS regions. Records then stay
- * under 0.4 % of host memory per process and 1.6 % per user.
+ * under 0.2 % of host memory per process and 0.8 % per user.
  */
 #define MAX_REGIONS 65536
 
@@ -1326,7 +1335,8 @@ static struct dd_unstable *unstable_of(struct dd_scanner *s, struct dd_region *r
  * content, or NULL if only its checksum is known (the agent hashed it): then
  * it is read here only if a new store page must be made of it.
  */
-static void match_page(struct dd_worker *w, struct dd_region *r, uint32_t idx, const void *page)
+static void match_page(struct dd_worker *w, struct dd_region *r, uint32_t idx, uint64_t csum,
+		       const void *page)
 {
 	struct dd_scanner *s = w->s;
 	struct dd_page *p = &r->pages[idx];
@@ -1335,12 +1345,12 @@ static void match_page(struct dd_worker *w, struct dd_region *r, uint32_t idx, c
 	struct dd_unstable *u;
 	int64_t slot;
 
-	dd_table_for_each_dup(s->stable, r->dom->id, p->csum, stable_visit, &sh);
+	dd_table_for_each_dup(s->stable, r->dom->id, csum, stable_visit, &sh);
 	if (sh.node) {
 		mq_add(w, r, idx, sh.node->slot);
 		return;
 	}
-	dd_table_for_each_dup(s->unstable, r->dom->id, p->csum, unstable_visit, &uh);
+	dd_table_for_each_dup(s->unstable, r->dom->id, csum, unstable_visit, &uh);
 	if (uh.node) {
 		struct dd_region *qr = uh.node->r;
 		uint32_t qidx = atomic_load(&uh.node->idx_live) & ~UNODE_LIVE;
@@ -1368,7 +1378,7 @@ insert:
 		return;
 	u->r = r;
 	atomic_fetch_add(&r->refs, 1);
-	dd_table_add(s->unstable, &u->tn, r->dom->id, p->csum);
+	dd_table_add(s->unstable, &u->tn, r->dom->id, csum);
 	atomic_store(&u->idx_live, idx | UNODE_LIVE);
 	atomic_fetch_add(&s->unstable_count, 1);
 	p->state = PG_UNSTABLE;
@@ -1784,8 +1794,7 @@ static int copy_chunk(struct dd_worker *w, struct dd_sclient *c, uint64_t base,
  * pg is its content, or NULL when the agent hashed it in place.
  */
 static void scan_page(struct dd_worker *w, struct dd_sclient *c, struct dd_region *r,
-		      uint32_t idx, uint64_t csum, bool zero, const void *pg, uint16_t gen,
-		      uint64_t *vol)
+		      uint32_t idx, uint64_t csum, bool zero, const void *pg, uint64_t *vol)
 {
 	struct dd_scanner *s = w->s;
 	struct dd_page *p = &r->pages[idx];
@@ -1793,14 +1802,13 @@ static void scan_page(struct dd_worker *w, struct dd_sclient *c, struct dd_regio
 	if (p->state == PG_UNSTABLE) {
 		struct dd_unstable *u = unstable_of(s, r, idx);
 
-		if (u && p->csum == csum)
+		if (u && p->csum == PG_CSUM(csum))
 			return; /* waiting in the table for a partner */
 		if (u) { /* changed: out of the table, wait for it to settle */
 			unstable_del(s, u);
 			(*vol)++;
-			p->csum = csum;
+			p->csum = PG_CSUM(csum);
 			p->state = PG_CHECKED;
-			p->gen = gen;
 			return;
 		}
 		p->state = PG_CHECKED; /* a partner took it; its merge failed */
@@ -1817,21 +1825,20 @@ static void scan_page(struct dd_worker *w, struct dd_sclient *c, struct dd_regio
 	 * written after a merge before (PGF_VOLATILE): then, as in KSM, only
 	 * once its checksum held still for a pass. Candidates are only a
 	 * filter: every merge is byte-compared under freeze. */
-	if ((p->state == PG_CHECKED && p->csum == csum) ||
+	if ((p->state == PG_CHECKED && p->csum == PG_CSUM(csum)) ||
 	    (p->state == PG_NEW && !(p->flags & PGF_VOLATILE))) {
-		p->csum = csum;
+		p->csum = PG_CSUM(csum);
 		if (zero)
 			mq_add(w, r, idx, -1); /* a zap splits no VMA */
 		else if (vma_room(c))
-			match_page(w, r, idx, pg);
+			match_page(w, r, idx, csum, pg);
 		else
 			p->state = PG_CHECKED; /* over the VMA budget: not now */
 	} else {
 		if (p->state == PG_CHECKED)
 			(*vol)++;
-		p->csum = csum;
+		p->csum = PG_CSUM(csum);
 		p->state = PG_CHECKED;
-		p->gen = gen;
 	}
 	if (w->nmq + 2 >= merge_cap(s))
 		flush(w, c);
@@ -1846,7 +1853,7 @@ static int agent_hash_batch(struct dd_worker *w, struct dd_sclient *c, uint64_t 
 			    uint32_t n)
 {
 	struct dd_scanner *s = w->s;
-	uint32_t nr = 0, np = 0;
+	uint32_t nr = 0, np = 0, bad = 0;
 	uint64_t cpu = 0;
 	int r;
 
@@ -1875,14 +1882,14 @@ static int agent_hash_batch(struct dd_worker *w, struct dd_sclient *c, uint64_t 
 	atomic_fetch_add(&s->agent_cpu_ns, cpu);
 	/* Results in page order: spread them back over the batch, from the end
 	 * (result k goes to page i >= k, which holds no result still unread). */
-	for (uint32_t i = n, k = np, bad = 0; i-- > 0;)
+	for (uint32_t i = n, k = np; i-- > 0;)
 		if (need[i]) {
 			w->hres[i] = w->hres[--k];
 			need[i] = w->hres[i].flags & DD_HASH_OK;
 			bad += !need[i];
-			if (!k && bad)
-				atomic_fetch_add(&s->agent_unreadable, bad);
 		}
+	if (bad)
+		atomic_fetch_add(&s->agent_unreadable, bad);
 	return 1;
 }
 
@@ -1901,7 +1908,6 @@ static int scan_batch(struct dd_worker *w, struct dd_sclient *c, struct dd_regio
 	bool need[READ_BATCH], huge[READ_BATCH];
 	uint32_t nhuge;
 	uint64_t scanned = 0;
-	uint16_t gen = (uint16_t)atomic_load(&s->full_scans);
 	bool zp = KNOB(s, zero_pages);
 	int err;
 
@@ -1945,7 +1951,7 @@ static int scan_batch(struct dd_worker *w, struct dd_sclient *c, struct dd_regio
 			scan_page(w, c, r, idx0 + i, w->hres[i].csum,
 				  zp && !(r->pages[idx0 + i].flags & PGF_REMAPPED) &&
 					  (w->hres[i].flags & DD_HASH_ZERO),
-				  NULL, gen, &vol);
+				  NULL, &vol);
 		}
 		goto out;
 	}
@@ -1963,7 +1969,7 @@ static int scan_batch(struct dd_worker *w, struct dd_sclient *c, struct dd_regio
 			scan_page(w, c, r, idx0 + i, dd_page_hash(pg),
 				  zp && !(r->pages[idx0 + i].flags & PGF_REMAPPED) &&
 					  dd_page_is_zero(pg),
-				  pg, gen, &vol);
+				  pg, &vol);
 		}
 	}
 out:

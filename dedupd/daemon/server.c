@@ -278,6 +278,31 @@ static int metrics_start(struct dd_server *srv)
  * (copied to res). a->lock held. 0, or -errno if no answer came (then the
  * outcome is unknown).
  */
+/*
+ * Send msg to the agent (a->lock held) and wait for its answer of type want
+ * into buf (DD_MSG_MAX bytes), skipping late answers to earlier requests that
+ * timed out. 0, or -errno.
+ */
+static int agent_exchange(struct agent_chan *a, struct dd_msg_hdr *msg, size_t len, uint16_t want,
+			  void *buf)
+{
+	const struct dd_msg_hdr *h = buf;
+	ssize_t got;
+	int r;
+
+	msg->seq = ++a->seq;
+	r = dd_msg_send(a->fd, msg, len, -1);
+	if (r < 0)
+		return r;
+	for (;;) {
+		got = dd_msg_recv(a->fd, buf, DD_MSG_MAX, NULL, a->timeout_ms);
+		if (got <= 0)
+			return got == 0 ? -ECONNRESET : (int)got;
+		if (h->type == want && h->seq == a->seq)
+			return 0;
+	}
+}
+
 static int agent_call(struct agent_chan *a, struct dd_msg_hdr *msg, size_t len, uint32_t n,
 		      int32_t *res)
 {
@@ -285,23 +310,14 @@ static int agent_call(struct agent_chan *a, struct dd_msg_hdr *msg, size_t len, 
 		char raw[DD_MSG_MAX];
 		struct dd_msg_agent_reply r;
 	} u;
-	ssize_t got;
-	int r;
+	int r = agent_exchange(a, msg, len, DD_MSG_AGENT_REPLY, u.raw);
 
-	msg->seq = ++a->seq;
-	r = dd_msg_send(a->fd, msg, len, -1);
-	while (r == 0) {
-		got = dd_msg_recv(a->fd, u.raw, sizeof(u.raw), NULL, a->timeout_ms);
-		if (got <= 0)
-			return got == 0 ? -ECONNRESET : (int)got;
-		if (u.r.h.type != DD_MSG_AGENT_REPLY || u.r.h.seq != a->seq)
-			continue; /* a late answer to a request that timed out */
-		if (u.r.n != n)
-			return -EBADMSG;
-		memcpy(res, u.r.res, n * sizeof(*res));
-		return 0;
-	}
-	return r;
+	if (r < 0)
+		return r;
+	if (u.r.n != n)
+		return -EBADMSG;
+	memcpy(res, u.r.res, n * sizeof(*res));
+	return 0;
 }
 
 static int agent_batch(void *p, bool zap, const struct dd_remap_entry *e, uint32_t n,
@@ -343,7 +359,6 @@ static int agent_hash(void *p, const struct dd_hash_range *e, uint32_t n, uint32
 		struct dd_msg_hash m;
 		struct dd_msg_hash_reply r;
 	} u;
-	ssize_t got;
 	int r;
 
 	if (!atomic_load(&a->hash))
@@ -355,25 +370,16 @@ static int agent_hash(void *p, const struct dd_hash_range *e, uint32_t n, uint32
 	u.m.pad = 0;
 	memcpy(u.m.e, e, n * sizeof(*e));
 	pthread_mutex_lock(&a->lock);
-	u.m.h.seq = ++a->seq;
-	r = dd_msg_send(a->fd, &u.m, len, -1);
-	while (r == 0) {
-		got = dd_msg_recv(a->fd, u.raw, sizeof(u.raw), NULL, a->timeout_ms);
-		if (got <= 0) {
-			r = got == 0 ? -ECONNRESET : (int)got;
-			break;
-		}
-		if (u.r.h.type != DD_MSG_HASH_REPLY || u.r.h.seq != a->seq)
-			continue; /* a late answer to a request that timed out */
-		if (u.r.status < 0) {
-			r = u.r.status == -EOPNOTSUPP ? -EOPNOTSUPP : -EPROTO;
-		} else if (u.r.n != npages) {
-			r = -EBADMSG;
-		} else {
-			memcpy(res, u.r.res, npages * sizeof(*res));
-			*cpu_ns = u.r.cpu_ns;
-		}
-		break;
+	r = agent_exchange(a, &u.m.h, len, DD_MSG_HASH_REPLY, u.raw);
+	if (r < 0) {
+		/* no answer */
+	} else if (u.r.status < 0) {
+		r = u.r.status == -EOPNOTSUPP ? -EOPNOTSUPP : -EPROTO;
+	} else if (u.r.n != npages) {
+		r = -EBADMSG;
+	} else {
+		memcpy(res, u.r.res, npages * sizeof(*res));
+		*cpu_ns = u.r.cpu_ns;
 	}
 	pthread_mutex_unlock(&a->lock);
 	if (r == -EOPNOTSUPP || r == -EPROTO || r == -EBADMSG) {
