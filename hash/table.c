@@ -18,12 +18,17 @@
  *                     has no room to chain them, and its linkage must stay
  *                     intact for readers until the grace period ends).
  *
- * Tables grow with CDS_LFHT_AUTO_RESIZE (resizes run in liburcu's worker
- * thread, so adds never allocate) and never shrink below their initial size,
- * which keeps the unstable table from shrinking and regrowing every pass.
+ * Sizing is ours, not CDS_LFHT_AUTO_RESIZE's: liburcu grows a table only once
+ * it holds 8 nodes per bucket, and a lookup then walks several nodes, each a
+ * cache miss (a sixth of the scan thread's time while W1 converged). And
+ * liburcu does not tell its size, which the scanner counts in its metadata.
+ * dd_table_fit(), called by the scan threads between batches, keeps 0.5 to 2
+ * nodes per bucket (adds never allocate: cds_lfht_resize() does, in the
+ * fitting thread), never going below the initial size.
  */
 #include <assert.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 
@@ -31,6 +36,7 @@
 
 /* 2^24 buckets of 16 bytes: 256 MiB up front is enough; the table grows past it. */
 #define MAX_INIT_BUCKETS (1UL << 24)
+#define MAX_BUCKETS (1UL << 31)
 
 _Static_assert(sizeof(unsigned long) == sizeof(uint64_t),
 	       "cds_lfht must keep the whole 64-bit hash for keyless nodes");
@@ -40,6 +46,9 @@ struct dd_table {
 	struct cds_lfht *ht;
 	dd_table_domain_fn domain_of;
 	atomic_ulong nr_nodes; /* nodes added and not yet removed */
+	unsigned long min_size;
+	atomic_ulong size;	    /* buckets, as last resized */
+	pthread_mutex_t fit_lock; /* one resize at a time, and in order */
 };
 
 struct table_key {
@@ -89,7 +98,10 @@ struct dd_table *dd_table_new(unsigned long init_buckets, dd_table_domain_fn dom
 	if (!t)
 		return NULL;
 	t->domain_of = domain_of;
-	t->ht = cds_lfht_new(size, size, 0, CDS_LFHT_AUTO_RESIZE | CDS_LFHT_ACCOUNTING, NULL);
+	t->min_size = size;
+	atomic_init(&t->size, size);
+	pthread_mutex_init(&t->fit_lock, NULL);
+	t->ht = cds_lfht_new(size, size, MAX_BUCKETS, 0, NULL);
 	if (!t->ht) {
 		dd_table_free(t);
 		errno = ENOMEM;
@@ -109,6 +121,7 @@ void dd_table_free(struct dd_table *t)
 		assert(r == 0 && "dd_table_free() of a non-empty table");
 		(void)r;
 	}
+	pthread_mutex_destroy(&t->fit_lock);
 	free(t);
 }
 
@@ -153,6 +166,42 @@ unsigned long dd_table_node_hash(const struct dd_table_node *n)
 	for (unsigned int i = 0; i < 64; i++, r >>= 1)
 		h = (h << 1) | (r & 1);
 	return h;
+}
+
+static unsigned long pow2_at_least(unsigned long n)
+{
+	unsigned long p = 1;
+
+	while (p < n && p < MAX_BUCKETS)
+		p <<= 1;
+	return p;
+}
+
+void dd_table_fit(struct dd_table *t)
+{
+	unsigned long n, size, want;
+
+	if (pthread_mutex_trylock(&t->fit_lock))
+		return; /* another thread is fitting it */
+	n = dd_table_count(t);
+	size = atomic_load(&t->size);
+	want = size;
+	if (n > 2 * size)
+		want = pow2_at_least(n);
+	else if (n < size / 8)
+		want = pow2_at_least(2 * n);
+	if (want < t->min_size)
+		want = t->min_size;
+	if (want != size) {
+		cds_lfht_resize(t->ht, want);
+		atomic_store(&t->size, want);
+	}
+	pthread_mutex_unlock(&t->fit_lock);
+}
+
+size_t dd_table_bucket_bytes(struct dd_table *t)
+{
+	return atomic_load(&t->size) * sizeof(struct cds_lfht_node);
 }
 
 unsigned long dd_table_count(struct dd_table *t)

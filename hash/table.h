@@ -26,6 +26,7 @@
 #ifndef DD_TABLE_H
 #define DD_TABLE_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include <urcu.h>
@@ -51,8 +52,8 @@ typedef uint32_t (*dd_table_domain_fn)(const struct dd_table_node *n);
 /*
  * A new, empty table starting with @init_buckets buckets (rounded up to a power
  * of two, 0 taken as 1, at most 2^24), whose nodes' domains @domain_of tells.
- * It grows with its node count and never shrinks below the initial size.
- * Returns NULL on ENOMEM (errno is set). Needs no RCU registration.
+ * It does not resize by itself: see dd_table_fit(). Returns NULL on ENOMEM
+ * (errno is set). Needs no RCU registration.
  */
 struct dd_table *dd_table_new(unsigned long init_buckets, dd_table_domain_fn domain_of);
 
@@ -91,6 +92,19 @@ typedef int (*dd_table_visit_fn)(struct dd_table_node *n, void *arg);
  */
 int dd_table_for_each_dup(struct dd_table *t, uint32_t domain, uint64_t csum, dd_table_visit_fn fn,
 			  void *arg);
+
+/*
+ * Resize @t for its node count if that has left 0.5 to 2 nodes per bucket
+ * (never below the initial size). Blocks for the resize (it allocates, and a
+ * shrink waits for a grace period); returns at once if another thread is
+ * fitting @t. Call from an RCU-registered thread, NOT inside rcu_read_lock(),
+ * now and then (the scanner does between batches). Lookups and adds may run
+ * meanwhile.
+ */
+void dd_table_fit(struct dd_table *t);
+
+/* Memory of @t's buckets (16 bytes each), as last fitted. */
+size_t dd_table_bucket_bytes(struct dd_table *t);
 
 /* The bucket hash (dd_table_key_hash()) of the key @n was added under. */
 unsigned long dd_table_node_hash(const struct dd_table_node *n);

@@ -2166,6 +2166,8 @@ static void scan_client(struct dd_worker *w, struct dd_sclient *c)
 
 			n = n < READ_BATCH ? n : READ_BATCH;
 			n = n < budget ? n : budget;
+			dd_table_fit(s->stable); /* outside the read lock */
+			dd_table_fit(s->unstable);
 			rcu_read_lock();
 			if (scan_batch(w, c, r, idx, n) < 0)
 				n = r->npages - idx; /* gone: skip the rest */
@@ -2495,7 +2497,8 @@ void dd_scanner_stats(struct dd_scanner *s, struct dd_scan_stats *o)
 	o->agent_unreadable = atomic_load(&s->agent_unreadable);
 	o->last_pass_ms = atomic_load(&s->last_pass_ms);
 	o->meta_bytes += o->pages_registered * sizeof(struct dd_page) +
-			 o->pages_unshared * sizeof(struct dd_unstable);
+			 o->pages_unshared * sizeof(struct dd_unstable) +
+			 dd_table_bucket_bytes(s->stable) + dd_table_bucket_bytes(s->unstable);
 	/* Charge what the daemon really holds: its resident anonymous memory
 	 * (records, tables, buffers, allocator slack) when that exceeds the
 	 * bookkeeping estimate; store pages without sharers; VMA slab. */

@@ -338,7 +338,7 @@ static bool seen(const struct collect *c, const struct tnode *n)
 START_TEST(test_table_add_lookup_del)
 {
 	enum { N = 5000 };
-	struct dd_table *t = dd_table_new(0, tnode_domain); /* one bucket: every add below resizes it */
+	struct dd_table *t = dd_table_new(0, tnode_domain); /* one bucket until fitted */
 	struct tnode *nodes = calloc(N, sizeof(*nodes));
 	struct collect c;
 
@@ -351,6 +351,11 @@ START_TEST(test_table_add_lookup_del)
 		tadd(t, &nodes[i], 1, 1000 + (uint64_t)i * 7919);
 	rcu_read_unlock();
 	ck_assert_uint_eq(dd_table_count(t), N);
+	/* The table does not resize by itself; fitting it gives 0.5 to 2 nodes per
+	 * bucket: 8192 buckets of 16 bytes for 5000 nodes. */
+	ck_assert_uint_eq(dd_table_bucket_bytes(t), 16);
+	dd_table_fit(t);
+	ck_assert_uint_eq(dd_table_bucket_bytes(t), 8192 * 16);
 	for (int i = 0; i < N; i++) {
 		ck_assert_uint_eq(lookup(t, 1, 1000 + (uint64_t)i * 7919, &c), 1);
 		ck_assert_ptr_eq(c.seen[0], &nodes[i]);
@@ -366,8 +371,13 @@ START_TEST(test_table_add_lookup_del)
 	ck_assert_uint_eq(dd_table_count(t), N / 2);
 	for (int i = 0; i < N; i++)
 		ck_assert_uint_eq(lookup(t, 1, 1000 + (uint64_t)i * 7919, &c), i % 2);
+	dd_table_fit(t); /* 2500 nodes in 8192 buckets: within bounds, no change */
+	ck_assert_uint_eq(dd_table_bucket_bytes(t), 8192 * 16);
 	ck_assert_int_eq(dd_table_clear(t, NULL), N / 2);
 	ck_assert_uint_eq(dd_table_count(t), 0);
+	dd_table_fit(t); /* empty: back to the initial size */
+	ck_assert_uint_eq(dd_table_bucket_bytes(t), 16);
+	ck_assert_uint_eq(lookup(t, 1, 1000, &c), 0);
 	dd_table_free(t);
 	synchronize_rcu(); /* nodes removed above may be freed only now */
 	free(nodes);
@@ -674,6 +684,8 @@ static void *mt_worker(void *p)
 		mt_expect(sh, mt_present(sh->t, &sh->nodes[i], i));
 		if (i % 8 == 0)
 			mt_churn(sh, (int)(rng_next(&rng) % (uint64_t)total));
+		if (i % 1024 == 0)
+			dd_table_fit(sh->t); /* resizes race the others' adds and lookups */
 	}
 	pthread_barrier_wait(&sh->barrier);
 	/* Phase 2: every thread races to delete every odd node, from its own start. */
@@ -687,6 +699,8 @@ static void *mt_worker(void *p)
 		rcu_read_unlock();
 		if (k % 16 == 0)
 			mt_churn(sh, (int)(rng_next(&rng) % (uint64_t)total));
+		if (k % 1024 == 0)
+			dd_table_fit(sh->t);
 	}
 	atomic_fetch_add(&sh->dels, wins);
 	pthread_barrier_wait(&sh->barrier);
@@ -725,6 +739,8 @@ START_TEST(test_table_concurrent)
 		bad_wins += atomic_load(&sh.del_wins[i]) != i % 2;
 	ck_assert_int_eq(bad_wins, 0); /* every odd node deleted exactly once */
 	ck_assert_uint_eq(dd_table_count(sh.t), (unsigned long)total / 2);
+	/* Fitted while it grew: 0.5 to 2 nodes per bucket at the last fit. */
+	ck_assert_uint_ge(dd_table_bucket_bytes(sh.t), 16 * 8192);
 	ck_assert_int_eq(dd_table_clear(sh.t, NULL), total / 2);
 	ck_assert_uint_eq(dd_table_count(sh.t), 0);
 	dd_table_free(sh.t);
