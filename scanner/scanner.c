@@ -57,27 +57,39 @@ _Static_assert(READ_BATCH <= DD_HASH_MAX, "one HASH request per batch");
 #define MAX_EVENTS 256    /* queued unmap events per client before a full reset */
 #define VMA_RECOUNT_MS 50 /* a client's VMA count is at most this old when merging */
 
-enum pg_state { PG_NEW, PG_CHECKED, PG_UNSTABLE, PG_MERGED, PG_ZERO, PG_GONE };
+enum pg_state { PG_NEW, PG_CHECKED, PG_UNSTABLE, PG_MERGED, PG_ZERO, PG_GONE, PG_COLD };
 #define PGF_REMAPPED 1 /* the page lies in a VMA we remapped: never zap it */
 #define PGF_VOLATILE 2 /* written after a merge: wait for a stable checksum */
 
 /*
- * 8 bytes per registered page. The checksum kept is only its low 27 bits: it
+ * 8 bytes per registered page. The checksum kept is only its low 24 bits: it
  * tells whether the page changed since the last pass. The tables get the
  * full 64-bit checksum fresh from the scan. A change that the low bits miss
- * (2^-27 of changes) costs at most a merge refused under freeze, or an
+ * (2^-24 of changes) costs at most a merge refused under freeze, or an
  * unstable entry left under the page's old checksum until it changes again.
+ *
+ * Unique pages do not stay indexed. A candidate waits in the unstable table
+ * for COLD_TURN passes (age counts them); still unmatched and unchanged, it
+ * leaves the table (PG_COLD, no node) and from then on looks itself up in
+ * both tables once every COLD_TURN passes, without entering them. Any page
+ * that could match it is new or changed, so it sits in the unstable table
+ * for COLD_TURN whole passes, and the cold page's turn comes in one of them:
+ * no merge is missed, some are found up to COLD_TURN passes later, and a
+ * unique page costs its record alone.
  */
-#define PG_CSUM_BITS 27
+#define PG_CSUM_BITS 24
 #define PG_CSUM(c) ((uint32_t)(c) & ((1u << PG_CSUM_BITS) - 1))
+#define COLD_TURN 3
 struct dd_page {
 	uint32_t slot;			/* store slot (MERGED) or unstable node (UNSTABLE) */
 	uint32_t csum : PG_CSUM_BITS;	/* PG_CSUM() of the last checksum */
 	uint32_t state : 3;		/* enum pg_state */
 	uint32_t flags : 2;		/* PGF_* */
+	uint32_t age : 3;		/* UNSTABLE: passes waited unchanged */
 };
 _Static_assert(sizeof(struct dd_page) == 8, "page record must stay 8 bytes");
-_Static_assert(PG_GONE < 8, "page states must fit the record's 3 bits");
+_Static_assert(PG_COLD < 8, "page states must fit the record's 3 bits");
+_Static_assert(COLD_TURN < 7, "age must count past COLD_TURN in 3 bits");
 
 struct dd_domain {
 	uint32_t id;
@@ -251,8 +263,8 @@ struct dd_scanner {
 	struct timespec pass_start;
 	/* statistics */
 	atomic_uint_fast64_t pages_scanned, full_scans, merges, merge_failed, cow_breaks,
-		pages_volatile, zero_pages, faults, unstable_count, last_pass_ms, pages_adopted,
-		scan_cpu_ns, registered, nregions, thp_split, thp_skipped, pass_thp_skipped,
+		pages_volatile, zero_pages, faults, unstable_count, cold_count, last_pass_ms,
+		pages_adopted, scan_cpu_ns, registered, nregions, thp_split, thp_skipped, pass_thp_skipped,
 		agent_hash_pages, agent_cpu_ns, agent_unreadable;
 	atomic_bool no_pagemap_scan; /* the kernel refused PAGEMAP_SCAN */
 	int kpageflags;              /* /proc/kpageflags, or -1 */
@@ -363,6 +375,8 @@ static void page_release(struct dd_scanner *s, struct dd_region *r, uint32_t idx
 		atomic_fetch_sub(&s->zero_pages, 1);
 	else if (p->state == PG_UNSTABLE)
 		unstable_forget(s, r, idx);
+	else if (p->state == PG_COLD)
+		atomic_fetch_sub(&s->cold_count, 1);
 	p->state = PG_GONE;
 }
 
@@ -1069,6 +1083,8 @@ static void apply_events(struct dd_scanner *s, struct dd_sclient *c)
 					continue;
 				if (p->state == PG_UNSTABLE)
 					unstable_forget(s, r, idx);
+				else if (p->state == PG_COLD)
+					atomic_fetch_sub(&s->cold_count, 1);
 				p->state = PG_NEW;
 			}
 		}
@@ -1336,7 +1352,7 @@ static struct dd_unstable *unstable_of(struct dd_scanner *s, struct dd_region *r
  * it is read here only if a new store page must be made of it.
  */
 static void match_page(struct dd_worker *w, struct dd_region *r, uint32_t idx, uint64_t csum,
-		       const void *page)
+		       const void *page, bool insert)
 {
 	struct dd_scanner *s = w->s;
 	struct dd_page *p = &r->pages[idx];
@@ -1356,7 +1372,7 @@ static void match_page(struct dd_worker *w, struct dd_region *r, uint32_t idx, u
 		uint32_t qidx = atomic_load(&uh.node->idx_live) & ~UNODE_LIVE;
 
 		if (!unstable_del(s, uh.node))
-			goto insert; /* someone else took it */
+			goto miss; /* someone else took it */
 		if (!page) {
 			if (read_pages(r->c, r->start + (uint64_t)idx * DD_PAGE_SIZE, w->buf, 1) < 0)
 				return; /* gone meanwhile; the other page waits for the next pass */
@@ -1372,7 +1388,12 @@ static void match_page(struct dd_worker *w, struct dd_region *r, uint32_t idx, u
 			pend_add(qr->c, qr, qidx, (uint32_t)slot);
 		return;
 	}
-insert:
+miss:
+	if (!insert) { /* a cold page's turn: it stays out of the tables */
+		p->state = PG_COLD;
+		atomic_fetch_add(&s->cold_count, 1);
+		return;
+	}
 	u = unode_get(s);
 	if (!u)
 		return;
@@ -1382,6 +1403,7 @@ insert:
 	atomic_store(&u->idx_live, idx | UNODE_LIVE);
 	atomic_fetch_add(&s->unstable_count, 1);
 	p->state = PG_UNSTABLE;
+	p->age = 0;
 	p->slot = u->self;
 }
 
@@ -1794,16 +1816,40 @@ static int copy_chunk(struct dd_worker *w, struct dd_sclient *c, uint64_t base,
  * pg is its content, or NULL when the agent hashed it in place.
  */
 static void scan_page(struct dd_worker *w, struct dd_sclient *c, struct dd_region *r,
-		      uint32_t idx, uint64_t csum, bool zero, const void *pg, uint64_t *vol)
+		      uint32_t idx, uint64_t csum, bool zero, const void *pg, uint32_t pass,
+		      uint64_t *vol)
 {
 	struct dd_scanner *s = w->s;
 	struct dd_page *p = &r->pages[idx];
 
+	if (p->state == PG_COLD) {
+		if (p->csum == PG_CSUM(csum)) {
+			if ((pass + idx) % COLD_TURN || !vma_room(c))
+				return;
+			/* Its turn: look it up, out of the tables unless it matches. */
+			atomic_fetch_sub(&s->cold_count, 1);
+			p->state = PG_CHECKED;
+			match_page(w, r, idx, csum, pg, false);
+			goto out;
+		}
+		atomic_fetch_sub(&s->cold_count, 1); /* changed: wait for it to settle */
+		(*vol)++;
+		p->csum = PG_CSUM(csum);
+		p->state = PG_CHECKED;
+		return;
+	}
 	if (p->state == PG_UNSTABLE) {
 		struct dd_unstable *u = unstable_of(s, r, idx);
 
-		if (u && p->csum == PG_CSUM(csum))
-			return; /* waiting in the table for a partner */
+		if (u && p->csum == PG_CSUM(csum)) {
+			/* Waiting in the table for a partner; after COLD_TURN
+			 * passes unmatched it leaves (see struct dd_page). */
+			if (++p->age > COLD_TURN && unstable_del(s, u)) {
+				p->state = PG_COLD;
+				atomic_fetch_add(&s->cold_count, 1);
+			}
+			return;
+		}
 		if (u) { /* changed: out of the table, wait for it to settle */
 			unstable_del(s, u);
 			(*vol)++;
@@ -1831,7 +1877,7 @@ static void scan_page(struct dd_worker *w, struct dd_sclient *c, struct dd_regio
 		if (zero)
 			mq_add(w, r, idx, -1); /* a zap splits no VMA */
 		else if (vma_room(c))
-			match_page(w, r, idx, csum, pg);
+			match_page(w, r, idx, csum, pg, true);
 		else
 			p->state = PG_CHECKED; /* over the VMA budget: not now */
 	} else {
@@ -1840,6 +1886,7 @@ static void scan_page(struct dd_worker *w, struct dd_sclient *c, struct dd_regio
 		p->csum = PG_CSUM(csum);
 		p->state = PG_CHECKED;
 	}
+out:
 	if (w->nmq + 2 >= merge_cap(s))
 		flush(w, c);
 }
@@ -1908,6 +1955,7 @@ static int scan_batch(struct dd_worker *w, struct dd_sclient *c, struct dd_regio
 	bool need[READ_BATCH], huge[READ_BATCH];
 	uint32_t nhuge;
 	uint64_t scanned = 0;
+	uint32_t pass = (uint32_t)atomic_load(&s->full_scans);
 	bool zp = KNOB(s, zero_pages);
 	int err;
 
@@ -1951,7 +1999,7 @@ static int scan_batch(struct dd_worker *w, struct dd_sclient *c, struct dd_regio
 			scan_page(w, c, r, idx0 + i, w->hres[i].csum,
 				  zp && !(r->pages[idx0 + i].flags & PGF_REMAPPED) &&
 					  (w->hres[i].flags & DD_HASH_ZERO),
-				  NULL, &vol);
+				  NULL, pass, &vol);
 		}
 		goto out;
 	}
@@ -1969,7 +2017,7 @@ static int scan_batch(struct dd_worker *w, struct dd_sclient *c, struct dd_regio
 			scan_page(w, c, r, idx0 + i, dd_page_hash(pg),
 				  zp && !(r->pages[idx0 + i].flags & PGF_REMAPPED) &&
 					  dd_page_is_zero(pg),
-				  pg, &vol);
+				  pg, pass, &vol);
 		}
 	}
 out:
@@ -2480,7 +2528,8 @@ void dd_scanner_stats(struct dd_scanner *s, struct dd_scan_stats *o)
 	o->regions = atomic_load(&s->nregions);
 	o->meta_bytes += o->regions * sizeof(struct dd_region);
 	o->pages_scanned = atomic_load(&s->pages_scanned);
-	o->pages_unshared = atomic_load(&s->unstable_count);
+	o->pages_unshared = atomic_load(&s->unstable_count) + atomic_load(&s->cold_count);
+	o->unstable_nodes = atomic_load(&s->unstable_count);
 	o->pages_volatile = atomic_load(&s->pages_volatile);
 	o->zero_pages = atomic_load(&s->zero_pages);
 	o->full_scans = atomic_load(&s->full_scans);
@@ -2497,7 +2546,7 @@ void dd_scanner_stats(struct dd_scanner *s, struct dd_scan_stats *o)
 	o->agent_unreadable = atomic_load(&s->agent_unreadable);
 	o->last_pass_ms = atomic_load(&s->last_pass_ms);
 	o->meta_bytes += o->pages_registered * sizeof(struct dd_page) +
-			 o->pages_unshared * sizeof(struct dd_unstable) +
+			 o->unstable_nodes * sizeof(struct dd_unstable) +
 			 dd_table_bucket_bytes(s->stable) + dd_table_bucket_bytes(s->unstable);
 	/* Charge what the daemon really holds: its resident anonymous memory
 	 * (records, tables, buffers, allocator slack) when that exceeds the
@@ -2710,7 +2759,8 @@ size_t dd_scanner_cold_ranges(struct dd_scanner *s, uint64_t client_id, uint64_t
 			const struct dd_page *p = &r->pages[i];
 			uint64_t a = r->start + (uint64_t)i * DD_PAGE_SIZE;
 
-			if (p->state != PG_UNSTABLE || (p->flags & PGF_VOLATILE))
+			if ((p->state != PG_UNSTABLE && p->state != PG_COLD) ||
+			    (p->flags & PGF_VOLATILE))
 				continue; /* only pages whose checksum held: unique and unwritten */
 			if (n && (uint64_t)(uintptr_t)iov[n - 1].iov_base + iov[n - 1].iov_len == a) {
 				iov[n - 1].iov_len += DD_PAGE_SIZE;

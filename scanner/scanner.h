@@ -61,7 +61,8 @@ struct dd_scan_stats {
 	uint64_t pages_scanned;   /* total, all passes */
 	uint64_t pages_shared;    /* store pages with sharers */
 	uint64_t pages_sharing;   /* owner pages on store pages, minus pages_shared */
-	uint64_t pages_unshared;  /* candidates in the unstable table */
+	uint64_t pages_unshared;  /* unique candidates: in the unstable table, or cold */
+	uint64_t unstable_nodes;  /* of those, in the unstable table (the rest: cold) */
 	uint64_t pages_volatile;  /* changed since the previous pass (last pass) */
 	uint64_t zero_pages;      /* pages zapped to the zero page */
 	uint64_t full_scans;

@@ -166,22 +166,68 @@ uint32_t dd_stable_domain(const struct dd_table_node *tn)
 	return caa_container_of(tn, struct dd_stable, tn)->store->domain;
 }
 
-static void free_node_rcu(struct rcu_head *h)
+_Static_assert(sizeof(struct dd_stable) == 32, "stable node must stay 32 bytes");
+
+/* Stable nodes out of the table, freed together after one grace period. */
+struct node_batch {
+	struct rcu_head rcu;
+	size_t n, cap;
+	struct dd_stable *nodes[];
+};
+
+/* Room for one more node in *b (allocated or grown as needed); false on ENOMEM. */
+static bool batch_room(struct node_batch **b)
 {
-	free(caa_container_of(h, struct dd_stable, rcu));
+	struct node_batch *nb;
+	size_t cap;
+
+	if (*b && (*b)->n < (*b)->cap)
+		return true;
+	cap = *b ? (*b)->cap * 2 : 256;
+	nb = realloc(*b, sizeof(*nb) + cap * sizeof(nb->nodes[0]));
+	if (!nb)
+		return false;
+	if (!*b)
+		nb->n = 0;
+	nb->cap = cap;
+	*b = nb;
+	return true;
+}
+
+static void free_batch_rcu(struct rcu_head *h)
+{
+	struct node_batch *b = caa_container_of(h, struct node_batch, rcu);
+
+	for (size_t i = 0; i < b->n; i++)
+		free(b->nodes[i]);
+	free(b);
+}
+
+static void batch_retire(struct node_batch *b)
+{
+	if (b && b->n)
+		call_rcu(&b->rcu, free_batch_rcu);
+	else
+		free(b);
 }
 
 void dd_store_free(struct dd_store *st)
 {
+	struct node_batch *b = NULL;
 	int e = errno;
 
 	if (!st)
 		return;
+
 	for (uint32_t i = 0; i < st->nslots; i++) {
 		struct dd_stable *n = st->slots[i].node;
-		if (n && dd_table_del(st->stable, &n->tn) == 0)
-			call_rcu(&n->rcu, free_node_rcu);
+
+		/* Without memory for the batch the node is left to leak: this
+		 * is teardown, and readers may still see it. */
+		if (n && dd_table_del(st->stable, &n->tn) == 0 && batch_room(&b))
+			b->nodes[b->n++] = n;
 	}
+	batch_retire(b);
 	if (st->base != MAP_FAILED)
 		munmap(st->base, (size_t)STORE_MAX_SLOTS * DD_PAGE_SIZE);
 	if (st->memfd >= 0)
@@ -358,6 +404,7 @@ static void cover_from_maps(struct dd_store *st, const char *maps_path, uint64_t
 
 int dd_store_gc(struct dd_store *st)
 {
+	struct node_batch *b = NULL;
 	uint64_t *covered;
 	struct dirent *de;
 	char path[300];
@@ -396,13 +443,13 @@ int dd_store_gc(struct dd_store *st)
 
 		if (!is_used(st, i) || s->sharers || s->pending)
 			continue;
-		if (covered[i / 64] & (1ULL << (i % 64))) {
+		if ((covered[i / 64] & (1ULL << (i % 64))) || !batch_room(&b)) {
 			st->nr_candidates++; /* look again next time */
 			continue;
 		}
 		s->node->dead = true;
 		if (dd_table_del(st->stable, &s->node->tn) == 0)
-			call_rcu(&s->node->rcu, free_node_rcu);
+			b->nodes[b->n++] = s->node;
 		s->node = NULL;
 		fallocate(st->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
 			  (off_t)i * DD_PAGE_SIZE, DD_PAGE_SIZE);
@@ -412,6 +459,7 @@ int dd_store_gc(struct dd_store *st)
 		freed++;
 	}
 	pthread_mutex_unlock(&st->lock);
+	batch_retire(b);
 	free(covered);
 	return freed;
 }

@@ -285,6 +285,48 @@ START_TEST(test_merge_exact_counts)
 }
 END_TEST
 
+/*
+ * Unique pages leave the unstable table after a few passes (cold: only their
+ * 8-byte record) and look themselves up every third pass; a copy of them that
+ * comes later must still be found and merged, page for page.
+ */
+START_TEST(test_cold_pages_found_later)
+{
+	const uint32_t nonzero = NPAGES - NZERO;
+	struct kid a, b;
+
+	H_SKIP_UNLESS_ROOT();
+	a = kid_start(0); /* alone: all its non-zero pages are unique for now */
+	ck_assert(h_wait_stat(sock, "zero_pages", NZERO, false, 15000));
+	ck_assert_msg(h_wait_stat(sock, "unstable_nodes", 0, false, 15000),
+		      "unstable_nodes %lld: unique pages did not leave the table",
+		      (long long)h_stat(sock, "unstable_nodes"));
+	ck_assert_int_eq(h_stat(sock, "pages_unshared"), nonzero);
+	ck_assert_int_eq(h_stat(sock, "pages_sharing"), 0);
+	/* The same content again, in a second process, long after. */
+	b = kid_start(0);
+	ck_assert_msg(h_wait_stat(sock, "pages_sharing", nonzero, false, 20000),
+		      "pages_sharing %lld, want %u (cold pages not found)",
+		      (long long)h_stat(sock, "pages_sharing"), nonzero);
+	ck_assert_int_eq(h_stat(sock, "pages_shared"), nonzero);
+	ck_assert_int_eq(h_stat(sock, "pages_unshared"), 0);
+	ck_assert_int_eq(h_stat(sock, "unstable_nodes"), 0);
+	ck_assert_int_eq(h_stat(sock, "zero_pages"), 2 * NZERO);
+	ck_assert_int_eq(kid_cmd(&a, 'a'), 0); /* nothing anonymous left in either */
+	ck_assert_int_eq(kid_cmd(&b, 'a'), 0);
+	ck_assert_int_eq(kid_cmd(&a, 'v'), 0);
+	ck_assert_int_eq(kid_cmd(&b, 'v'), 0);
+	/* A write to a merged page is private, and the page starts over. */
+	ck_assert_int_eq(kid_cmd(&a, 'w'), 0);
+	ck_assert_int_eq(kid_cmd(&a, 'v'), 0);
+	ck_assert_int_eq(kid_cmd(&b, 'v'), 0);
+	kid_stop(&a);
+	kid_stop(&b);
+	ck_assert(h_wait_stat(sock, "clients", 0, false, 5000));
+	ck_assert(h_wait_stat(sock, "pages_unshared", 0, false, 5000));
+}
+END_TEST
+
 /* Clients that do not let their agent hash (DEDUP_NO_AGENT_HASH=1) are
  * copied from, with the same result. */
 START_TEST(test_copy_path_without_agent_hash)
@@ -1103,6 +1145,7 @@ static Suite *merge_suite(void)
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_set_timeout(tc, 60);
 	tcase_add_test(tc, test_merge_exact_counts);
+	tcase_add_test(tc, test_cold_pages_found_later);
 	tcase_add_test(tc, test_copy_path_without_agent_hash);
 	tcase_add_test(tc, test_agent_hash_survives_faults);
 	tcase_add_test(tc, test_agent_hash_chains_signals);

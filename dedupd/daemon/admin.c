@@ -59,6 +59,7 @@ static struct json_object *stats_json(struct dd_scanner *s)
 	ADD_U64(o, "vmas", st.vmas);
 	ADD_U64(o, "vmas_added", st.vmas_added);
 	ADD_U64(o, "wp_faults", st.faults);
+	ADD_U64(o, "unstable_nodes", st.unstable_nodes);
 	ADD_U64(o, "metadata_bytes", st.meta_bytes);
 	ADD_U64(o, "daemon_anon_bytes", st.daemon_anon_bytes);
 	json_object_object_add(o, "bytes_saved_net", json_object_new_int64(st.bytes_saved_net));
