@@ -12,7 +12,8 @@
  *   struct dd_domain    a share domain (policy key) and its stable store.
  *   stable table        (domain, csum) -> store slot, all live slots.
  *   unstable table      (domain, csum) -> a candidate page not merged yet
- *                       (32-byte pooled node); kept while its checksum holds.
+ *                       (32-byte pooled node); kept while its checksum holds,
+ *                       for COLD_TURN passes (then the page is cold).
  *
  * Page life cycle: NEW -hash-> CHECKED -same csum next pass-> candidate:
  * stable hit (byte-equal) -> merge onto that slot; unstable hit (byte-equal)
@@ -43,6 +44,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -197,6 +199,7 @@ _Static_assert(sizeof(struct dd_unstable) == 32, "unstable node must stay 32 byt
 #define KNOB(s, f) __atomic_load_n(&(s)->knobs.f, __ATOMIC_RELAXED)
 #define KNOB_SET(s, f, v) __atomic_store_n(&(s)->knobs.f, (v), __ATOMIC_RELAXED)
 #define UPOOL_CHUNK 65536u
+#define UPOOL_CHUNK_BYTES ((size_t)UPOOL_CHUNK * sizeof(struct dd_unstable)) /* 2 MiB */
 #define UPOOL_MAX_CHUNKS 65536u /* 2^32 nodes; the array of chunk pointers is 512 KiB
 				 * of address space, touched as chunks come */
 
@@ -243,6 +246,7 @@ struct dd_scanner {
 	/* unstable node pool */
 	pthread_mutex_t upool_lock;
 	struct dd_unstable **upool;	/* chunks of UPOOL_CHUNK */
+	uint32_t *upool_live;		/* nodes handed out, per chunk */
 	uint32_t upool_chunks, upool_next;
 	uint32_t *upool_free;
 	size_t upool_nfree, upool_capfree;
@@ -1214,7 +1218,10 @@ static struct dd_unstable *unode_get(struct dd_scanner *s)
 
 	pthread_mutex_lock(&s->upool_lock);
 	if (s->upool_nfree) {
-		u = unode(s, s->upool_free[--s->upool_nfree]);
+		i = s->upool_free[--s->upool_nfree];
+		u = unode(s, i);
+		u->self = i; /* its chunk may have been given back (zeros) */
+		s->upool_live[i / UPOOL_CHUNK]++;
 	} else {
 		i = s->upool_next;
 		if (i / UPOOL_CHUNK >= UPOOL_MAX_CHUNKS)
@@ -1222,13 +1229,17 @@ static struct dd_unstable *unode_get(struct dd_scanner *s)
 		if (i / UPOOL_CHUNK >= s->upool_chunks) {
 			/* The chunk array never moves (sized for the most chunks at
 			 * start): lock-free readers index it. */
-			s->upool[s->upool_chunks] = calloc(UPOOL_CHUNK, sizeof(**s->upool));
-			if (!s->upool[s->upool_chunks])
+			void *m = mmap(NULL, UPOOL_CHUNK_BYTES, PROT_READ | PROT_WRITE,
+				       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+			if (m == MAP_FAILED)
 				goto out;
+			s->upool[s->upool_chunks] = m;
 			s->upool_chunks++;
 		}
 		u = unode(s, i);
 		u->self = i;
+		s->upool_live[i / UPOOL_CHUNK]++;
 		__atomic_store_n(&s->upool_next, i + 1, __ATOMIC_RELEASE);
 	}
 out:
@@ -1263,6 +1274,12 @@ static void unode_put(struct dd_scanner *s, struct dd_unstable *u, uint32_t i)
 		s->upool_capfree = cap;
 	}
 	s->upool_free[s->upool_nfree++] = i;
+	/* A chunk with no node handed out goes back to the kernel: once unique
+	 * pages turn cold, the pool that indexed them is empty. Under the lock,
+	 * so that no node of it is handed out meanwhile; a reader still looking
+	 * at a stale record's node reads zeros, which are not live. */
+	if (--s->upool_live[i / UPOOL_CHUNK] == 0)
+		madvise(s->upool[i / UPOOL_CHUNK], UPOOL_CHUNK_BYTES, MADV_DONTNEED);
 	pthread_mutex_unlock(&s->upool_lock);
 }
 
@@ -2312,7 +2329,10 @@ struct dd_scanner *dd_scanner_new(const struct dd_scan_knobs *k, const struct dd
 	pthread_mutex_init(&s->upool_lock, NULL);
 	s->retired = UNODE_NONE;
 	s->upool = calloc(UPOOL_MAX_CHUNKS, sizeof(*s->upool));
-	if (!s->upool) {
+	s->upool_live = calloc(UPOOL_MAX_CHUNKS, sizeof(*s->upool_live));
+	if (!s->upool || !s->upool_live) {
+		free(s->upool);
+		free(s->upool_live);
 		free(s);
 		return NULL;
 	}
@@ -2454,8 +2474,9 @@ void dd_scanner_free(struct dd_scanner *s)
 	}
 	free(s->workers);
 	for (uint32_t i = 0; i < s->upool_chunks; i++)
-		free(s->upool[i]);
+		munmap(s->upool[i], UPOOL_CHUNK_BYTES);
 	free(s->upool);
+	free(s->upool_live);
 	free(s->upool_free);
 	pthread_mutex_destroy(&s->upool_lock);
 	pthread_mutex_destroy(&s->pass_lock);
