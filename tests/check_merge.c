@@ -222,6 +222,15 @@ static uint32_t kid_cmd(struct kid *k, char c)
 	return v;
 }
 
+/* Start layout children 0..n-1 and wait until their duplicates are merged:
+ * (n - 1) * NDUP pages saved. */
+static void kids_start_merged(struct kid *k, unsigned n)
+{
+	for (unsigned i = 0; i < n; i++)
+		k[i] = kid_start(i);
+	ck_assert(h_wait_stat(sock, "pages_sharing", (int64_t)(n - 1) * NDUP, false, 15000));
+}
+
 static void kid_stop(struct kid *k)
 {
 	int st;
@@ -361,9 +370,7 @@ START_TEST(test_agent_hash_survives_faults)
 	int64_t bad0;
 
 	H_SKIP_UNLESS_ROOT();
-	for (unsigned i = 0; i < 2; i++)
-		k[i] = kid_start(i);
-	ck_assert(h_wait_stat(sock, "pages_sharing", NDUP, false, 15000));
+	kids_start_merged(k, 2);
 	bad0 = h_stat(sock, "agent_hash_unreadable");
 	ck_assert_uint_eq(kid_cmd(&k[0], 'p'), 0);
 	ck_assert_msg(h_wait_stat(sock, "agent_hash_unreadable", bad0 + 3 * NLOCKED, true, 15000),
@@ -419,9 +426,7 @@ START_TEST(test_cow_write_is_private)
 	struct kid k[3];
 
 	H_SKIP_UNLESS_ROOT();
-	for (unsigned i = 0; i < 3; i++)
-		k[i] = kid_start(i);
-	ck_assert(h_wait_stat(sock, "pages_sharing", 2 * NDUP, false, 15000));
+	kids_start_merged(k, 3);
 	ck_assert_int_eq(kid_cmd(&k[0], 'w'), 0); /* child 0 writes its 100 dups */
 	ck_assert_int_eq(kid_cmd(&k[0], 'v'), 0); /* and reads its own writes */
 	/* The others and the store are untouched. */
@@ -667,9 +672,7 @@ START_TEST(test_sigterm_leaves_clients_intact)
 	int st;
 
 	H_SKIP_UNLESS_ROOT();
-	for (unsigned i = 0; i < 2; i++)
-		k[i] = kid_start(i);
-	ck_assert(h_wait_stat(sock, "pages_sharing", NDUP, false, 15000));
+	kids_start_merged(k, 2);
 	st = h_daemon_stop(daemon_pid, SIGTERM);
 	daemon_pid = 0;
 	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "dedupd exit status %d", st);
@@ -971,9 +974,7 @@ START_TEST(test_restart_readopts_clients)
 	struct kid k[2];
 
 	H_SKIP_UNLESS_ROOT();
-	for (unsigned i = 0; i < 2; i++)
-		k[i] = kid_start(i);
-	ck_assert(h_wait_stat(sock, "pages_sharing", NDUP, false, 15000));
+	kids_start_merged(k, 2);
 	ck_assert(h_wait_stat(sock, "zero_pages", 2 * NZERO, false, 15000));
 	for (unsigned round = 0; round < 2; round++) {
 		h_daemon_stop(daemon_pid, sigs[round]);
@@ -1059,9 +1060,7 @@ START_TEST(test_discard_reads_zeros)
 	struct kid k[2];
 
 	H_SKIP_UNLESS_ROOT();
-	for (unsigned i = 0; i < 2; i++)
-		k[i] = kid_start(i);
-	ck_assert(h_wait_stat(sock, "pages_sharing", NDUP, false, 15000));
+	kids_start_merged(k, 2);
 	ck_assert_uint_eq(kid_cmd(&k[0], 'D'), 0);   /* all zeros */
 	ck_assert_uint_eq(kid_cmd(&k[0], 'r'), 0);   /* the rest intact */
 	ck_assert_uint_eq(kid_cmd(&k[1], 'v'), 0);   /* the other sharer intact */

@@ -60,6 +60,15 @@ size_t dd_msg_min_len(uint16_t type)
 	}
 }
 
+/* A header of head bytes and then n elements of elem bytes, n at most max:
+ * 0 if len is exactly that, else -EBADMSG (n is checked before it multiplies). */
+static int array_len(size_t len, size_t head, uint32_t n, uint32_t max, size_t elem)
+{
+	if (n > max)
+		return -EBADMSG;
+	return len == head + (size_t)n * elem ? 0 : -EBADMSG;
+}
+
 /* Variable parts must agree with the length exactly. */
 static int check_body(const void *buf, size_t len)
 {
@@ -73,27 +82,19 @@ static int check_body(const void *buf, size_t len)
 	case DD_MSG_REMAP:
 	case DD_MSG_ZAP: {
 		const struct dd_msg_batch *m = buf;
-		if (m->n > DD_BATCH_MAX)
-			return -EBADMSG;
-		return len == sizeof(*m) + (size_t)m->n * sizeof(m->e[0]) ? 0 : -EBADMSG;
+		return array_len(len, sizeof(*m), m->n, DD_BATCH_MAX, sizeof(m->e[0]));
 	}
 	case DD_MSG_AGENT_REPLY: {
 		const struct dd_msg_agent_reply *m = buf;
-		if (m->n > DD_BATCH_MAX)
-			return -EBADMSG;
-		return len == sizeof(*m) + (size_t)m->n * sizeof(m->res[0]) ? 0 : -EBADMSG;
+		return array_len(len, sizeof(*m), m->n, DD_BATCH_MAX, sizeof(m->res[0]));
 	}
 	case DD_MSG_HASH: {
 		const struct dd_msg_hash *m = buf;
-		if (m->n > DD_HASH_MAX)
-			return -EBADMSG;
-		return len == sizeof(*m) + (size_t)m->n * sizeof(m->e[0]) ? 0 : -EBADMSG;
+		return array_len(len, sizeof(*m), m->n, DD_HASH_MAX, sizeof(m->e[0]));
 	}
 	case DD_MSG_HASH_REPLY: {
 		const struct dd_msg_hash_reply *m = buf;
-		if (m->n > DD_HASH_MAX)
-			return -EBADMSG;
-		return len == sizeof(*m) + (size_t)m->n * sizeof(m->res[0]) ? 0 : -EBADMSG;
+		return array_len(len, sizeof(*m), m->n, DD_HASH_MAX, sizeof(m->res[0]));
 	}
 	case DD_MSG_ADMIN: {
 		const struct dd_msg_admin *m = buf;
