@@ -56,6 +56,7 @@
 #define HASH_CHUNK 64     /* pages per process_vm_readv + hash: 256 KiB, fits L2 */
 _Static_assert(READ_BATCH <= DD_HASH_MAX, "one HASH request per batch");
 #define MAX_MERGE 1024    /* merges per flush */
+#define SBUF_PAGES 64     /* store pages per pread in verify() */
 #define MAX_EVENTS 256    /* queued unmap events per client before a full reset */
 #define VMA_RECOUNT_MS 50 /* a client's VMA count is at most this old when merging */
 
@@ -208,7 +209,11 @@ struct merge {
 	uint32_t idx;
 	int64_t slot; /* -1: zap */
 	int res;
-	bool ref; /* holds a region reference (queued from another scan) */
+	bool ref;    /* holds a region reference (queued from another scan) */
+	bool fresh;  /* slot reserved by this merge: the frozen page fills it */
+	bool filled; /* ... and it was filled */
+	uint32_t pidx;		/* fresh: the unstable partner's page, */
+	struct dd_region *pr; /* queued on its client once the slot is filled */
 };
 
 /* One scan thread's own buffers and cursor. */
@@ -217,6 +222,7 @@ struct dd_worker {
 	pthread_t thread;
 	uint8_t *buf;  /* HASH_CHUNK pages */
 	uint8_t *vbuf; /* MAX_MERGE pages: verify copies */
+	uint8_t *sbuf; /* SBUF_PAGES pages: store pages read for verify */
 	struct merge *mq;
 	size_t nmq;
 	int64_t hint; /* last store slot allocated: the next goes after it */
@@ -1390,19 +1396,19 @@ static void match_page(struct dd_worker *w, struct dd_region *r, uint32_t idx, u
 
 		if (!unstable_del(s, uh.node))
 			goto miss; /* someone else took it */
-		if (!page) {
-			if (read_pages(r->c, r->start + (uint64_t)idx * DD_PAGE_SIZE, w->buf, 1) < 0)
-				return; /* gone meanwhile; the other page waits for the next pass */
-			page = w->buf;
-		}
-		/* Two merges will pend on the new slot: this page and the other. */
-		slot = dd_store_alloc(r->dom->store, page, w->hint, 2);
-		if (slot >= 0) {
-			w->hint = slot;
-			mq_add(w, r, idx, slot);
-		}
-		if (slot >= 0)
-			pend_add(qr->c, qr, qidx, (uint32_t)slot);
+		/* Two merges will pend on a new slot: this page and the other.
+		 * The slot is filled with this page as it is read under freeze
+		 * (fill()), and only then is the other page queued on its client
+		 * (settle()): no copy here, one pwrite per run. */
+		slot = dd_store_reserve(r->dom->store, w->hint, 2);
+		if (slot < 0)
+			return; /* the other page waits in its record for the next pass */
+		w->hint = slot;
+		atomic_fetch_add(&qr->refs, 1);
+		mq_add(w, r, idx, slot);
+		w->mq[w->nmq - 1].fresh = true;
+		w->mq[w->nmq - 1].pr = qr;
+		w->mq[w->nmq - 1].pidx = qidx;
 		return;
 	}
 miss:
@@ -1445,7 +1451,7 @@ static size_t run_len(const struct merge *q, size_t n, size_t i, bool slots)
 	size_t j = i + 1;
 
 	while (j < n && q[j].r == q[i].r && q[j].idx == q[j - 1].idx + 1 &&
-	       (!slots || ((q[j].slot < 0) == (q[i].slot < 0) &&
+	       (!slots || ((q[j].slot < 0) == (q[i].slot < 0) && q[j].fresh == q[i].fresh &&
 			   (q[i].slot < 0 || q[j].slot == q[j - 1].slot + 1))) &&
 	       (!slots || (q[j].res == 0) == (q[i].res == 0)))
 		j++;
@@ -1471,7 +1477,20 @@ static void freeze(struct dd_sclient *c, struct merge *q, size_t n)
 	}
 }
 
-/* Re-read frozen pages and compare them with their target, byte for byte. */
+/* Does frozen page i of the queue still qualify for its merge? */
+static bool still_mergeable(const struct merge *m)
+{
+	uint8_t st = m->r->pages[m->idx].state;
+
+	return !m->r->dead && st != PG_MERGED && st != PG_GONE && st != PG_ZERO;
+}
+
+/*
+ * Re-read frozen pages and compare them with their target, byte for byte:
+ * the zero page, or the store page (read with pread, a run of slots at a
+ * time). A page for a fresh slot has nothing to compare with: it becomes the
+ * slot's content (fill()).
+ */
 static void verify(struct dd_worker *w, struct dd_sclient *c, struct merge *q, size_t n)
 {
 	for (size_t i = 0, k; i < n; i += k) {
@@ -1480,24 +1499,58 @@ static void verify(struct dd_worker *w, struct dd_sclient *c, struct merge *q, s
 			for (size_t j = i; j < i + k; j++)
 				q[j].res = q[j].res ? q[j].res : -EFAULT;
 	}
-	for (size_t i = 0; i < n; i++) {
-		const uint8_t *pg = w->vbuf + i * DD_PAGE_SIZE;
-		struct dd_page *p = &q[i].r->pages[q[i].idx];
-		bool same;
+	for (size_t i = 0, k; i < n; i += k) {
+		k = run_len(q, n, i, true);
+		for (size_t j = i; j < i + k; j += SBUF_PAGES) {
+			size_t m = i + k - j < SBUF_PAGES ? i + k - j : SBUF_PAGES;
+			bool stored = q[j].slot >= 0 && !q[j].fresh;
+			int rd = stored ? dd_store_read(q[j].r->dom->store, (uint32_t)q[j].slot,
+							w->sbuf, (uint32_t)m)
+					: 0;
 
-		if (q[i].res)
-			continue;
-		if (q[i].r->dead || p->state == PG_MERGED || p->state == PG_GONE ||
-		    p->state == PG_ZERO)
-			same = false;
-		else if (q[i].slot < 0)
-			same = dd_page_is_zero(pg);
-		else
-			same = !memcmp(pg, dd_store_page(q[i].r->dom->store, (uint32_t)q[i].slot),
-				       DD_PAGE_SIZE);
-		if (!same)
-			q[i].res = -EAGAIN;
+			for (size_t x = j; x < j + m; x++) {
+				const uint8_t *pg = w->vbuf + x * DD_PAGE_SIZE;
+				bool same;
+
+				if (q[x].res)
+					continue;
+				if (!still_mergeable(&q[x]) || rd < 0)
+					same = false;
+				else if (q[x].slot < 0)
+					same = dd_page_is_zero(pg);
+				else if (q[x].fresh)
+					same = true;
+				else
+					same = !memcmp(pg, w->sbuf + (x - j) * DD_PAGE_SIZE,
+						       DD_PAGE_SIZE);
+				if (!same)
+					q[x].res = -EAGAIN;
+			}
+		}
 	}
+}
+
+/* Write the frozen pages that passed into their fresh slots, a run at a time. */
+static void fill(struct dd_worker *w, struct merge *q, size_t n)
+{
+	rcu_read_lock();
+	for (size_t i = 0, k; i < n; i += k) {
+		int rc;
+
+		k = 1;
+		if (!q[i].fresh || q[i].res)
+			continue;
+		while (i + k < n && q[i + k].fresh && !q[i + k].res &&
+		       q[i + k].r->dom == q[i].r->dom && q[i + k].slot == q[i].slot + (int64_t)k)
+			k++;
+		rc = dd_store_fill(q[i].r->dom->store, (uint32_t)q[i].slot,
+				   w->vbuf + i * DD_PAGE_SIZE, (uint32_t)k);
+		for (size_t j = i; j < i + k; j++) {
+			q[j].filled = rc == 0;
+			q[j].res = rc;
+		}
+	}
+	rcu_read_unlock();
 }
 
 /* Send the verified entries to the agent, coalesced into runs. */
@@ -1556,6 +1609,21 @@ static void replace(struct dd_worker *w, struct dd_sclient *c, struct merge *q, 
 	}
 }
 
+/*
+ * The unstable partner of a fresh slot: queued on its client to merge with
+ * the slot if the slot was filled; else the slot goes back unwritten (with
+ * both pending merges) and the partner waits in its record for the next pass.
+ */
+static void settle_partner(struct merge *m)
+{
+	if (m->filled)
+		pend_add(m->pr->c, m->pr, m->pidx, (uint32_t)m->slot);
+	else
+		dd_store_unreserve(m->r->dom->store, (uint32_t)m->slot);
+	region_put(m->pr);
+	m->pr = NULL;
+}
+
 /* Record the outcome, re-arm remapped ranges, unfreeze and wake (c->lock). */
 static void settle(struct dd_scanner *s, struct dd_sclient *c, struct merge *q, size_t n)
 {
@@ -1568,8 +1636,10 @@ static void settle(struct dd_scanner *s, struct dd_sclient *c, struct merge *q, 
 		for (size_t j = i; j < i + k; j++) {
 			struct dd_page *p = &q[j].r->pages[q[j].idx];
 
+			if (q[j].fresh)
+				settle_partner(&q[j]);
 			if (q[j].res) {
-				if (q[j].slot >= 0)
+				if (q[j].slot >= 0 && !(q[j].fresh && !q[j].filled))
 					dd_store_pend_done(q[j].r->dom->store, (uint32_t)q[j].slot,
 							   false);
 				atomic_fetch_add(&s->merge_failed, 1);
@@ -1652,6 +1722,7 @@ static void flush(struct dd_worker *w, struct dd_sclient *c)
 	qsort(w->mq, n, sizeof(w->mq[0]), cmp_merge);
 	freeze(c, w->mq, n);
 	verify(w, c, w->mq, n);
+	fill(w, w->mq, n);
 	replace(w, c, w->mq, n);
 	settle(w->s, c, w->mq, n);
 	w->nmq = 0;
@@ -2313,7 +2384,7 @@ static void *scan_main(void *arg)
 static bool workers_ok(const struct dd_scanner *s)
 {
 	for (unsigned i = 0; i < s->nworkers; i++)
-		if (!s->workers[i].buf || !s->workers[i].vbuf || !s->workers[i].mq)
+		if (!s->workers[i].buf || !s->workers[i].vbuf || !s->workers[i].sbuf || !s->workers[i].mq)
 			return false;
 	return true;
 }
@@ -2367,6 +2438,7 @@ struct dd_scanner *dd_scanner_new(const struct dd_scan_knobs *k, const struct dd
 		w->s = s;
 		w->buf = malloc((size_t)HASH_CHUNK * DD_PAGE_SIZE);
 		w->vbuf = malloc((size_t)MAX_MERGE * DD_PAGE_SIZE);
+		w->sbuf = malloc((size_t)SBUF_PAGES * DD_PAGE_SIZE);
 		w->mq = calloc(MAX_MERGE, sizeof(*w->mq));
 	}
 	if (s->fault_wake < 0 || s->fault_ep < 0 || !s->stable ||
@@ -2470,6 +2542,7 @@ void dd_scanner_free(struct dd_scanner *s)
 	for (unsigned i = 0; s->workers && i < s->nworkers; i++) {
 		free(s->workers[i].buf);
 		free(s->workers[i].vbuf);
+		free(s->workers[i].sbuf);
 		free(s->workers[i].mq);
 	}
 	free(s->workers);

@@ -127,6 +127,7 @@ struct dd_store *dd_store_adopt(uint32_t domain, struct dd_table *stable, int fd
 				goto fail;
 			node->store = st;
 			node->slot = (uint32_t)i;
+			node->listed = true;
 			st->used[i / 64] |= 1ULL << (i % 64);
 			st->slots[i] = (struct slot){ .node = node };
 			st->nr_used++;
@@ -224,7 +225,9 @@ void dd_store_free(struct dd_store *st)
 
 		/* Without memory for the batch the node is left to leak: this
 		 * is teardown, and readers may still see it. */
-		if (n && dd_table_del(st->stable, &n->tn) == 0 && batch_room(&b))
+		if (n && !n->listed)
+			free(n); /* reserved, never filled: nobody saw it */
+		else if (n && dd_table_del(st->stable, &n->tn) == 0 && batch_room(&b))
 			b->nodes[b->n++] = n;
 	}
 	batch_retire(b);
@@ -291,16 +294,15 @@ static int64_t find_free(struct dd_store *st, uint32_t from)
 	return -1;
 }
 
-int64_t dd_store_alloc(struct dd_store *st, const void *page, int64_t hint, uint32_t pending)
+/* Take a free slot (after hint if free) and a node for it (st->lock held). */
+static int64_t take_slot(struct dd_store *st, int64_t hint, uint32_t pending)
 {
 	struct dd_stable *node = calloc(1, sizeof(*node));
-	int64_t slot;
+	int64_t slot = -1;
 	int r;
 
 	if (!node)
 		return -ENOMEM;
-	pthread_mutex_lock(&st->lock);
-	slot = -1;
 	if (hint >= 0 && hint + 1 < st->nslots && !is_used(st, (uint32_t)hint + 1))
 		slot = hint + 1;
 	if (slot < 0)
@@ -311,7 +313,6 @@ int64_t dd_store_alloc(struct dd_store *st, const void *page, int64_t hint, uint
 		slot = st->nslots;
 		r = grow(st);
 		if (r < 0) {
-			pthread_mutex_unlock(&st->lock);
 			free(node);
 			return r;
 		}
@@ -319,16 +320,81 @@ int64_t dd_store_alloc(struct dd_store *st, const void *page, int64_t hint, uint
 	st->used[slot / 64] |= 1ULL << (slot % 64);
 	st->cursor = (uint32_t)slot + 1;
 	st->nr_used++;
-	/* pwrite fills the shmem page without a page fault and without
-	 * clearing it first (a full-page write); fall back to the mapping. */
-	if (pwrite(st->memfd, page, DD_PAGE_SIZE, (off_t)slot * DD_PAGE_SIZE) != DD_PAGE_SIZE)
-		memcpy(st->base + (size_t)slot * DD_PAGE_SIZE, page, DD_PAGE_SIZE);
 	node->store = st;
 	node->slot = (uint32_t)slot;
 	st->slots[slot] = (struct slot){ .pending = pending, .node = node };
-	dd_table_add(st->stable, &node->tn, st->domain, dd_page_hash(page));
+	return slot;
+}
+
+int64_t dd_store_alloc(struct dd_store *st, const void *page, int64_t hint, uint32_t pending)
+{
+	int64_t slot;
+
+	pthread_mutex_lock(&st->lock);
+	slot = take_slot(st, hint, pending);
+	if (slot >= 0) {
+		struct dd_stable *node = st->slots[slot].node;
+
+		/* pwrite fills the shmem page without a page fault and without
+		 * clearing it first (a full-page write); fall back to the mapping. */
+		if (pwrite(st->memfd, page, DD_PAGE_SIZE, (off_t)slot * DD_PAGE_SIZE) !=
+		    DD_PAGE_SIZE)
+			memcpy(st->base + (size_t)slot * DD_PAGE_SIZE, page, DD_PAGE_SIZE);
+		node->listed = true;
+		dd_table_add(st->stable, &node->tn, st->domain, dd_page_hash(page));
+	}
 	pthread_mutex_unlock(&st->lock);
 	return slot;
+}
+
+int64_t dd_store_reserve(struct dd_store *st, int64_t hint, uint32_t pending)
+{
+	int64_t slot;
+
+	pthread_mutex_lock(&st->lock);
+	slot = take_slot(st, hint, pending);
+	pthread_mutex_unlock(&st->lock);
+	return slot;
+}
+
+int dd_store_fill(struct dd_store *st, uint32_t slot, const void *pages, uint32_t n)
+{
+	size_t len = (size_t)n * DD_PAGE_SIZE;
+	ssize_t w = pwrite(st->memfd, pages, len, (off_t)slot * DD_PAGE_SIZE);
+
+	if (w != (ssize_t)len)
+		return w < 0 ? -errno : -EIO;
+	pthread_mutex_lock(&st->lock);
+	for (uint32_t i = 0; i < n; i++) {
+		struct dd_stable *node = st->slots[slot + i].node;
+
+		node->listed = true;
+		dd_table_add(st->stable, &node->tn, st->domain,
+			     dd_page_hash((const uint8_t *)pages + (size_t)i * DD_PAGE_SIZE));
+	}
+	pthread_mutex_unlock(&st->lock);
+	return 0;
+}
+
+void dd_store_unreserve(struct dd_store *st, uint32_t slot)
+{
+	pthread_mutex_lock(&st->lock);
+	free(st->slots[slot].node); /* never listed: no reader can hold it */
+	st->slots[slot] = (struct slot){ 0 };
+	/* A pwrite that failed part-way may have left data: punch it. */
+	fallocate(st->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+		  (off_t)slot * DD_PAGE_SIZE, DD_PAGE_SIZE);
+	st->used[slot / 64] &= ~(1ULL << (slot % 64));
+	st->nr_used--;
+	pthread_mutex_unlock(&st->lock);
+}
+
+int dd_store_read(const struct dd_store *st, uint32_t slot, void *dst, uint32_t n)
+{
+	size_t len = (size_t)n * DD_PAGE_SIZE;
+	ssize_t r = pread(st->memfd, dst, len, (off_t)slot * DD_PAGE_SIZE);
+
+	return r == (ssize_t)len ? 0 : r < 0 ? -errno : -EIO;
 }
 
 bool dd_store_try_pend(struct dd_stable *node)

@@ -24,6 +24,7 @@ struct dd_stable {
 	struct dd_store *store;
 	uint32_t slot;
 	bool dead;
+	bool listed; /* in the stable table (a reserved slot's node is not, until filled) */
 }; /* 32 bytes; freed in batches, one call_rcu() per GC run (no rcu_head) */
 
 /* A stable node's share domain (its store's), for dd_table_new(). */
@@ -58,6 +59,27 @@ const void *dd_store_page(const struct dd_store *st, uint32_t slot);
  * -ENOSPC/-errno. Caller holds rcu_read_lock().
  */
 int64_t dd_store_alloc(struct dd_store *st, const void *page, int64_t hint, uint32_t pending);
+
+/*
+ * Reserve a slot for a page not read yet, with `pending` merges pending on it
+ * (hint as for dd_store_alloc()). It is found by nobody until
+ * dd_store_fill() writes it; dd_store_unreserve() gives it back unwritten.
+ * The merge path reads the page once, frozen, and writes it here: no copy of
+ * its own, and one pwrite per run of slots.
+ */
+int64_t dd_store_reserve(struct dd_store *st, int64_t hint, uint32_t pending);
+
+/* Write n pages into reserved slots [slot, slot+n) with one pwrite and put
+ * them in the stable table. 0 or -errno (nothing listed). Caller holds
+ * rcu_read_lock(). */
+int dd_store_fill(struct dd_store *st, uint32_t slot, const void *pages, uint32_t n);
+
+/* Give back a reserved slot that was never filled (its pending merges dropped). */
+void dd_store_unreserve(struct dd_store *st, uint32_t slot);
+
+/* Read n pages of slots [slot, slot+n) (pread: no page fault in the
+ * daemon's mapping, and its page tables stay empty). 0 or -errno. */
+int dd_store_read(const struct dd_store *st, uint32_t slot, void *dst, uint32_t n);
 
 /* Take a pending reference on the slot of node if it is still live. */
 bool dd_store_try_pend(struct dd_stable *node);
