@@ -57,6 +57,8 @@
 _Static_assert(READ_BATCH <= DD_HASH_MAX, "one HASH request per batch");
 #define MAX_MERGE 1024    /* merges per flush */
 #define SBUF_PAGES 64     /* store pages per pread in verify() */
+#define TLB_FLUSH_CEILING 33 /* the kernel's tlb_single_page_flush_ceiling (x86 default) */
+#define SPAN_GAP_MAX 64      /* pages between two runs that one freeze may bridge */
 #define MAX_EVENTS 256    /* queued unmap events per client before a full reset */
 #define VMA_RECOUNT_MS 50 /* a client's VMA count is at most this old when merging */
 
@@ -1458,6 +1460,40 @@ static size_t run_len(const struct merge *q, size_t n, size_t i, bool slots)
 	return j - i;
 }
 
+static int wp_range(int uffd, uint64_t start, uint64_t len)
+{
+	struct uffdio_writeprotect wp = { .range = { start, len },
+					  .mode = UFFDIO_WRITEPROTECT_MODE_WP };
+
+	return ioctl(uffd, UFFDIO_WRITEPROTECT, &wp) < 0 ? -errno : 0;
+}
+
+/*
+ * Can pages [a, b) of r, between two runs, be write-protected with them?
+ * Only a short gap of pages seen present and anonymous in a registered VMA
+ * (not absent, huge, zapped or remapped), whose writes then take a fault
+ * that the fault thread answers at once (they are not in flight).
+ */
+static bool bridgeable(const struct dd_region *r, uint32_t a, uint32_t b)
+{
+	if (b - a > SPAN_GAP_MAX)
+		return false;
+	for (uint32_t k = a; k < b; k++) {
+		uint8_t st = r->pages[k].state;
+
+		if (st != PG_CHECKED && st != PG_UNSTABLE && st != PG_COLD)
+			return false;
+	}
+	return true;
+}
+
+/*
+ * Write-protect the queued pages. A range of at most TLB_FLUSH_CEILING pages
+ * is flushed from the TLB page by page, each an exit to the hypervisor on
+ * this kind of guest (~4 us); a longer one costs one full flush (~60 us).
+ * So runs close together are protected as one span, gaps included, when the
+ * span comes out longer than that; else run by run.
+ */
 static void freeze(struct dd_sclient *c, struct merge *q, size_t n)
 {
 	pthread_mutex_lock(&c->fault_lock);
@@ -1465,15 +1501,24 @@ static void freeze(struct dd_sclient *c, struct merge *q, size_t n)
 		add_range(&c->inflight, &c->ninflight, mq_addr(&q[i]),
 			  mq_addr(&q[i]) + run_len(q, n, i, false) * DD_PAGE_SIZE);
 	pthread_mutex_unlock(&c->fault_lock);
-	for (size_t i = 0, k; i < n; i += k) {
-		struct uffdio_writeprotect wp = { .mode = UFFDIO_WRITEPROTECT_MODE_WP };
+	for (size_t i = 0, j; i < n; i = j) {
+		uint64_t start = mq_addr(&q[i]), len;
 
-		k = run_len(q, n, i, false);
-		wp.range.start = mq_addr(&q[i]);
-		wp.range.len = k * DD_PAGE_SIZE;
-		if (ioctl(c->uffd, UFFDIO_WRITEPROTECT, &wp) < 0)
-			for (size_t j = i; j < i + k; j++)
-				q[j].res = -errno;
+		j = i + run_len(q, n, i, false);
+		while (j < n && q[j].r == q[i].r && bridgeable(q[i].r, q[j - 1].idx + 1, q[j].idx))
+			j += run_len(q, n, j, false);
+		len = mq_addr(&q[j - 1]) + DD_PAGE_SIZE - start;
+		if (len / DD_PAGE_SIZE > TLB_FLUSH_CEILING &&
+		    wp_range(c->uffd, start, len) == 0)
+			continue;
+		for (size_t x = i, k; x < j; x += k) {
+			int e;
+
+			k = run_len(q, n, x, false);
+			if ((e = wp_range(c->uffd, mq_addr(&q[x]), k * DD_PAGE_SIZE)) < 0)
+				for (size_t y = x; y < x + k; y++)
+					q[y].res = e;
+		}
 	}
 }
 

@@ -32,6 +32,7 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -42,6 +43,7 @@
 struct dd_agent {
 	int sock;
 	int pagemap;
+	int pidfd; /* our own process, for process_madvise(); -1 if unavailable */
 	pthread_t thread;
 	void *stack;
 	atomic_bool alive;
@@ -98,19 +100,57 @@ static bool still_frozen(int pagemap, uint64_t addr, uint32_t npages)
 	return true;
 }
 
-static int do_entry(struct dd_agent *a, const struct dd_remap_entry *e, bool zap,
-		    const struct store_fd *stores, int nstores)
+static int check_entry(struct dd_agent *a, const struct dd_remap_entry *e)
 {
-	size_t len = (size_t)e->npages * PAGE_SIZE_;
-	void *p = (void *)(uintptr_t)e->addr;
-	int fd;
-
 	if (e->npages == 0 || e->addr % PAGE_SIZE_ || e->npages > DD_BATCH_MAX * 64u)
 		return -EINVAL;
 	if (!still_frozen(a->pagemap, e->addr, e->npages))
 		return -ESTALE;
-	if (zap)
-		return madvise(p, len, MADV_DONTNEED) ? -errno : 0;
+	return 0;
+}
+
+/*
+ * ZAP: the frozen zero pages go, all runs of the batch in one
+ * process_madvise(MADV_DONTNEED) on ourselves where the kernel has it: one
+ * TLB flush for the batch instead of one per page of each short run (an exit
+ * to the hypervisor each on a paravirtual guest). Runs it did not reach are
+ * zapped one by one, each with its own result.
+ */
+static void do_zaps(struct dd_agent *a, const struct dd_remap_entry *e, uint32_t n, int32_t *res)
+{
+	struct iovec iov[DD_BATCH_MAX];
+	uint32_t at[DD_BATCH_MAX], k = 0;
+	ssize_t done = -1;
+
+	for (uint32_t i = 0; i < n; i++) {
+		res[i] = check_entry(a, &e[i]);
+		if (!res[i]) {
+			iov[k] = (struct iovec){ (void *)(uintptr_t)e[i].addr,
+						 (size_t)e[i].npages * PAGE_SIZE_ };
+			at[k++] = i;
+		}
+	}
+	if (k > 1 && a->pidfd >= 0)
+		done = syscall(SYS_process_madvise, a->pidfd, iov, k, MADV_DONTNEED, 0);
+	for (uint32_t j = 0; j < k; j++) {
+		if (done >= (ssize_t)iov[j].iov_len) {
+			done -= (ssize_t)iov[j].iov_len;
+			continue;
+		}
+		done = -1;
+		res[at[j]] = madvise(iov[j].iov_base, iov[j].iov_len, MADV_DONTNEED) ? -errno : 0;
+	}
+}
+
+static int do_entry(struct dd_agent *a, const struct dd_remap_entry *e,
+		    const struct store_fd *stores, int nstores)
+{
+	size_t len = (size_t)e->npages * PAGE_SIZE_;
+	void *p = (void *)(uintptr_t)e->addr;
+	int fd, r;
+
+	if ((r = check_entry(a, e)) < 0)
+		return r;
 	fd = store_lookup(stores, nstores, e->domain);
 	if (fd < 0)
 		return -EBADF;
@@ -313,10 +353,12 @@ static void *agent_main(void *arg)
 		if (in.h.type == DD_MSG_BALLOON) {
 			out.r.res[0] = do_balloon(&in.balloon);
 			out.r.n = 1;
-		} else if (in.h.type == DD_MSG_REMAP || in.h.type == DD_MSG_ZAP) {
+		} else if (in.h.type == DD_MSG_ZAP) {
+			do_zaps(a, in.batch.e, in.batch.n, out.r.res);
+			out.r.n = in.batch.n;
+		} else if (in.h.type == DD_MSG_REMAP) {
 			for (uint32_t i = 0; i < in.batch.n; i++)
-				out.r.res[i] = do_entry(a, &in.batch.e[i], in.h.type == DD_MSG_ZAP,
-							stores, nstores);
+				out.r.res[i] = do_entry(a, &in.batch.e[i], stores, nstores);
 			out.r.n = in.batch.n;
 		} else {
 			continue;
@@ -365,7 +407,7 @@ int dd_agent_start(const char *sock_path, uint64_t client_id, uint64_t token,
 
 	if (!a)
 		return -ENOMEM;
-	a->sock = a->pagemap = -1;
+	a->sock = a->pagemap = a->pidfd = -1;
 	a->stack = MAP_FAILED;
 	a->lost = lost;
 	r = dd_sock_connect(sock_path);
@@ -380,6 +422,7 @@ int dd_agent_start(const char *sock_path, uint64_t client_id, uint64_t token,
 		r = -errno;
 		goto fail;
 	}
+	a->pidfd = (int)syscall(SYS_pidfd_open, getpid(), 0); /* -1: madvise() run by run */
 	/* MAP_SHARED: never registered, never merged, never frozen. */
 	a->stack = mmap(NULL, AGENT_STACK_BYTES, PROT_READ | PROT_WRITE,
 			MAP_SHARED | MAP_ANONYMOUS, -1, 0);
@@ -426,6 +469,8 @@ void dd_agent_forget(struct dd_agent *a)
 		close(a->sock);
 	if (a->pagemap >= 0)
 		close(a->pagemap);
+	if (a->pidfd >= 0)
+		close(a->pidfd);
 	/* The stack of a thread that was not joined (after fork) must stay. */
 	if (a->stack != MAP_FAILED && !atomic_load(&a->alive))
 		munmap(a->stack, AGENT_STACK_BYTES);
