@@ -326,27 +326,6 @@ static int64_t take_slot(struct dd_store *st, int64_t hint, uint32_t pending)
 	return slot;
 }
 
-int64_t dd_store_alloc(struct dd_store *st, const void *page, int64_t hint, uint32_t pending)
-{
-	int64_t slot;
-
-	pthread_mutex_lock(&st->lock);
-	slot = take_slot(st, hint, pending);
-	if (slot >= 0) {
-		struct dd_stable *node = st->slots[slot].node;
-
-		/* pwrite fills the shmem page without a page fault and without
-		 * clearing it first (a full-page write); fall back to the mapping. */
-		if (pwrite(st->memfd, page, DD_PAGE_SIZE, (off_t)slot * DD_PAGE_SIZE) !=
-		    DD_PAGE_SIZE)
-			memcpy(st->base + (size_t)slot * DD_PAGE_SIZE, page, DD_PAGE_SIZE);
-		node->listed = true;
-		dd_table_add(st->stable, &node->tn, st->domain, dd_page_hash(page));
-	}
-	pthread_mutex_unlock(&st->lock);
-	return slot;
-}
-
 int64_t dd_store_reserve(struct dd_store *st, int64_t hint, uint32_t pending)
 {
 	int64_t slot;

@@ -52,17 +52,12 @@ bool dd_store_is_file(const struct dd_store *st, unsigned long ino);
 int dd_store_memfd(const struct dd_store *st);
 const void *dd_store_page(const struct dd_store *st, uint32_t slot);
 
-/*
- * Allocate a slot holding a copy of page, inserted in the stable table with
- * `pending` merges pending on it, preferring the slot after `hint` (so runs of duplicates get
- * consecutive slots and the kernel can merge their VMAs). Returns the slot or
- * -ENOSPC/-errno. Caller holds rcu_read_lock().
- */
-int64_t dd_store_alloc(struct dd_store *st, const void *page, int64_t hint, uint32_t pending);
 
 /*
- * Reserve a slot for a page not read yet, with `pending` merges pending on it
- * (hint as for dd_store_alloc()). It is found by nobody until
+ * Reserve a slot for a page not read yet, with `pending` merges pending on it,
+ * preferring the slot after `hint` (so runs of duplicates get consecutive
+ * slots and the kernel can merge their VMAs). -ENOSPC/-errno on failure. It
+ * is found by nobody until
  * dd_store_fill() writes it; dd_store_unreserve() gives it back unwritten.
  * The merge path reads the page once, frozen, and writes it here: no copy of
  * its own, and one pwrite per run of slots.

@@ -73,10 +73,11 @@ static int64_t alloc(const void *page, int64_t hint, uint32_t pending)
 {
 	int64_t slot;
 
-	rcu_read_lock();
-	slot = dd_store_alloc(st, page, hint, pending);
-	rcu_read_unlock();
+	slot = dd_store_reserve(st, hint, pending);
 	ck_assert_int_ge(slot, 0);
+	rcu_read_lock();
+	ck_assert_int_eq(dd_store_fill(st, (uint32_t)slot, page, 1), 0);
+	rcu_read_unlock();
 	return slot;
 }
 
@@ -188,6 +189,59 @@ START_TEST(test_alloc_copies_page)
 	ck_assert_uint_eq(dd_table_node_hash(&n->tn), dd_table_key_hash(DOMAIN, dd_page_hash(orig)));
 	ck_assert_ptr_null(find_node(page));
 	rcu_read_unlock();
+}
+END_TEST
+
+/*
+ * The merge path's slots: reserved when two pages match (found by nobody,
+ * holding nothing), filled with one pwrite per run from the frozen pages
+ * (then found by checksum and byte for byte), or given back unwritten.
+ */
+START_TEST(test_reserve_fill_unreserve)
+{
+	static char pages[3 * PG], back[3 * PG], other[PG];
+	struct dd_store_stats s;
+	int64_t a, b, c, d;
+
+	for (int i = 0; i < 3; i++)
+		fill(pages + i * PG, 700 + (uint64_t)i);
+	fill(other, 799);
+	a = dd_store_reserve(st, -1, 2);
+	ck_assert_int_ge(a, 0);
+	b = dd_store_reserve(st, a, 2);
+	c = dd_store_reserve(st, b, 2);
+	ck_assert_int_eq(b, a + 1); /* consecutive after the hint: one pwrite, one VMA */
+	ck_assert_int_eq(c, a + 2);
+	rcu_read_lock();
+	ck_assert_ptr_null(find_node(pages)); /* reserved: not in the table yet */
+	ck_assert_int_eq(dd_store_fill(st, (uint32_t)a, pages, 3), 0);
+	for (int i = 0; i < 3; i++) {
+		struct dd_stable *n = find_node(pages + i * PG);
+
+		ck_assert_ptr_nonnull(n);
+		ck_assert_uint_eq(n->slot, (uint32_t)a + (uint32_t)i);
+		assert_slot_holds((uint32_t)a + (uint32_t)i, pages + i * PG);
+	}
+	rcu_read_unlock();
+	ck_assert_int_eq(dd_store_read(st, (uint32_t)a, back, 3), 0);
+	ck_assert_mem_eq(back, pages, 3 * PG);
+	ck_assert_uint_eq(stats().slots_used, 3);
+
+	/* Given back unwritten: the slot is free again (the next reserve takes
+	 * it) and holds no block; the filled ones are untouched. */
+	d = dd_store_reserve(st, c, 2);
+	ck_assert_int_eq(d, a + 3);
+	ck_assert_uint_eq(stats().slots_used, 4);
+	dd_store_unreserve(st, (uint32_t)d);
+	s = stats();
+	ck_assert_uint_eq(s.slots_used, 3);
+	ck_assert_uint_eq(s.slots_shared, 0);
+	ck_assert_int_eq(dd_store_reserve(st, c, 1), d);
+	rcu_read_lock();
+	ck_assert_ptr_null(find_node(other));
+	rcu_read_unlock();
+	/* Reading past the end of the file is an error, not stale bytes. */
+	ck_assert_int_lt(dd_store_read(st, 1u << 22, back, 1), 0);
 }
 END_TEST
 
@@ -608,6 +662,7 @@ Suite *store_suite(void)
 	tcase_add_checked_fixture(tc, store_setup, store_teardown);
 	tcase_add_test(tc, test_alloc_copies_page);
 	tcase_add_test(tc, test_alloc_consecutive_with_hint);
+	tcase_add_test(tc, test_reserve_fill_unreserve);
 	tcase_add_test(tc, test_free_empty_and_null);
 	suite_add_tcase(s, tc);
 
