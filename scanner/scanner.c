@@ -1522,7 +1522,7 @@ static void freeze(struct dd_sclient *c, struct merge *q, size_t n)
 	}
 }
 
-/* Does frozen page i of the queue still qualify for its merge? */
+/* Does the frozen page of queue entry m still qualify for its merge? */
 static bool still_mergeable(const struct merge *m)
 {
 	uint8_t st = m->r->pages[m->idx].state;
@@ -1548,7 +1548,7 @@ static void verify(struct dd_worker *w, struct dd_sclient *c, struct merge *q, s
 		k = run_len(q, n, i, true);
 		for (size_t j = i; j < i + k; j += SBUF_PAGES) {
 			size_t m = i + k - j < SBUF_PAGES ? i + k - j : SBUF_PAGES;
-			bool stored = q[j].slot >= 0 && !q[j].fresh;
+			bool stored = q[j].slot >= 0 && !q[j].fresh && !q[j].res; /* res: whole run */
 			int rd = stored ? dd_store_read(q[j].r->dom->store, (uint32_t)q[j].slot,
 							w->sbuf, (uint32_t)m)
 					: 0;
