@@ -294,8 +294,7 @@ static int64_t find_free(struct dd_store *st, uint32_t from)
 	return -1;
 }
 
-/* Take a free slot (after hint if free) and a node for it (st->lock held). */
-static int64_t take_slot(struct dd_store *st, int64_t hint, uint32_t pending)
+int64_t dd_store_reserve(struct dd_store *st, int64_t hint, uint32_t pending)
 {
 	struct dd_stable *node = calloc(1, sizeof(*node));
 	int64_t slot = -1;
@@ -303,6 +302,7 @@ static int64_t take_slot(struct dd_store *st, int64_t hint, uint32_t pending)
 
 	if (!node)
 		return -ENOMEM;
+	pthread_mutex_lock(&st->lock);
 	if (hint >= 0 && hint + 1 < st->nslots && !is_used(st, (uint32_t)hint + 1))
 		slot = hint + 1;
 	if (slot < 0)
@@ -313,6 +313,7 @@ static int64_t take_slot(struct dd_store *st, int64_t hint, uint32_t pending)
 		slot = st->nslots;
 		r = grow(st);
 		if (r < 0) {
+			pthread_mutex_unlock(&st->lock);
 			free(node);
 			return r;
 		}
@@ -323,15 +324,6 @@ static int64_t take_slot(struct dd_store *st, int64_t hint, uint32_t pending)
 	node->store = st;
 	node->slot = (uint32_t)slot;
 	st->slots[slot] = (struct slot){ .pending = pending, .node = node };
-	return slot;
-}
-
-int64_t dd_store_reserve(struct dd_store *st, int64_t hint, uint32_t pending)
-{
-	int64_t slot;
-
-	pthread_mutex_lock(&st->lock);
-	slot = take_slot(st, hint, pending);
 	pthread_mutex_unlock(&st->lock);
 	return slot;
 }
@@ -343,15 +335,18 @@ int dd_store_fill(struct dd_store *st, uint32_t slot, const void *pages, uint32_
 
 	if (w != (ssize_t)len)
 		return w < 0 ? -errno : -EIO;
-	pthread_mutex_lock(&st->lock);
 	for (uint32_t i = 0; i < n; i++) {
-		struct dd_stable *node = st->slots[slot + i].node;
+		uint64_t h = dd_page_hash((const uint8_t *)pages + (size_t)i * DD_PAGE_SIZE);
+		struct dd_stable *node;
 
+		/* Only the slot array needs the lock (grow() may move it); the
+		 * node is ours until it is listed, and the table is lock-free. */
+		pthread_mutex_lock(&st->lock);
+		node = st->slots[slot + i].node;
+		pthread_mutex_unlock(&st->lock);
 		node->listed = true;
-		dd_table_add(st->stable, &node->tn, st->domain,
-			     dd_page_hash((const uint8_t *)pages + (size_t)i * DD_PAGE_SIZE));
+		dd_table_add(st->stable, &node->tn, st->domain, h);
 	}
-	pthread_mutex_unlock(&st->lock);
 	return 0;
 }
 
