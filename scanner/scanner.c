@@ -277,17 +277,24 @@ struct dd_scanner {
 	atomic_uint_fast64_t pages_scanned, full_scans, merges, merge_failed, cow_breaks,
 		pages_volatile, zero_pages, faults, unstable_count, cold_count, last_pass_ms,
 		pages_adopted, scan_cpu_ns, registered, nregions, thp_split, thp_skipped, pass_thp_skipped,
-		agent_hash_pages, agent_cpu_ns, agent_unreadable;
+		agent_hash_pages, agent_cpu_ns, agent_unreadable, agent_hash_wait_ns,
+		merge_batches, remap_runs, zap_runs, merge_freeze_ns, merge_verify_ns,
+		merge_agent_ns, merge_settle_ns;
 	atomic_bool no_pagemap_scan; /* the kernel refused PAGEMAP_SCAN */
 	int kpageflags;              /* /proc/kpageflags, or -1 */
 };
 
+static uint64_t now_ns(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (uint64_t)t.tv_sec * 1000000000ULL + (uint64_t)t.tv_nsec;
+}
+
 static uint64_t now_ms(void)
 {
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+	return now_ns() / 1000000;
 }
 
 void dd_scan_knobs_default(struct dd_scan_knobs *k)
@@ -1637,11 +1644,15 @@ static void replace(struct dd_worker *w, struct dd_sclient *c, struct merge *q, 
 				  e[z][i].addr + (uint64_t)e[z][i].npages * DD_PAGE_SIZE);
 	pthread_mutex_unlock(&c->fault_lock);
 	for (int z = 0; z < 2; z++) {
+		uint64_t t0;
 		int rc;
 
 		if (!ne[z])
 			continue;
+		t0 = now_ns();
 		rc = c->agent ? s->ops.batch(c->agent, z, e[z], ne[z], res) : -ENOTCONN;
+		atomic_fetch_add(&s->merge_agent_ns, now_ns() - t0);
+		atomic_fetch_add(z ? &s->zap_runs : &s->remap_runs, ne[z]);
 		for (uint32_t i = 0; i < ne[z]; i++) {
 			/* No answer: the agent may or may not have acted. Count it as
 			 * merged; the next pass sees the truth in pagemap and
@@ -1747,6 +1758,7 @@ static void rearm(struct dd_sclient *c, struct dd_region *r)
 static void flush(struct dd_worker *w, struct dd_sclient *c)
 {
 	size_t n = w->nmq;
+	uint64_t t[5];
 
 	if (!n)
 		return;
@@ -1765,11 +1777,20 @@ static void flush(struct dd_worker *w, struct dd_sclient *c)
 		if (w->mq[i].r->rearm && !w->mq[i].r->dead)
 			rearm(c, w->mq[i].r);
 	qsort(w->mq, n, sizeof(w->mq[0]), cmp_merge);
+	t[0] = now_ns();
 	freeze(c, w->mq, n);
+	t[1] = now_ns();
 	verify(w, c, w->mq, n);
 	fill(w, w->mq, n);
-	replace(w, c, w->mq, n);
+	t[2] = now_ns();
+	replace(w, c, w->mq, n); /* counts its agent waits itself */
+	t[3] = now_ns();
 	settle(w->s, c, w->mq, n);
+	t[4] = now_ns();
+	atomic_fetch_add(&w->s->merge_freeze_ns, t[1] - t[0]);
+	atomic_fetch_add(&w->s->merge_verify_ns, t[2] - t[1]);
+	atomic_fetch_add(&w->s->merge_settle_ns, t[4] - t[3]);
+	atomic_fetch_add(&w->s->merge_batches, 1);
 	w->nmq = 0;
 }
 
@@ -2034,7 +2055,7 @@ static int agent_hash_batch(struct dd_worker *w, struct dd_sclient *c, uint64_t 
 {
 	struct dd_scanner *s = w->s;
 	uint32_t nr = 0, np = 0, bad = 0;
-	uint64_t cpu = 0;
+	uint64_t cpu = 0, t0;
 	int r;
 
 	if (!s->ops.hash || !c->agent || c->copy_only || !KNOB(s, agent_hash))
@@ -2051,7 +2072,9 @@ static int agent_hash_batch(struct dd_worker *w, struct dd_sclient *c, uint64_t 
 	}
 	if (!np)
 		return 1;
+	t0 = now_ns();
 	r = s->ops.hash(c->agent, w->hr, nr, np, w->hres, &cpu);
+	atomic_fetch_add(&s->agent_hash_wait_ns, now_ns() - t0);
 	if (r == -EOPNOTSUPP) {
 		c->copy_only = true;
 		return 0;
@@ -2683,6 +2706,14 @@ void dd_scanner_stats(struct dd_scanner *s, struct dd_scan_stats *o)
 	o->agent_hash_pages = atomic_load(&s->agent_hash_pages);
 	o->agent_cpu_ns = atomic_load(&s->agent_cpu_ns);
 	o->agent_unreadable = atomic_load(&s->agent_unreadable);
+	o->agent_hash_wait_ns = atomic_load(&s->agent_hash_wait_ns);
+	o->merge_batches = atomic_load(&s->merge_batches);
+	o->remap_runs = atomic_load(&s->remap_runs);
+	o->zap_runs = atomic_load(&s->zap_runs);
+	o->merge_freeze_ns = atomic_load(&s->merge_freeze_ns);
+	o->merge_verify_ns = atomic_load(&s->merge_verify_ns);
+	o->merge_agent_ns = atomic_load(&s->merge_agent_ns);
+	o->merge_settle_ns = atomic_load(&s->merge_settle_ns);
 	o->last_pass_ms = atomic_load(&s->last_pass_ms);
 	o->meta_bytes += o->pages_registered * sizeof(struct dd_page) +
 			 o->unstable_nodes * sizeof(struct dd_unstable) +

@@ -86,6 +86,15 @@ struct dd_scan_stats {
 	uint64_t agent_hash_pages; /* pages checksummed by agents, total */
 	uint64_t agent_cpu_ns;    /* agents' CPU time for those, as they report it */
 	uint64_t agent_unreadable; /* pages an agent could not read (a fault), total */
+	uint64_t agent_hash_wait_ns; /* wall time the scan waited for HASH answers */
+	/* Where merging spends its wall time (scan threads, all batches): */
+	uint64_t merge_batches;   /* merge queues carried out (freeze to wake) */
+	uint64_t remap_runs;      /* runs sent to agents to be remapped (one mmap each) */
+	uint64_t zap_runs;        /* runs of zero pages sent to agents to be zapped */
+	uint64_t merge_freeze_ns; /* write-protecting the batches' runs */
+	uint64_t merge_verify_ns; /* reading and comparing frozen pages, filling new slots */
+	uint64_t merge_agent_ns;  /* waiting for the agents' REMAP and ZAP answers */
+	uint64_t merge_settle_ns; /* recording outcomes, waking writers, events settled */
 	uint64_t last_pass_ms;    /* wall time of the last full pass */
 };
 

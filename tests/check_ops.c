@@ -416,6 +416,50 @@ static void kid_stop(struct kid *k)
 
 /* ---- metrics ---------------------------------------------------------------- */
 
+/*
+ * The merge step figures of a converged run: every step took time, the runs
+ * sent to agents are at most the pages merged, the steps of one scan thread
+ * fit in the wall time the test has been running (ns, not us or ms), each
+ * remap took at least a microsecond, and /metrics says the same in seconds.
+ */
+static void assert_merge_steps(struct json_object *st, const char *scrape_text, uint64_t wall_ms)
+{
+	static const char *const step[][2] = {
+		{ "merge_freeze_ns", "dedupd_merge_step_seconds_total{step=\"freeze\"}" },
+		{ "merge_verify_ns", "dedupd_merge_step_seconds_total{step=\"verify\"}" },
+		{ "merge_agent_ns", "dedupd_merge_step_seconds_total{step=\"agent\"}" },
+		{ "merge_settle_ns", "dedupd_merge_step_seconds_total{step=\"settle\"}" },
+	};
+	long long sum = 0, runs = json_int(st, "remap_runs") + json_int(st, "zap_runs");
+
+	ck_assert(json_int(st, "merge_batches") > 0);
+	ck_assert(json_int(st, "remap_runs") > 0);
+	ck_assert(json_int(st, "zap_runs") > 0);
+	ck_assert_msg(runs <= json_int(st, "merges") + json_int(st, "merge_failed"),
+		      "%lld runs for %lld merges", runs, (long long)json_int(st, "merges"));
+	ck_assert(json_int(st, "merge_batches") <= runs);
+	for (size_t i = 0; i < sizeof(step) / sizeof(step[0]); i++) {
+		long long ns = json_int(st, step[i][0]);
+		double sec = metric(scrape_text, step[i][1]);
+
+		ck_assert_msg(ns > 0, "%s is %lld", step[i][0], ns);
+		/* the scrape came first: it may only be behind, and then by
+		 * hash-free merge work, which stops once converged */
+		ck_assert_msg(sec * 1e9 <= (double)ns + 1 && sec * 1e9 >= (double)ns - 1e6,
+			      "%s %.9f s, dedupctl %lld ns", step[i][1], sec, ns);
+		sum += ns;
+	}
+	ck_assert_msg((uint64_t)sum <= wall_ms * 1000000ULL,
+		      "merge steps %lld ns in %llu ms of wall time", sum,
+		      (unsigned long long)wall_ms);
+	ck_assert_msg(json_int(st, "merge_agent_ns") >= json_int(st, "remap_runs") * 1000,
+		      "%lld ns for %lld remaps", (long long)json_int(st, "merge_agent_ns"),
+		      (long long)json_int(st, "remap_runs"));
+	ck_assert(json_int(st, "agent_hash_wait_ns") > 0);
+	ck_assert(metric(scrape_text, "dedupd_agent_hash_wait_seconds_total") * 1e9 <=
+		  (double)json_int(st, "agent_hash_wait_ns") + 1);
+}
+
 static pid_t start_with_metrics(const char *sock, unsigned port)
 {
 	char listen[32];
@@ -456,17 +500,22 @@ START_TEST(test_metrics_live)
 		{ "store_pages", "dedupd_store_pages" },
 		{ "merges", "dedupd_merges_total" },
 		{ "cow_breaks", "dedupd_cow_breaks_total" },
+		{ "merge_batches", "dedupd_merge_batches_total" },
+		{ "remap_runs", "dedupd_agent_runs_total{op=\"remap\"}" },
+		{ "zap_runs", "dedupd_agent_runs_total{op=\"zap\"}" },
 	};
 	char sock[256], series[256], file[] = "/tmp/check_ops-scrape-XXXXXX";
 	unsigned port = free_port();
 	struct json_object *st;
 	char *before, *after, *later;
 	struct kid k[2];
+	uint64_t t_start;
 	pid_t d;
 	int fd;
 
 	H_SKIP_UNLESS_ROOT();
 	h_sock_path(sock, sizeof(sock), "ops-metrics");
+	t_start = h_now_ms();
 	d = start_with_metrics(sock, port);
 	setenv("DEDUPD_SOCKET", sock, 1);
 	before = scrape(port);
@@ -500,6 +549,7 @@ START_TEST(test_metrics_live)
 	ck_assert(metric(after, "dedupd_scan_cpu_seconds_total") * 1e9 <=
 		  (double)json_int(st, "scan_cpu_ns") + 1);
 	ck_assert(metric(later, "dedupd_process_cpu_seconds_total") > 0);
+	assert_merge_steps(st, after, h_now_ms() - t_start);
 	json_object_put(st);
 
 	/* Per-client series, labelled and complete. */
@@ -613,6 +663,8 @@ START_TEST(test_metrics_format)
 
 	s.st.pages_sharing = 7;
 	s.st.scan_cpu_ns = 1234567890;
+	s.st.merge_agent_ns = 2000000001;
+	s.st.zap_runs = 12;
 	s.st.bytes_saved_net = -4096;
 	s.knobs.pages_to_scan = 100;
 	s.knobs.sleep_millisecs = 20;
@@ -629,6 +681,9 @@ START_TEST(test_metrics_format)
 	ck_assert_int_eq(dd_metrics_format(f, &s), 0);
 	fclose(f);
 	assert_says(text, "dedupd_scan_cpu_seconds_total 1.234567890\n");
+	assert_says(text, "dedupd_merge_step_seconds_total{step=\"agent\"} 2.000000001\n");
+	assert_says(text, "dedupd_merge_step_seconds_total{step=\"freeze\"} 0.000000000\n");
+	assert_says(text, "dedupd_agent_runs_total{op=\"zap\"} 12\n");
 	assert_says(text, "dedupd_bytes_saved_net -4096\n");
 	assert_says(text, "dedupd_pressure_state{state=\"hard\"} 1\n");
 	assert_says(text, "dedupd_pressure_state{state=\"high\"} 0\n");

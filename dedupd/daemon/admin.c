@@ -67,6 +67,14 @@ static struct json_object *stats_json(struct dd_scanner *s)
 	ADD_U64(o, "agent_hash_pages", st.agent_hash_pages);
 	ADD_U64(o, "agent_cpu_ns", st.agent_cpu_ns);
 	ADD_U64(o, "agent_hash_unreadable", st.agent_unreadable);
+	ADD_U64(o, "agent_hash_wait_ns", st.agent_hash_wait_ns);
+	ADD_U64(o, "merge_batches", st.merge_batches);
+	ADD_U64(o, "remap_runs", st.remap_runs);
+	ADD_U64(o, "zap_runs", st.zap_runs);
+	ADD_U64(o, "merge_freeze_ns", st.merge_freeze_ns);
+	ADD_U64(o, "merge_verify_ns", st.merge_verify_ns);
+	ADD_U64(o, "merge_agent_ns", st.merge_agent_ns);
+	ADD_U64(o, "merge_settle_ns", st.merge_settle_ns);
 	ADD_U64(o, "last_pass_ms", st.last_pass_ms);
 	return o;
 }

@@ -216,6 +216,30 @@ static void format_scan(FILE *f, const struct dd_scan_stats *st, const struct dd
 	counter_fixed(f, "dedupd_agent_hash_cpu_seconds_total",
 		      "CPU time the clients' agents spent checksumming pages, as they report it.",
 		      st->agent_cpu_ns, 9);
+	counter_fixed(f, "dedupd_agent_hash_wait_seconds_total",
+		      "Wall time the scan waited for the agents' checksums.",
+		      st->agent_hash_wait_ns, 9);
+	counter(f, "dedupd_merge_batches_total",
+		"Merge batches carried out (freeze, verify, remap, wake).", st->merge_batches);
+	family(f, "dedupd_agent_runs_total", "counter",
+	       "Runs of pages sent to the agents: remap (one mmap of the store each) or "
+	       "zap (zero pages).");
+	fprintf(f, "dedupd_agent_runs_total{op=\"remap\"} %" PRIu64 "\n", st->remap_runs);
+	fprintf(f, "dedupd_agent_runs_total{op=\"zap\"} %" PRIu64 "\n", st->zap_runs);
+	family(f, "dedupd_merge_step_seconds_total", "counter",
+	       "Wall time of the merge batches by step: freeze (write-protect), verify (read, "
+	       "compare, fill new store pages), agent (waiting for the remaps and zaps), "
+	       "settle (record, wake).");
+	{
+		static const char *const step[] = { "freeze", "verify", "agent", "settle" };
+		const uint64_t v[] = { st->merge_freeze_ns, st->merge_verify_ns,
+				       st->merge_agent_ns, st->merge_settle_ns };
+
+		for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+			fprintf(f, "dedupd_merge_step_seconds_total{step=\"%s\"} ", step[i]);
+			fixed(f, v[i], 9);
+		}
+	}
 	gauge_fixed(f, "dedupd_last_pass_seconds", "Wall time of the last full pass.",
 		    st->last_pass_ms, 3);
 	gauge(f, "dedupd_scan_pages_to_scan",

@@ -1921,6 +1921,23 @@ static void run_notes(const struct run *r)
 		     r->w->name, jget(st, "vmas_added"),
 		     jget(st, "vmas_added") / (jget(st, "clients") > 0 ? jget(st, "clients") : 1),
 		     r->max_map_count, r->vma_cost_b / MIB, g.vma_b);
+	if (r->w->kind == CONVERGE && r->e == E_DEDUPD && st && jget(st, "merge_batches") > 0) {
+		/* Where the merging went (totals of the run; after convergence
+		 * only the checksum waits still grow). */
+		double f = (double)jget(st, "merge_freeze_ns") / 1e9,
+		       v = (double)jget(st, "merge_verify_ns") / 1e9,
+		       a = (double)jget(st, "merge_agent_ns") / 1e9,
+		       z = (double)jget(st, "merge_settle_ns") / 1e9;
+		long long nruns = jget(st, "remap_runs") + jget(st, "zap_runs");
+
+		note("%s dedupd: merging took %.2f s of scan-thread wall time in %lld batches: "
+		     "freeze %.2f, verify and fill %.2f, agents' remaps and zaps %.2f (%lld remap "
+		     "and %lld zap runs, %.0f us per run), settle %.2f; waits for the agents' "
+		     "checksums %.2f s",
+		     r->w->name, f + v + a + z, jget(st, "merge_batches"), f, v, a,
+		     jget(st, "remap_runs"), jget(st, "zap_runs"), nruns ? a * 1e6 / (double)nruns : 0,
+		     z, (double)jget(st, "agent_hash_wait_ns") / 1e9);
+	}
 	if (st && jget(st, "clients") > 0 &&
 	    jget(st, "vmas") / jget(st, "clients") >= r->max_map_count / 2 - 64)
 		note("%s dedupd used its whole VMA budget (half of vm.max_map_count %lld), so "
