@@ -18,6 +18,9 @@
  *              every remap until the event has been read
  *   +busy      also a thread of the process spinning on another CPU, so that
  *              every TLB flush must interrupt it (a busy client)
+ *   rival      plain, while another process does the same (faults its
+ *              memory in, remaps it) on another CPU: two agents merging at
+ *              once, or an agent next to an application busy with its memory
  *
  * Usage: dd-remapcost [--mib N] [--rounds N]. Prints a table of microseconds
  * per operation and per page. Needs userfaultfd for unprivileged users
@@ -28,6 +31,7 @@
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
 #include <poll.h>
+#include <signal.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -38,13 +42,14 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #define PG 4096UL
 
-enum cond { PLAIN, UFFD_WP, EVENTS, BUSY, NCOND };
-static const char *const cond_name[NCOND] = { "plain", "uffd-wp", "+events", "+busy" };
+enum cond { PLAIN, UFFD_WP, EVENTS, BUSY, RIVAL, NCOND };
+static const char *const cond_name[NCOND] = { "plain", "uffd-wp", "+events", "+busy", "rival" };
 
 static atomic_bool stop;
 
@@ -81,6 +86,36 @@ static void *spinner(void *arg)
 	return NULL;
 }
 
+/* The rival: a child process with 64 MiB of its own that faults its memory
+ * in and remaps every other run of it, round after round, until killed. */
+static pid_t rival_start(size_t run, size_t npages, int memfd)
+{
+	pid_t pid = fork();
+
+	if (pid < 0) {
+		perror("dd-remapcost: fork");
+		exit(1);
+	}
+	if (pid > 0) {
+		usleep(20000); /* let it get going */
+		return pid;
+	}
+	for (;;) {
+		uint8_t *m = mmap(NULL, npages * PG, PROT_READ | PROT_WRITE,
+				  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+		if (m == MAP_FAILED)
+			_exit(1);
+		madvise(m, npages * PG, MADV_NOHUGEPAGE);
+		memset(m, 1, npages * PG);
+		for (size_t i = 0; i + run <= npages; i += 2 * run)
+			if (mmap(m + i * PG, run * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED,
+				 memfd, (off_t)(i * PG)) == MAP_FAILED)
+				_exit(1);
+		munmap(m, npages * PG);
+	}
+}
+
 static int uffd_open(bool events)
 {
 	struct uffdio_api api = { .api = UFFD_API, .features = UFFD_FEATURE_PAGEFAULT_FLAG_WP };
@@ -107,6 +142,7 @@ static struct result measure(enum cond c, size_t run, size_t npages, int memfd)
 			  -1, 0);
 	pthread_t mon, spin;
 	struct result r = { 0, 0 };
+	pid_t rival = -1;
 	int uffd = -1;
 	size_t n = 0;
 	double t0;
@@ -118,7 +154,9 @@ static struct result measure(enum cond c, size_t run, size_t npages, int memfd)
 	madvise(m, npages * PG, MADV_NOHUGEPAGE);
 	memset(m, 1, npages * PG);
 	atomic_store(&stop, false);
-	if (c != PLAIN) {
+	if (c == RIVAL)
+		rival = rival_start(run, npages, memfd);
+	if (c != PLAIN && c != RIVAL) {
 		struct uffdio_register reg = { .range = { (uintptr_t)m, npages * PG },
 					       .mode = UFFDIO_REGISTER_MODE_WP };
 
@@ -133,7 +171,7 @@ static struct result measure(enum cond c, size_t run, size_t npages, int memfd)
 		pthread_create(&spin, NULL, spinner, NULL);
 		usleep(10000);
 	}
-	if (c != PLAIN) { /* the freeze: write-protect a run and lift it again */
+	if (c != PLAIN && c != RIVAL) { /* the freeze: write-protect a run and lift it again */
 		t0 = now_s();
 		for (size_t i = 0; i + run <= npages; i += 2 * run, n++) {
 			struct uffdio_writeprotect wp = {
@@ -157,9 +195,13 @@ static struct result measure(enum cond c, size_t run, size_t npages, int memfd)
 		}
 	r.remap_us = (now_s() - t0) / (double)n * 1e6;
 	atomic_store(&stop, true);
+	if (rival > 0) {
+		kill(rival, SIGKILL);
+		waitpid(rival, NULL, 0);
+	}
 	if (c == BUSY)
 		pthread_join(spin, NULL);
-	if (c != PLAIN) {
+	if (c != PLAIN && c != RIVAL) {
 		pthread_join(mon, NULL);
 		close(uffd);
 	}
@@ -221,7 +263,7 @@ int main(int argc, char **argv)
 			}
 			printf("%-9s %5zu %12.1f %12.2f", cond_name[c], runs[k], best.remap_us,
 			       best.remap_us / (double)runs[k]);
-			if (c == PLAIN)
+			if (c == PLAIN || c == RIVAL)
 				printf(" %14s\n", "-");
 			else
 				printf(" %14.1f\n", best.wp_us);
