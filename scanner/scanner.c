@@ -1649,10 +1649,13 @@ static void replace(struct dd_worker *w, struct dd_sclient *c, struct merge *q, 
 
 		if (!ne[z])
 			continue;
-		t0 = now_ns();
-		rc = c->agent ? s->ops.batch(c->agent, z, e[z], ne[z], res) : -ENOTCONN;
-		atomic_fetch_add(&s->merge_agent_ns, now_ns() - t0);
-		atomic_fetch_add(z ? &s->zap_runs : &s->remap_runs, ne[z]);
+		rc = -ENOTCONN;
+		if (c->agent) {
+			t0 = now_ns();
+			rc = s->ops.batch(c->agent, z, e[z], ne[z], res);
+			atomic_fetch_add(&s->merge_agent_ns, now_ns() - t0);
+			atomic_fetch_add(z ? &s->zap_runs : &s->remap_runs, ne[z]);
+		}
 		for (uint32_t i = 0; i < ne[z]; i++) {
 			/* No answer: the agent may or may not have acted. Count it as
 			 * merged; the next pass sees the truth in pagemap and
