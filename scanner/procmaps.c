@@ -11,6 +11,7 @@
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 __attribute__((format(printf, 4, 5))) static int bad(char *err, size_t errlen, int e,
@@ -140,6 +141,82 @@ int dd_maps_check_range(const char *maps_path, uint64_t addr, uint64_t len, char
 			"memory in %#llx-%#llx is locked (mlock): locked memory is not shared",
 			(unsigned long long)addr, (unsigned long long)end);
 	return r;
+}
+
+/* A hexadecimal field ending in one of stop's characters; *pp past the stop. */
+static bool hex_field(const char **pp, char stop, uint64_t *out)
+{
+	const char *p = *pp;
+	uint64_t x = 0;
+	int n = 0;
+
+	for (;; p++, n++) {
+		char ch = *p;
+
+		if (ch >= '0' && ch <= '9')
+			x = x << 4 | (uint64_t)(ch - '0');
+		else if ((ch | 0x20) >= 'a' && (ch | 0x20) <= 'f')
+			x = x << 4 | (uint64_t)((ch | 0x20) - 'a' + 10);
+		else
+			break;
+		if (n == 16)
+			return false;
+	}
+	if (!n || *p != stop)
+		return false;
+	*out = x;
+	*pp = p + 1;
+	return true;
+}
+
+/* "lo-hi perms off dev ino [path]": the fields dd_vma keeps. */
+static bool parse_vma(const char *line, struct dd_vma *v)
+{
+	const char *p = line;
+	uint64_t ino = 0;
+
+	if (!hex_field(&p, '-', &v->start) || !hex_field(&p, ' ', &v->end) || v->end <= v->start)
+		return false;
+	p = strchr(p, ' '); /* perms */
+	if (!p || !(p++, hex_field(&p, ' ', &v->off)))
+		return false;
+	p = strchr(p, ' '); /* dev */
+	if (!p)
+		return false;
+	for (p++; *p >= '0' && *p <= '9'; p++)
+		ino = ino * 10 + (uint64_t)(*p - '0');
+	v->ino = (unsigned long)ino;
+	return true;
+}
+
+long dd_maps_read(const char *maps_path, struct dd_vma **v, size_t *cap)
+{
+	char line[512];
+	size_t n = 0;
+	FILE *f = fopen(maps_path, "re");
+
+	if (!f)
+		return -errno;
+	while (read_line(line, sizeof(line), f)) {
+		struct dd_vma x;
+
+		if (!parse_vma(line, &x))
+			continue;
+		if (n == *cap) {
+			size_t nc = *cap ? *cap * 2 : 256;
+			struct dd_vma *nv = realloc(*v, nc * sizeof(*nv));
+
+			if (!nv) {
+				fclose(f);
+				return -ENOMEM;
+			}
+			*v = nv;
+			*cap = nc;
+		}
+		(*v)[n++] = x;
+	}
+	fclose(f);
+	return (long)n;
 }
 
 long dd_maps_count(const char *maps_path)

@@ -16,6 +16,22 @@
 int dd_maps_check_range(const char *maps_path, uint64_t addr, uint64_t len, char *err,
 			size_t errlen);
 
+/* One VMA of a maps file: its range, and the file it maps (ino 0 for
+ * anonymous memory) from which offset. */
+struct dd_vma {
+	uint64_t start, end;
+	uint64_t off;
+	unsigned long ino;
+};
+
+/*
+ * Read every VMA of the process whose maps file is maps_path into *v (grown
+ * with realloc; *cap is its size in entries), in address order. The number
+ * read, or -errno. The file is read in pieces, so the list is only as
+ * consistent as the process's mappings held still meanwhile.
+ */
+long dd_maps_read(const char *maps_path, struct dd_vma **v, size_t *cap);
+
 /* Number of VMAs of pid (lines of its maps file), or -errno. */
 long dd_maps_count(const char *maps_path);
 

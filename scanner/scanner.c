@@ -61,6 +61,8 @@ _Static_assert(READ_BATCH <= DD_HASH_MAX, "one HASH request per batch");
 #define SPAN_GAP_MAX 64      /* pages between two runs that one freeze may bridge */
 #define MAX_EVENTS 256    /* queued unmap events per client before a full reset */
 #define VMA_RECOUNT_MS 50 /* a client's VMA count is at most this old when merging */
+#define RECONCILE_MIN_MS 1000  /* a client's maps read at most this often on a hint... */
+#define RECONCILE_MAX_MS 10000 /* ...and at least this often */
 
 enum pg_state { PG_NEW, PG_CHECKED, PG_UNSTABLE, PG_MERGED, PG_ZERO, PG_GONE, PG_COLD };
 #define PGF_REMAPPED 1 /* the page lies in a VMA we remapped: never zap it */
@@ -152,6 +154,8 @@ struct dd_sclient {
 	uint32_t stores_sent[MAX_DOMAINS / 32];
 	long vmas, vmas_base, vma_budget, vma_limit;
 	uint64_t vmas_counted_ms; /* when vmas was read from maps */
+	uint64_t reconciled_ms;	  /* when its records were last held against its maps */
+	bool reconcile_due;	  /* a merged page was seen unmapped */
 	/* fault_lock */
 	pthread_mutex_t fault_lock;
 	struct range *inflight;
@@ -279,7 +283,7 @@ struct dd_scanner {
 		pages_adopted, scan_cpu_ns, registered, nregions, thp_split, thp_skipped, pass_thp_skipped,
 		agent_hash_pages, agent_cpu_ns, agent_unreadable, agent_hash_wait_ns,
 		merge_batches, remap_runs, zap_runs, merge_freeze_ns, merge_verify_ns,
-		merge_agent_ns, merge_settle_ns;
+		merge_agent_ns, merge_settle_ns, pages_unmapped;
 	atomic_bool no_pagemap_scan; /* the kernel refused PAGEMAP_SCAN */
 	int kpageflags;              /* /proc/kpageflags, or -1 */
 };
@@ -449,6 +453,7 @@ struct dd_sclient *dd_scanner_add_client(struct dd_scanner *s, pid_t pid, uid_t 
 	if (c->vmas < 0)
 		c->vmas = 0;
 	c->vmas_base = c->vmas;
+	c->reconciled_ms = now_ms();
 	pthread_mutex_lock(&s->lock);
 	/* VMAs our remaps may add: the knob, or half of what the process has
 	 * left; and never closer than 1024 to vm.max_map_count, so that the
@@ -659,6 +664,7 @@ static int ensure_store_sent(struct dd_scanner *s, struct dd_sclient *c, struct 
 }
 
 static void apply_events(struct dd_scanner *s, struct dd_sclient *c);
+static void reconcile(struct dd_scanner *s, struct dd_sclient *c);
 static void rearm(struct dd_sclient *c, struct dd_region *r);
 
 /*
@@ -815,6 +821,11 @@ int dd_scanner_register(struct dd_scanner *s, struct dd_sclient *c, uint64_t add
 	fault_sync(s); /* unmap events read from the uffd, so that... */
 	pthread_mutex_lock(&c->lock);
 	apply_events(s, c); /* ...a region unmapped without UNREGISTER is seen */
+	for (r = c->regions; r; r = r->next)
+		if (addr < r->start + (uint64_t)r->npages * DD_PAGE_SIZE && r->start < addr + len) {
+			reconcile(s, c); /* the same, for clients that raise no events */
+			break;
+		}
 	drop_gone_regions(s, c, addr, len);
 	for (r = c->regions; r; r = r->next)
 		if (addr < r->start + (uint64_t)r->npages * DD_PAGE_SIZE && r->start < addr + len) {
@@ -1107,6 +1118,85 @@ static void apply_events(struct dd_scanner *s, struct dd_sclient *c)
 				p->state = PG_NEW;
 			}
 		}
+}
+
+/*
+ * Hold the client's page records against its mappings (c->lock held, so no
+ * merge of ours is under way). libdedup does not ask for unmap and remove
+ * events: each of our own remaps would raise one, and the agent's mmap()
+ * would wait until the fault thread had read it (see README, "Where the code
+ * departs from DESIGN.md"). What an application does to its registered
+ * memory is found here instead, from /proc/PID/maps:
+ *
+ * - a page no longer mapped, or mapped by something other than anonymous
+ *   memory or its domain's store, is gone (as after an unmap event);
+ * - a merged page whose address no longer maps its store slot (mapped over
+ *   with fresh memory, as dedup_discard() and many allocators do) gives its
+ *   share back and starts afresh; its range is registered with the uffd
+ *   again before anything there is frozen.
+ *
+ * A share is given back only when the address provably maps something else,
+ * so a slot still mapped is never freed. Run when a merged page was seen not
+ * present (at most every RECONCILE_MIN_MS), at least every RECONCILE_MAX_MS,
+ * and before a registration that overlaps a region.
+ */
+static void reconcile(struct dd_scanner *s, struct dd_sclient *c)
+{
+	struct dd_vma *v = NULL;
+	size_t cap = 0, k = 0;
+	long nv = dd_maps_read(c->maps_path, &v, &cap);
+	uint64_t gone = 0;
+
+	c->reconciled_ms = now_ms();
+	c->reconcile_due = false;
+	if (nv < 0)
+		return; /* the client is exiting: its records go with it */
+	for (struct dd_region *r = c->regions; r; r = r->next) {
+		if (r->dead)
+			continue;
+		for (k = 0; k < (size_t)nv && v[k].end <= r->start; k++)
+			;
+		for (uint32_t i = 0; i < r->npages; i++) {
+			uint64_t a = r->start + (uint64_t)i * DD_PAGE_SIZE;
+			struct dd_page *p = &r->pages[i];
+			bool mapped, store;
+
+			while (k < (size_t)nv && v[k].end <= a)
+				k++;
+			if (p->state == PG_GONE)
+				continue;
+			mapped = k < (size_t)nv && v[k].start <= a;
+			store = mapped && v[k].ino && dd_store_is_file(r->dom->store, v[k].ino);
+			if (mapped && (store || !v[k].ino)) {
+				if (p->state != PG_MERGED ||
+				    (store && v[k].off + (a - v[k].start) ==
+						      (uint64_t)p->slot * DD_PAGE_SIZE))
+					continue;
+				r->merged--;
+				page_release(s, r, i);
+				p->state = PG_NEW;
+				p->flags = (uint8_t)((p->flags & ~PGF_REMAPPED) | PGF_VOLATILE);
+				r->rearm = true;
+				gone++;
+				continue;
+			}
+			r->merged -= p->state == PG_MERGED;
+			r->zero -= p->state == PG_ZERO;
+			page_release(s, r, i);
+			gone++;
+		}
+	}
+	free(v);
+	if (gone)
+		atomic_fetch_add(&s->pages_unmapped, gone);
+}
+
+static void reconcile_if_due(struct dd_scanner *s, struct dd_sclient *c)
+{
+	uint64_t since = now_ms() - c->reconciled_ms;
+
+	if ((c->reconcile_due && since >= RECONCILE_MIN_MS) || since >= RECONCILE_MAX_MS)
+		reconcile(s, c);
 }
 
 static void mq_add(struct dd_worker *w, struct dd_region *r, uint32_t idx, int64_t slot)
@@ -1525,6 +1615,10 @@ static void freeze(struct dd_sclient *c, struct merge *q, size_t n)
 			if ((e = wp_range(c->uffd, mq_addr(&q[x]), k * DD_PAGE_SIZE)) < 0)
 				for (size_t y = x; y < x + k; y++)
 					q[y].res = e;
+			/* Not registered: mapped over with fresh memory since (no
+			 * event tells of that); register the region again. */
+			if (e == -ENOENT)
+				q[x].r->rearm = true;
 		}
 	}
 }
@@ -2131,6 +2225,8 @@ static int scan_batch(struct dd_worker *w, struct dd_sclient *c, struct dd_regio
 		struct dd_page *p = &r->pages[idx0 + i];
 
 		need[i] = false;
+		if (p->state == PG_MERGED && !(pm[i] & DD_PM_PRESENT))
+			c->reconcile_due = true; /* unmapped, or only dropped (reconcile()) */
 		if (p->state == PG_GONE || !(pm[i] & DD_PM_PRESENT) || huge[i])
 			continue; /* never fault a page in by scanning it */
 		if (p->state == PG_MERGED) {
@@ -2362,6 +2458,7 @@ static void scan_client(struct dd_worker *w, struct dd_sclient *c)
 			break;
 		}
 		apply_events(s, c);
+		reconcile_if_due(s, c);
 		for (r = c->regions; r && r->id < region; r = r->next)
 			;
 		if (r && r->id != region) {
@@ -2701,6 +2798,7 @@ void dd_scanner_stats(struct dd_scanner *s, struct dd_scan_stats *o)
 	o->merges = atomic_load(&s->merges);
 	o->merge_failed = atomic_load(&s->merge_failed);
 	o->cow_breaks = atomic_load(&s->cow_breaks);
+	o->pages_unmapped = atomic_load(&s->pages_unmapped);
 	o->pages_adopted = atomic_load(&s->pages_adopted);
 	o->thp_split = atomic_load(&s->thp_split);
 	o->thp_skipped = atomic_load(&s->thp_skipped);

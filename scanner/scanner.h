@@ -71,6 +71,7 @@ struct dd_scan_stats {
 	uint64_t merges;          /* pages merged or zapped, total */
 	uint64_t merge_failed;    /* frozen but not merged (changed, stale, agent error) */
 	uint64_t cow_breaks;      /* merged pages found written */
+	uint64_t pages_unmapped;  /* registered pages the application unmapped or mapped over */
 	uint64_t pages_adopted;   /* pages found still merged by an earlier daemon */
 	uint64_t thp_split;       /* transparent huge pages split to merge their pages */
 	uint64_t thp_skipped;     /* pages left alone because a THP holds them (last pass) */

@@ -210,6 +210,16 @@ static void layout_child(int in, int out)
 						bad++;
 						break;
 					}
+		} else if (cmd == 'u') { /* unmap the duplicates, no unregister */
+			bad = (uint32_t)munmap(mem, NDUP * PAGE);
+		} else if (cmd == 'o') {
+			/* Map fresh memory over the duplicates (no unregister) and
+			 * write the same content again. */
+			if (mmap(mem, NDUP * PAGE, PROT_READ | PROT_WRITE,
+				 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != mem)
+				_exit(3);
+			for (unsigned i = 0; i < NDUP; i++)
+				expected(mem + (size_t)i * PAGE, i, written);
 		} else if (cmd == 'r') { /* the rest is intact */
 			uint8_t want[PAGE];
 
@@ -1153,6 +1163,63 @@ START_TEST(test_discard_reads_zeros)
 }
 END_TEST
 
+/* Merged pages unmapped by their application, which does not unregister
+ * them: no event tells of that (libdedup asks for none, and the remapped
+ * VMAs are not registered anyway). The daemon finds it in the client's maps
+ * and gives the store shares back: the other sharer is then the only one. */
+START_TEST(test_unmapped_merged_pages_given_back)
+{
+	struct kid k[2];
+	int st;
+
+	H_SKIP_UNLESS_ROOT();
+	kids_start_merged(k, 2);
+	ck_assert_int_eq(h_stat(sock, "pages_unmapped"), 0);
+	ck_assert_uint_eq(kid_cmd(&k[0], 'u'), 0);
+	ck_assert_msg(h_wait_stat(sock, "pages_unmapped", NDUP, false, 10000),
+		      "pages_unmapped %lld, want %u", (long long)h_stat(sock, "pages_unmapped"),
+		      NDUP);
+	ck_assert_msg(h_wait_stat(sock, "pages_sharing", 0, false, 5000), "pages_sharing %lld",
+		      (long long)h_stat(sock, "pages_sharing"));
+	ck_assert_int_eq(h_stat(sock, "pages_shared"), NDUP); /* k[1] still maps them */
+	ck_assert_uint_eq(kid_cmd(&k[0], 'r'), 0);	       /* k[0]'s other pages intact */
+	ck_assert_uint_eq(kid_cmd(&k[1], 'v'), 0);
+	ck_assert_int_eq(write(k[0].to, "q", 1), 1);
+	waitpid(k[0].pid, &st, 0);
+	close(k[0].to);
+	close(k[0].from);
+	kid_stop(&k[1]);
+	/* The last sharer gone, the store pages are freed. */
+	ck_assert_msg(h_wait_stat(sock, "pages_shared", 0, false, 5000), "pages_shared %lld",
+		      (long long)h_stat(sock, "pages_shared"));
+}
+END_TEST
+
+/* Merged pages mapped over with fresh memory that gets the same content
+ * again: the old shares are given back, the new VMA is registered with the
+ * uffd again (the first freeze there fails: no event told of it), and the
+ * pages merge anew. */
+START_TEST(test_mapped_over_merges_again)
+{
+	struct kid k[2];
+	int64_t merges;
+
+	H_SKIP_UNLESS_ROOT();
+	kids_start_merged(k, 2);
+	merges = h_stat(sock, "merges");
+	ck_assert_uint_eq(kid_cmd(&k[0], 'o'), 0);
+	ck_assert_msg(h_wait_stat(sock, "merges", merges + NDUP, true, 15000), "merges %lld",
+		      (long long)(h_stat(sock, "merges") - merges));
+	ck_assert_msg(h_wait_stat(sock, "pages_sharing", NDUP, false, 5000), "pages_sharing %lld",
+		      (long long)h_stat(sock, "pages_sharing"));
+	ck_assert_int_eq(h_stat(sock, "pages_shared"), NDUP); /* the old store pages again */
+	for (unsigned i = 0; i < 2; i++) {
+		ck_assert_uint_eq(kid_cmd(&k[i], 'v'), 0);
+		kid_stop(&k[i]);
+	}
+}
+END_TEST
+
 /* Run dd-workload --ksm (plain madvise(MADV_MERGEABLE)) under the preload. */
 static pid_t run_preloaded(const char *socket_path, int *out_fd)
 {
@@ -1231,6 +1298,8 @@ static Suite *merge_suite(void)
 	tcase_add_test(tc, test_restart_readopts_clients);
 	tcase_add_test(tc, test_discard_reads_zeros);
 	tcase_add_test(tc, test_register_after_unmap);
+	tcase_add_test(tc, test_unmapped_merged_pages_given_back);
+	tcase_add_test(tc, test_mapped_over_merges_again);
 	tcase_add_test(tc, test_preload_routes_madvise);
 	tcase_add_test(tc, test_preload_falls_back_without_daemon);
 	suite_add_tcase(s, tc);

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -316,7 +317,7 @@ START_TEST(test_long_path_forges_nothing)
 }
 END_TEST
 
-/* ---- counts ---------------------------------------------------------------- */
+/* ---- reading every VMA ------------------------------------------------------ */
 
 static long count_lines(const char *path)
 {
@@ -330,6 +331,102 @@ static long count_lines(const char *path)
 	fclose(f);
 	return n;
 }
+
+
+START_TEST(test_read_fake)
+{
+	static char text[12000];
+	struct dd_vma *v = NULL;
+	size_t cap = 0;
+	long n;
+	int k;
+
+	write_fake("00400000-00401000 r-xp 00000000 08:01 1234   /usr/bin/app\n"
+		   "not a mapping at all\n"
+		   "10000000-10004000 rw-p 00000000 00:00 0 \n"
+		   "10005000-10004000 rw-p 00000000 00:00 0\n" /* ends before it starts */
+		   "30000000-30001000 rw-p 0000a000 08:01 777  /tmp/a file with spaces\n"
+		   "40000000-40002000 rw-p 00003000 00:01 5    /memfd:dedupd-store-3 (deleted)\n"
+		   "7fffffffe000-7ffffffff000 rw-p 00000000 00:00 0   [stack]\n"
+		   "ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0  [vsyscall]\n"
+		   "1ffffffffff600000-1ffffffffff601000 --xp 00000000 00:00 0\n"); /* 17 digits */
+	n = dd_maps_read(fake, &v, &cap);
+	ck_assert_int_eq(n, 6);
+	ck_assert_uint_ge(cap, 6);
+	ck_assert_uint_eq(v[0].start, 0x400000);
+	ck_assert_uint_eq(v[0].end, 0x401000);
+	ck_assert_uint_eq(v[0].ino, 1234);
+	ck_assert_uint_eq(v[1].start, 0x10000000);
+	ck_assert_uint_eq(v[1].end, 0x10004000);
+	ck_assert_uint_eq(v[1].ino, 0);
+	ck_assert_uint_eq(v[2].off, 0xa000);
+	ck_assert_uint_eq(v[2].ino, 777);
+	ck_assert_uint_eq(v[3].start, 0x40000000);
+	ck_assert_uint_eq(v[3].off, 0x3000);
+	ck_assert_uint_eq(v[3].ino, 5);
+	ck_assert_uint_eq(v[4].start, 0x7fffffffe000ULL);
+	ck_assert_uint_eq(v[5].end, 0xffffffffff601000ULL);
+	unlink(fake);
+
+	/* A file name longer than the line buffer forges no mapping. */
+	k = snprintf(text, sizeof(text), "10000000-10001000 rw-p 00000000 00:01 9   /tmp/");
+	memset(text + k, 'a', 4095 - (size_t)k);
+	snprintf(text + 4095, sizeof(text) - 4095, "60000000-60001000 rw-p 00000000 00:00 0\n");
+	write_fake(text);
+	ck_assert_int_eq(dd_maps_read(fake, &v, &cap), 1);
+	ck_assert_uint_eq(v[0].start, 0x10000000);
+	ck_assert_uint_eq(v[0].ino, 9);
+	unlink(fake);
+	ck_assert_int_eq(dd_maps_read("/nonexistent/maps", &v, &cap), -ENOENT);
+	free(v);
+}
+END_TEST
+
+/* This process's own maps: an anonymous mapping, and a memfd mapped from its
+ * third page on, found with their ranges, inode and offset, in order, and as
+ * many VMAs as maps has lines. */
+START_TEST(test_read_self)
+{
+	int fd = memfd_create("check_procmaps-read", MFD_CLOEXEC);
+	struct dd_vma *v = NULL;
+	size_t cap = 0;
+	struct stat sb;
+	char *a, *m;
+	long n;
+	bool seen_a = false, seen_m = false;
+
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(ftruncate(fd, 8 * PG), 0);
+	ck_assert_int_eq(fstat(fd, &sb), 0);
+	a = map_anon(3, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	m = mmap(NULL, 4 * PG, PROT_READ, MAP_PRIVATE, fd, 2 * PG);
+	ck_assert_ptr_ne(m, MAP_FAILED);
+	n = dd_maps_read(SELF, &v, &cap);
+	ck_assert_int_eq(n, count_lines(SELF));
+	for (long i = 0; i < n; i++) {
+		if (i)
+			ck_assert_uint_ge(v[i].start, v[i - 1].end);
+		if (v[i].start <= (uintptr_t)a && (uintptr_t)a < v[i].end) {
+			ck_assert_uint_eq(v[i].ino, 0);
+			seen_a = true;
+		}
+		if (v[i].start == (uintptr_t)m) {
+			ck_assert_uint_eq(v[i].end, (uintptr_t)m + 4 * PG);
+			ck_assert_uint_eq(v[i].ino, sb.st_ino);
+			ck_assert_uint_eq(v[i].off, 2 * PG);
+			seen_m = true;
+		}
+	}
+	ck_assert(seen_a && seen_m);
+	munmap(a, 3 * PG);
+	munmap(m, 4 * PG);
+	close(fd);
+	free(v);
+}
+END_TEST
+
+/* ---- counts ---------------------------------------------------------------- */
+
 
 START_TEST(test_count)
 {
@@ -390,6 +487,11 @@ Suite *procmaps_suite(void)
 	tcase_add_test(tc, test_wrapping_range_refused);
 	tcase_add_test(tc, test_fake_maps);
 	tcase_add_test(tc, test_long_path_forges_nothing);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("read");
+	tcase_add_test(tc, test_read_fake);
+	tcase_add_test(tc, test_read_self);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("count");

@@ -24,12 +24,18 @@
 #define UFFD_USER_MODE_ONLY 1
 #endif
 
-/* What libdedup asks for: write-protect faults (also on the remapped store
- * pages, which are shmem), and the events that tell dedupd of unmaps. */
+/*
+ * What libdedup asks for: write-protect faults (also on the remapped store
+ * pages, which are shmem), and remap events (mremap() moving registered
+ * memory). Not unmap or remove events: each of dedupd's own remaps and zaps
+ * would raise one, and the agent's mmap() or madvise() would wait until the
+ * daemon had read it, a wake-up of another thread per run. dedupd finds the
+ * application's unmaps in /proc/PID/maps instead (scanner.c, reconcile()).
+ * It still follows these events from clients that ask for them.
+ */
 #define DD_UFFD_FEATURES                                                                  \
 	(UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_HUGETLBFS_SHMEM |               \
-	 UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_REMAP |  \
-	 UFFD_FEATURE_THREAD_ID)
+	 UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_THREAD_ID)
 
 /* /proc/PID/pagemap bits (Documentation/admin-guide/mm/pagemap.rst). */
 #define DD_PM_PRESENT (1ULL << 63)

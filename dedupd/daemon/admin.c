@@ -51,6 +51,7 @@ static struct json_object *stats_json(struct dd_scanner *s)
 	ADD_U64(o, "merges", st.merges);
 	ADD_U64(o, "merge_failed", st.merge_failed);
 	ADD_U64(o, "cow_breaks", st.cow_breaks);
+	ADD_U64(o, "pages_unmapped", st.pages_unmapped);
 	ADD_U64(o, "pages_adopted", st.pages_adopted);
 	ADD_U64(o, "thp_split", st.thp_split);
 	ADD_U64(o, "thp_pages_skipped", st.thp_skipped);

@@ -16,6 +16,11 @@
  * real parser accepts while the reference refuses it (or the other way round)
  * is a crash: that is how a line split by a fixed-size buffer let a crafted
  * file name forge a mapping (tests/fuzz/regress/procmaps/).
+ *
+ * dd_maps_read() (every VMA, for the scanner's reconcile): each VMA it returns
+ * must be, in order, the start of a line of the maps file whose range reads
+ * the same with sscanf, and be a range (end above start): no VMA forged from
+ * the middle of a line, none out of order.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -127,6 +132,29 @@ static int ref_check(const struct fz_chunk *mp, const struct fz_chunk *st,
 	return r;
 }
 
+static void ref_read(const struct fz_chunk *mp, const char *path)
+{
+	const char *p = (const char *)mp->p, *end = p + mp->n;
+	struct dd_vma *v = NULL;
+	size_t cap = 0;
+	long n = dd_maps_read(path, &v, &cap), k = 0;
+	char *line;
+
+	FZ_ASSERT(n >= 0, "dd_maps_read = %ld", n);
+	while (k < n && (line = next_line(&p, end, 511))) {
+		unsigned long long lo, hi;
+
+		if (sscanf(line, "%llx-%llx", &lo, &hi) == 2 && lo == v[k].start && hi == v[k].end)
+			k++;
+		free(line);
+	}
+	FZ_ASSERT(k == n, "VMA %ld of %ld (%#llx-%#llx) is no line's range", k, n,
+		  (unsigned long long)v[k].start, (unsigned long long)v[k].end);
+	for (long i = 0; i < n; i++)
+		FZ_ASSERT(v[i].end > v[i].start, "VMA %ld ends before it starts", i);
+	free(v);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	struct fz_chunk c[4] = { 0 };
@@ -165,6 +193,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	FZ_ASSERT(r == 0 || err[0], "refused (%d) without a message", r);
 	lines = dd_maps_count(maps);
 	FZ_ASSERT(lines >= 0, "dd_maps_count = %ld", lines);
+	ref_read(&c[1], maps);
 	fz_fd_check(mark, "procmaps");
 	return 0;
 }
