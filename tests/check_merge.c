@@ -1166,32 +1166,44 @@ END_TEST
 /* Merged pages unmapped by their application, which does not unregister
  * them: no event tells of that (libdedup asks for none, and the remapped
  * VMAs are not registered anyway). The daemon finds it in the client's maps
- * and gives the store shares back: the other sharer is then the only one. */
+ * and gives the store shares back. Pages that were mapped (read after the
+ * merge) and are not any more are looked for at once; pages never touched
+ * (a merged page is not mapped until then) at the latest after 10 s. */
 START_TEST(test_unmapped_merged_pages_given_back)
 {
 	struct kid k[2];
+	int64_t scans;
 	int st;
 
 	H_SKIP_UNLESS_ROOT();
 	kids_start_merged(k, 2);
 	ck_assert_int_eq(h_stat(sock, "pages_unmapped"), 0);
+	ck_assert_uint_eq(kid_cmd(&k[0], 'v'), 0); /* maps k[0]'s merged pages */
+	scans = h_stat(sock, "full_scans");
+	ck_assert(h_wait_stat(sock, "full_scans", scans + 2, true, 10000)); /* seen mapped */
 	ck_assert_uint_eq(kid_cmd(&k[0], 'u'), 0);
-	ck_assert_msg(h_wait_stat(sock, "pages_unmapped", NDUP, false, 10000),
+	ck_assert_msg(h_wait_stat(sock, "pages_unmapped", NDUP, false, 5000),
 		      "pages_unmapped %lld, want %u", (long long)h_stat(sock, "pages_unmapped"),
 		      NDUP);
-	ck_assert_msg(h_wait_stat(sock, "pages_sharing", 0, false, 5000), "pages_sharing %lld",
+	ck_assert_msg(h_wait_stat(sock, "pages_sharing", 0, false, 2000), "pages_sharing %lld",
 		      (long long)h_stat(sock, "pages_sharing"));
 	ck_assert_int_eq(h_stat(sock, "pages_shared"), NDUP); /* k[1] still maps them */
 	ck_assert_uint_eq(kid_cmd(&k[0], 'r'), 0);	       /* k[0]'s other pages intact */
-	ck_assert_uint_eq(kid_cmd(&k[1], 'v'), 0);
-	ck_assert_int_eq(write(k[0].to, "q", 1), 1);
-	waitpid(k[0].pid, &st, 0);
-	close(k[0].to);
-	close(k[0].from);
-	kid_stop(&k[1]);
-	/* The last sharer gone, the store pages are freed. */
-	ck_assert_msg(h_wait_stat(sock, "pages_shared", 0, false, 5000), "pages_shared %lld",
+	/* k[1] never touched its merged pages since: unmapped, they are found
+	 * by the periodic check, and the store pages are freed while it lives. */
+	ck_assert_uint_eq(kid_cmd(&k[1], 'u'), 0);
+	ck_assert_msg(h_wait_stat(sock, "pages_unmapped", 2 * NDUP, false, 15000),
+		      "pages_unmapped %lld, want %u", (long long)h_stat(sock, "pages_unmapped"),
+		      2 * NDUP);
+	ck_assert_msg(h_wait_stat(sock, "pages_shared", 0, false, 2000), "pages_shared %lld",
 		      (long long)h_stat(sock, "pages_shared"));
+	ck_assert_uint_eq(kid_cmd(&k[1], 'r'), 0);
+	for (unsigned i = 0; i < 2; i++) {
+		ck_assert_int_eq(write(k[i].to, "q", 1), 1);
+		waitpid(k[i].pid, &st, 0);
+		close(k[i].to);
+		close(k[i].from);
+	}
 }
 END_TEST
 
