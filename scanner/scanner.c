@@ -659,7 +659,7 @@ static int ensure_store_sent(struct dd_scanner *s, struct dd_sclient *c, struct 
 		return 0;
 	if (!c->agent)
 		return -ENOTCONN;
-	r = s->ops.send_store(c->agent, d->id, dd_store_memfd(d->store));
+	r = s->ops.send_store(c->agent, d->id, dd_store_client_fd(d->store));
 	if (r == 0)
 		c->stores_sent[d->id / 32] |= 1u << (d->id % 32);
 	return r;

@@ -42,6 +42,7 @@ struct dd_store {
 	pthread_mutex_t lock;
 	uint32_t domain;
 	int memfd;
+	int rofd; /* the same file opened read-only: what clients get */
 	dev_t dev;
 	ino_t ino;
 	uint8_t *base;
@@ -56,6 +57,24 @@ struct dd_store {
 static int grow(struct dd_store *st);
 static bool is_used(const struct dd_store *st, uint32_t i);
 
+/*
+ * What clients get of the store: a read-only descriptor (their MAP_PRIVATE
+ * mappings need no more), of a file only its owner, the daemon's user, may
+ * open again for writing (through /proc/PID/fd/N). A client holding the
+ * read-write memfd could write into every page it shares with others,
+ * processes of other users among them in domain "all". 0, or -1 (errno).
+ */
+static int open_read_only(struct dd_store *st)
+{
+	char path[64];
+
+	if (fchmod(st->memfd, 0600) < 0)
+		return -1;
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", st->memfd);
+	st->rofd = open(path, O_RDONLY | O_CLOEXEC);
+	return st->rofd < 0 ? -1 : 0;
+}
+
 struct dd_store *dd_store_new(uint32_t domain, struct dd_table *stable)
 {
 	struct dd_store *st = calloc(1, sizeof(*st));
@@ -68,9 +87,10 @@ struct dd_store *dd_store_new(uint32_t domain, struct dd_table *stable)
 	st->domain = domain;
 	st->stable = stable;
 	st->base = MAP_FAILED;
+	st->rofd = -1;
 	snprintf(name, sizeof(name), "dedupd-store-%u", domain);
 	st->memfd = memfd_create(name, MFD_CLOEXEC);
-	if (st->memfd < 0 || fstat(st->memfd, &sb) < 0)
+	if (st->memfd < 0 || fstat(st->memfd, &sb) < 0 || open_read_only(st) < 0)
 		goto fail;
 	st->dev = sb.st_dev;
 	st->ino = sb.st_ino;
@@ -97,6 +117,9 @@ struct dd_store *dd_store_adopt(uint32_t domain, struct dd_table *stable, int fd
 	st->stable = stable;
 	st->memfd = fd;
 	st->base = MAP_FAILED;
+	st->rofd = -1;
+	if (open_read_only(st) < 0)
+		goto fail;
 	if (fstat(fd, &sb) < 0 || sb.st_size % DD_PAGE_SIZE ||
 	    (uint64_t)sb.st_size / DD_PAGE_SIZE > STORE_MAX_SLOTS) {
 		errno = errno ? errno : EINVAL;
@@ -235,6 +258,8 @@ void dd_store_free(struct dd_store *st)
 		munmap(st->base, (size_t)STORE_MAX_SLOTS * DD_PAGE_SIZE);
 	if (st->memfd >= 0)
 		close(st->memfd);
+	if (st->rofd >= 0)
+		close(st->rofd);
 	free(st->slots);
 	free(st->used);
 	pthread_mutex_destroy(&st->lock);
@@ -245,6 +270,11 @@ void dd_store_free(struct dd_store *st)
 int dd_store_memfd(const struct dd_store *st)
 {
 	return st->memfd;
+}
+
+int dd_store_client_fd(const struct dd_store *st)
+{
+	return st->rofd;
 }
 
 const void *dd_store_page(const struct dd_store *st, uint32_t slot)

@@ -50,6 +50,9 @@ int dd_store_adopt_sharer(struct dd_store *st, uint32_t slot);
 bool dd_store_is_file(const struct dd_store *st, unsigned long ino);
 
 int dd_store_memfd(const struct dd_store *st);
+/* The store as clients get it: read-only, and only the daemon's user may
+ * open the file again for writing. */
+int dd_store_client_fd(const struct dd_store *st);
 const void *dd_store_page(const struct dd_store *st, uint32_t slot);
 
 

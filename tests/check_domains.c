@@ -12,7 +12,9 @@
 #include "dedupd/lib/dedup.h"
 #include "dedupd/common/uffd.h"
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <grp.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
@@ -120,6 +122,50 @@ static int common_frames(pid_t p1, uint64_t a1, pid_t p2, uint64_t a2)
 }
 
 /*
+ * The store descriptors the agent of pid holds: each must be read-only, of
+ * a file only its owner may open for writing (0600), so that a client cannot
+ * write into pages it shares with others. Their number.
+ */
+static int store_fds_read_only(pid_t pid)
+{
+	char dir[64], path[512], link[256], line[128];
+	struct dirent *e;
+	int n = 0;
+	DIR *d;
+
+	snprintf(dir, sizeof(dir), "/proc/%d/fd", (int)pid);
+	d = opendir(dir);
+	ck_assert_ptr_nonnull(d);
+	while ((e = readdir(d))) {
+		ssize_t len;
+		struct stat sb;
+		unsigned flags = ~0u;
+		FILE *f;
+
+		snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+		len = readlink(path, link, sizeof(link) - 1);
+		if (len <= 0)
+			continue;
+		link[len] = 0;
+		if (!strstr(link, "dedupd-store"))
+			continue;
+		ck_assert_int_eq(stat(path, &sb), 0);
+		ck_assert_msg((sb.st_mode & 0777) == 0600, "%s: mode %o", link, sb.st_mode & 0777);
+		snprintf(path, sizeof(path), "/proc/%d/fdinfo/%s", (int)pid, e->d_name);
+		f = fopen(path, "re");
+		ck_assert_ptr_nonnull(f);
+		while (fgets(line, sizeof(line), f))
+			if (sscanf(line, "flags: %o", &flags) == 1)
+				break;
+		fclose(f);
+		ck_assert_msg((flags & O_ACCMODE) == O_RDONLY, "%s held with flags %o", link, flags);
+		n++;
+	}
+	closedir(d);
+	return n;
+}
+
+/*
  * Two children with identical pages in the given domains; the number of
  * frames they share after the daemon has scanned them three times, or after
  * it merged everything (expect_shared).
@@ -151,6 +197,8 @@ static int run_pair(const char *tag, uid_t uid2, uint32_t dom1, uint64_t salt1, 
 	a1 = k1.addr;
 	a2 = k2.addr;
 	same = a1 && a2 ? common_frames(k1.pid, a1, k2.pid, a2) : -1;
+	if (expect_shared) /* both agents were sent the store */
+		ck_assert_int_eq(store_fds_read_only(k1.pid) + store_fds_read_only(k2.pid), 2);
 	printf("%s: %d of %d pages on common frames (pages_sharing %lld, merges %lld)\n", tag,
 	       same, NPAGES, (long long)h_stat(sock, "pages_sharing"),
 	       (long long)h_stat(sock, "merges"));
@@ -189,6 +237,16 @@ START_TEST(test_salts)
 }
 END_TEST
 
+/* Domain "all", opted into by root and by uid 65534: they share, and the
+ * unprivileged one holds the store read-only (store_fds_read_only()). */
+START_TEST(test_all_domain_across_users)
+{
+	H_SKIP_UNLESS_ROOT();
+	ck_assert_int_eq(run_pair("dom-all", NOBODY, DEDUP_DOMAIN_ALL, 0, DEDUP_DOMAIN_ALL, 0,
+				  true), NPAGES);
+}
+END_TEST
+
 START_TEST(test_client_domain_never_shares)
 {
 	H_SKIP_UNLESS_ROOT();
@@ -207,6 +265,7 @@ static Suite *domains_suite(void)
 	tcase_add_test(tc, test_other_user_never_shares);
 	tcase_add_test(tc, test_salts);
 	tcase_add_test(tc, test_client_domain_never_shares);
+	tcase_add_test(tc, test_all_domain_across_users);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -17,7 +17,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -653,6 +655,68 @@ START_TEST(test_free_empty_and_null)
 }
 END_TEST
 
+/*
+ * What clients get (dd_store_client_fd): the store's file, read-only. They
+ * can map it privately and read it; they cannot write it, map it shared for
+ * writing, or, as another user, open it again through /proc for writing
+ * (the file is 0600, owned by the daemon's user). A client holding the
+ * read-write memfd could change every page it shares with others.
+ */
+START_TEST(test_client_fd_read_only)
+{
+	static char page[PG];
+	int fd = dd_store_client_fd(st), flags;
+	struct stat a, b;
+	int64_t slot;
+	char *m;
+	pid_t pid;
+	int status;
+
+	fill(page, 7);
+	slot = alloc(page, -1, 1);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_ne(fd, dd_store_memfd(st));
+	ck_assert_int_eq(fstat(fd, &a), 0);
+	ck_assert_int_eq(fstat(dd_store_memfd(st), &b), 0);
+	ck_assert_uint_eq(a.st_ino, b.st_ino); /* the same file */
+	ck_assert_uint_eq(a.st_mode & 0777, 0600);
+	flags = fcntl(fd, F_GETFL);
+	ck_assert_int_eq(flags & O_ACCMODE, O_RDONLY);
+	ck_assert_int_eq(pwrite(fd, page, PG, 0), -1);
+	ck_assert_int_eq(errno, EBADF);
+	ck_assert_ptr_eq(mmap(NULL, PG, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), MAP_FAILED);
+	ck_assert_int_eq(errno, EACCES);
+	/* A private mapping, as the agent makes: reads the slot, and a write
+	 * to it stays private. */
+	m = mmap(NULL, PG, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, slot * (int64_t)PG);
+	ck_assert_ptr_ne(m, MAP_FAILED);
+	ck_assert_int_eq(memcmp(m, page, PG), 0);
+	m[0] ^= 1;
+	munmap(m, PG);
+	assert_slot_holds((uint32_t)slot, page);
+	if (geteuid() != 0) {
+		printf("SKIP part of %s: becoming another user needs root\n", __func__);
+		return;
+	}
+	pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		char path[64];
+
+		if (setgid(65534) < 0 || setuid(65534) < 0)
+			_exit(2);
+		prctl(PR_SET_DUMPABLE, 1);
+		snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+		if (open(path, O_RDWR) >= 0)
+			_exit(3);
+		_exit(errno == EACCES ? 0 : 4);
+	}
+	ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+		      "another user opened the store for writing (status %d)", status);
+}
+END_TEST
+
 Suite *store_suite(void)
 {
 	Suite *s = suite_create("store");
@@ -664,6 +728,7 @@ Suite *store_suite(void)
 	tcase_add_test(tc, test_alloc_consecutive_with_hint);
 	tcase_add_test(tc, test_reserve_fill_unreserve);
 	tcase_add_test(tc, test_free_empty_and_null);
+	tcase_add_test(tc, test_client_fd_read_only);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("bookkeeping");
