@@ -223,6 +223,23 @@ struct merge {
 	struct dd_region *pr; /* queued on its client once the slot is filled */
 };
 
+/*
+ * One batch of the scan: up to READ_BATCH pages of one region, read from
+ * pagemap, and with agent hashing asked of the agent while the batch before
+ * it is worked on (scan_client()).
+ */
+struct sbatch {
+	struct dd_region *r;
+	uint32_t idx0, n;
+	bool hashed;   /* checksums come (or came) from the agent; else copy */
+	int err;       /* < 0: the batch failed (region gone, agent silent) */
+	uint32_t nr, np; /* ranges and pages asked of the agent */
+	uint64_t pm[READ_BATCH];
+	bool need[READ_BATCH], huge[READ_BATCH];
+	struct dd_hash_range hr[READ_BATCH];
+	struct dd_hash_result hres[READ_BATCH];
+};
+
 /* One scan thread's own buffers and cursor. */
 struct dd_worker {
 	struct dd_scanner *s;
@@ -236,8 +253,9 @@ struct dd_worker {
 	struct dd_remap_entry e[2][DD_BATCH_MAX];
 	size_t first[2][DD_BATCH_MAX], len[2][DD_BATCH_MAX];
 	int32_t res[DD_BATCH_MAX];
-	struct dd_hash_range hr[READ_BATCH];
-	struct dd_hash_result hres[READ_BATCH];
+	struct sbatch *b;	  /* two: the batch worked on, and the one ahead */
+	struct sbatch *out;	  /* its HASH request not answered yet (the */
+	struct dd_sclient *out_c; /* agent channel of out_c is locked till then) */
 };
 
 struct dd_scanner {
@@ -667,6 +685,7 @@ static int ensure_store_sent(struct dd_scanner *s, struct dd_sclient *c, struct 
 
 static void apply_events(struct dd_scanner *s, struct dd_sclient *c);
 static void reconcile(struct dd_scanner *s, struct dd_sclient *c);
+static void hash_drain(struct dd_worker *w, struct dd_sclient *c);
 static void rearm(struct dd_sclient *c, struct dd_region *r);
 
 /*
@@ -1879,6 +1898,10 @@ static void flush(struct dd_worker *w, struct dd_sclient *c)
 		if (w->mq[i].r->rearm && !w->mq[i].r->dead)
 			rearm(c, w->mq[i].r);
 	qsort(w->mq, n, sizeof(w->mq[0]), cmp_merge);
+	/* The agent hashed the next batch meanwhile: take its answer before the
+	 * freeze (a freeze while the client's agent runs on the other CPU costs
+	 * twice as much: the TLB flush interrupts it). */
+	hash_drain(w, c);
 	t[0] = now_ns();
 	freeze(c, w->mq, n);
 	t[1] = now_ns();
@@ -2148,75 +2171,112 @@ out:
 }
 
 /*
- * Have the agent checksum the needed pages of the batch in place. 1 if it
- * did (need[] cleared for pages it could not read), 0 if the pages must be
- * copied instead, -errno if the agent did not answer.
+ * Ask the client's agent to checksum the needed pages of batch b in place,
+ * without waiting (batch_recv() takes the answer). b->hashed stays false if
+ * the pages must be copied instead. 0, or -errno if the request failed.
  */
-static int agent_hash_batch(struct dd_worker *w, struct dd_sclient *c, uint64_t base, bool *need,
-			    uint32_t n)
+static int hash_send(struct dd_worker *w, struct dd_sclient *c, struct sbatch *b)
 {
 	struct dd_scanner *s = w->s;
-	uint32_t nr = 0, np = 0, bad = 0;
-	uint64_t cpu = 0, t0;
+	uint64_t base = b->r->start + (uint64_t)b->idx0 * DD_PAGE_SIZE;
 	int r;
 
-	if (!s->ops.hash || !c->agent || c->copy_only || !KNOB(s, agent_hash))
+	b->nr = b->np = 0;
+	if (!s->ops.hash_send || !c->agent || c->copy_only || !KNOB(s, agent_hash))
 		return 0;
-	for (uint32_t i = 0; i < n; i++) {
-		if (!need[i])
+	for (uint32_t i = 0; i < b->n; i++) {
+		struct dd_hash_range *h = &b->hr[b->nr - (b->nr > 0)];
+
+		if (!b->need[i])
 			continue;
-		if (nr && w->hr[nr - 1].addr + (uint64_t)w->hr[nr - 1].npages * DD_PAGE_SIZE ==
-				  base + (uint64_t)i * DD_PAGE_SIZE)
-			w->hr[nr - 1].npages++;
+		if (b->nr && h->addr + (uint64_t)h->npages * DD_PAGE_SIZE ==
+				     base + (uint64_t)i * DD_PAGE_SIZE)
+			h->npages++;
 		else
-			w->hr[nr++] = (struct dd_hash_range){ base + (uint64_t)i * DD_PAGE_SIZE, 1, 0 };
-		np++;
+			b->hr[b->nr++] = (struct dd_hash_range){ base + (uint64_t)i * DD_PAGE_SIZE,
+								 1, 0 };
+		b->np++;
 	}
-	if (!np)
-		return 1;
-	t0 = now_ns();
-	r = s->ops.hash(c->agent, w->hr, nr, np, w->hres, &cpu);
-	atomic_fetch_add(&s->agent_hash_wait_ns, now_ns() - t0);
+	b->hashed = true;
+	if (!b->np)
+		return 0; /* nothing to ask */
+	r = s->ops.hash_send(c->agent, b->hr, b->nr, b->np);
 	if (r == -EOPNOTSUPP) {
 		c->copy_only = true;
+		b->hashed = false;
 		return 0;
 	}
 	if (r < 0)
 		return r;
-	atomic_fetch_add(&s->agent_hash_pages, np);
-	atomic_fetch_add(&s->agent_cpu_ns, cpu);
-	/* Results in page order: spread them back over the batch, from the end
-	 * (result k goes to page i >= k, which holds no result still unread). */
-	for (uint32_t i = n, k = np; i-- > 0;)
-		if (need[i]) {
-			w->hres[i] = w->hres[--k];
-			need[i] = w->hres[i].flags & DD_HASH_OK;
-			bad += !need[i];
-		}
-	if (bad)
-		atomic_fetch_add(&s->agent_unreadable, bad);
-	return 1;
+	w->out = b;
+	w->out_c = c;
+	return 0;
 }
 
 /*
- * One batch: one pagemap read for up to READ_BATCH pages; then either the
- * client's agent checksums the pages in place, or they are copied and hashed
- * here in chunks of HASH_CHUNK pages, so that the copy lands in, and the hash
- * reads from, the CPU's L2 cache (a whole batch, 4 MiB, would not fit).
+ * Take the agent's answer for b if it is still out: checksums spread back
+ * over the batch (need[] cleared for pages the agent could not read). Else
+ * b->err, or b->hashed cleared if the pages must be copied after all.
  */
-static int scan_batch(struct dd_worker *w, struct dd_sclient *c, struct dd_region *r,
-		      uint32_t idx0, uint32_t n)
+static void batch_recv(struct dd_worker *w, struct dd_sclient *c, struct sbatch *b)
 {
 	struct dd_scanner *s = w->s;
-	uint64_t vol = 0;
-	uint64_t pm[READ_BATCH], base = r->start + (uint64_t)idx0 * DD_PAGE_SIZE;
-	bool need[READ_BATCH], huge[READ_BATCH];
-	uint32_t nhuge;
-	uint64_t scanned = 0;
-	uint32_t pass = (uint32_t)atomic_load(&s->full_scans);
-	bool zp = KNOB(s, zero_pages);
-	int err;
+	uint64_t cpu = 0, t0;
+	uint32_t bad = 0;
+	int r;
 
+	if (w->out != b)
+		return;
+	w->out = NULL;
+	w->out_c = NULL;
+	t0 = now_ns();
+	r = s->ops.hash_recv(c->agent, b->np, b->hres, &cpu);
+	atomic_fetch_add(&s->agent_hash_wait_ns, now_ns() - t0);
+	if (r == -EOPNOTSUPP) {
+		c->copy_only = true;
+		b->hashed = false;
+		return;
+	}
+	if (r < 0) {
+		b->err = r;
+		return;
+	}
+	atomic_fetch_add(&s->agent_hash_pages, b->np);
+	atomic_fetch_add(&s->agent_cpu_ns, cpu);
+	/* Results in page order: spread them back over the batch, from the end
+	 * (result k goes to page i >= k, which holds no result still unread). */
+	for (uint32_t i = b->n, k = b->np; i-- > 0;)
+		if (b->need[i]) {
+			b->hres[i] = b->hres[--k];
+			b->need[i] = b->hres[i].flags & DD_HASH_OK;
+			bad += !b->need[i];
+		}
+	if (bad)
+		atomic_fetch_add(&s->agent_unreadable, bad);
+}
+
+/* Before another request to c's agent: take the answer still out, if any. */
+static void hash_drain(struct dd_worker *w, struct dd_sclient *c)
+{
+	if (w->out && w->out_c == c)
+		batch_recv(w, c, w->out);
+}
+
+/*
+ * First half of a batch: one pagemap read for its pages, the pages to read
+ * chosen (present, not in a THP, not merged and unchanged), and the agent
+ * asked for their checksums. 0, or -errno (the region is gone).
+ */
+static int batch_prep(struct dd_worker *w, struct dd_sclient *c, struct sbatch *b)
+{
+	struct dd_scanner *s = w->s;
+	struct dd_region *r = b->r;
+	uint32_t n = b->n, idx0 = b->idx0, nhuge;
+	uint64_t base = r->start + (uint64_t)idx0 * DD_PAGE_SIZE, *pm = b->pm;
+	bool *need = b->need, *huge = b->huge;
+
+	b->hashed = false;
+	b->err = 0;
 	memset(huge, 0, n * sizeof(huge[0]));
 	nhuge = thp_pages(s, c, base, n, huge);
 	if (nhuge)
@@ -2252,20 +2312,37 @@ static int scan_batch(struct dd_worker *w, struct dd_sclient *c, struct dd_regio
 			p->flags |= PGF_VOLATILE;
 		}
 		need[i] = true;
-		if (p->state == PG_UNSTABLE && p->slot < __atomic_load_n(&s->upool_next,
-									  __ATOMIC_RELAXED))
-			__builtin_prefetch(unode(s, p->slot)); /* read by unstable_of() */
 	}
-	if ((err = agent_hash_batch(w, c, base, need, n)) < 0)
-		return err;
-	if (err) {
+	return hash_send(w, c, b);
+}
+
+/*
+ * Second half: each page read is checksummed (by the agent, or here from a
+ * copy in chunks of HASH_CHUNK pages, so that the copy lands in, and the
+ * hash reads from, the CPU's L2 cache) and goes through scan_page().
+ */
+static int batch_work(struct dd_worker *w, struct dd_sclient *c, struct sbatch *b)
+{
+	struct dd_scanner *s = w->s;
+	struct dd_region *r = b->r;
+	uint32_t n = b->n, idx0 = b->idx0;
+	uint64_t base = r->start + (uint64_t)idx0 * DD_PAGE_SIZE, vol = 0, scanned = 0;
+	uint32_t pass = (uint32_t)atomic_load(&s->full_scans);
+	bool zp = KNOB(s, zero_pages), *need = b->need;
+	int err;
+
+	for (uint32_t i = 0; i < n; i++)
+		if (need[i] && r->pages[idx0 + i].state == PG_UNSTABLE &&
+		    r->pages[idx0 + i].slot < __atomic_load_n(&s->upool_next, __ATOMIC_RELAXED))
+			__builtin_prefetch(unode(s, r->pages[idx0 + i].slot)); /* unstable_of() */
+	if (b->hashed) {
 		for (uint32_t i = 0; i < n; i++) {
 			if (!need[i])
 				continue;
 			scanned++;
-			scan_page(w, c, r, idx0 + i, w->hres[i].csum,
+			scan_page(w, c, r, idx0 + i, b->hres[i].csum,
 				  zp && !(r->pages[idx0 + i].flags & PGF_REMAPPED) &&
-					  (w->hres[i].flags & DD_HASH_ZERO),
+					  (b->hres[i].flags & DD_HASH_ZERO),
 				  NULL, pass, &vol);
 		}
 		goto out;
@@ -2273,7 +2350,7 @@ static int scan_batch(struct dd_worker *w, struct dd_sclient *c, struct dd_regio
 	for (uint32_t k0 = 0; k0 < n; k0 += HASH_CHUNK) {
 		uint32_t k1 = n - k0 < HASH_CHUNK ? n : k0 + HASH_CHUNK;
 
-		if ((err = copy_chunk(w, c, base, pm, need, k0, k1)) < 0)
+		if ((err = copy_chunk(w, c, base, b->pm, need, k0, k1)) < 0)
 			return err;
 		for (uint32_t i = k0; i < k1; i++) {
 			const uint8_t *pg = w->buf + (size_t)(i - k0) * DD_PAGE_SIZE;
@@ -2445,6 +2522,33 @@ static void add_cpu(struct dd_scanner *s, const struct timespec *t0)
 }
 
 /*
+ * The next batch of the scan cursor (*r, *idx) into b, within *budget pages,
+ * the cursor moved past it. NULL when the budget or the regions are done.
+ */
+static struct sbatch *take_batch(struct dd_worker *w, struct sbatch *b, struct dd_region **r,
+				 uint32_t *idx, uint32_t *budget, uint64_t *region)
+{
+	uint32_t n;
+
+	if (!*r || !*budget || atomic_load(&w->s->stop))
+		return NULL;
+	n = (*r)->npages - *idx;
+	n = n < READ_BATCH ? n : READ_BATCH;
+	n = n < *budget ? n : *budget;
+	b->r = *r;
+	b->idx0 = *idx;
+	b->n = n;
+	*idx += n;
+	*budget -= n;
+	if (*idx >= (*r)->npages) {
+		*r = (*r)->next;
+		*region = *r ? (*r)->id : UINT64_MAX;
+		*idx = 0;
+	}
+	return b;
+}
+
+/*
  * Scan every region of client c, pages_to_scan / nworkers pages per wake-up,
  * pausing in between with the client unlocked.
  */
@@ -2458,6 +2562,7 @@ static void scan_client(struct dd_worker *w, struct dd_sclient *c)
 	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t0);
 	for (;;) {
 		struct dd_region *r;
+		struct sbatch *cur;
 		uint32_t budget;
 
 		pthread_mutex_lock(&s->lock);
@@ -2477,24 +2582,37 @@ static void scan_client(struct dd_worker *w, struct dd_sclient *c)
 			region = r->id;
 			idx = 0;
 		}
-		while (r && budget && !atomic_load(&s->stop)) {
-			uint32_t n = r->npages - idx;
+		/* Batch by batch; the agent hashes the next batch while this
+		 * one is worked on (its answer is taken before a merge asks
+		 * anything else of the agent: hash_drain()). */
+		cur = take_batch(w, &w->b[0], &r, &idx, &budget, &region);
+		if (cur) {
+			rcu_read_lock();
+			cur->err = batch_prep(w, c, cur);
+			rcu_read_unlock();
+		}
+		while (cur) {
+			struct sbatch *next;
 
-			n = n < READ_BATCH ? n : READ_BATCH;
-			n = n < budget ? n : budget;
 			dd_table_fit(s->stable); /* outside the read lock */
 			dd_table_fit(s->unstable);
 			rcu_read_lock();
-			if (scan_batch(w, c, r, idx, n) < 0)
-				n = r->npages - idx; /* gone: skip the rest */
+			batch_recv(w, c, cur);
+			next = take_batch(w, cur == w->b ? &w->b[1] : &w->b[0], &r, &idx, &budget,
+					  &region);
+			if (next && next->r == cur->r && cur->err)
+				next = NULL; /* the region is gone */
+			if (next)
+				next->err = batch_prep(w, c, next);
+			if (!cur->err)
+				cur->err = batch_work(w, c, cur);
 			rcu_read_unlock();
-			idx += n;
-			budget -= n;
-			if (idx >= r->npages) {
+			if (cur->err && r == cur->r) { /* gone: skip the rest */
 				r = r->next;
 				region = r ? r->id : UINT64_MAX;
 				idx = 0;
 			}
+			cur = next;
 		}
 		flush(w, c);
 		pthread_mutex_unlock(&c->lock);
@@ -2564,7 +2682,8 @@ static void *scan_main(void *arg)
 static bool workers_ok(const struct dd_scanner *s)
 {
 	for (unsigned i = 0; i < s->nworkers; i++)
-		if (!s->workers[i].buf || !s->workers[i].vbuf || !s->workers[i].sbuf || !s->workers[i].mq)
+		if (!s->workers[i].buf || !s->workers[i].vbuf || !s->workers[i].sbuf || !s->workers[i].mq ||
+		    !s->workers[i].b)
 			return false;
 	return true;
 }
@@ -2620,6 +2739,7 @@ struct dd_scanner *dd_scanner_new(const struct dd_scan_knobs *k, const struct dd
 		w->vbuf = malloc((size_t)MAX_MERGE * DD_PAGE_SIZE);
 		w->sbuf = malloc((size_t)SBUF_PAGES * DD_PAGE_SIZE);
 		w->mq = calloc(MAX_MERGE, sizeof(*w->mq));
+		w->b = calloc(2, sizeof(*w->b));
 	}
 	if (s->fault_wake < 0 || s->fault_ep < 0 || !s->stable ||
 	    !s->unstable || !s->workers || !workers_ok(s) ||
@@ -2724,6 +2844,7 @@ void dd_scanner_free(struct dd_scanner *s)
 		free(s->workers[i].vbuf);
 		free(s->workers[i].sbuf);
 		free(s->workers[i].mq);
+		free(s->workers[i].b);
 	}
 	free(s->workers);
 	for (uint32_t i = 0; i < s->upool_chunks; i++)

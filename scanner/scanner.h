@@ -33,11 +33,16 @@ struct dd_scan_ops {
 	/* Hand the store memfd of domain to the agent. 0 or -errno. */
 	int (*send_store)(void *agent, uint32_t domain, int memfd);
 	/* Have the agent checksum n ranges (npages pages in all, at most
-	 * DD_HASH_MAX) of its memory in place: res[] gets one result per page
-	 * and *cpu_ns the agent's CPU time. 0, -EOPNOTSUPP (the agent does not
-	 * hash: copy the pages), or another -errno (no answer). May be NULL. */
-	int (*hash)(void *agent, const struct dd_hash_range *e, uint32_t n, uint32_t npages,
-		    struct dd_hash_result *res, uint64_t *cpu_ns);
+	 * DD_HASH_MAX) of its memory in place, without waiting for the answer.
+	 * 0, -EOPNOTSUPP (the agent does not hash: copy the pages), or another
+	 * -errno (nothing sent). After 0 the same thread must call hash_recv
+	 * before any other request to this agent. May be NULL. */
+	int (*hash_send)(void *agent, const struct dd_hash_range *e, uint32_t n, uint32_t npages);
+	/* The answer: res[] gets one result per page and *cpu_ns the agent's
+	 * CPU time. 0, -EOPNOTSUPP (copy the pages), or another -errno (no
+	 * answer). */
+	int (*hash_recv)(void *agent, uint32_t npages, struct dd_hash_result *res,
+			 uint64_t *cpu_ns);
 };
 
 struct dd_scan_knobs {

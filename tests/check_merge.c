@@ -16,6 +16,7 @@
 #include <setjmp.h>
 #include <stdatomic.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 
 #define PAGE 4096u
 #define NPAGES 256u
@@ -413,6 +414,90 @@ START_TEST(test_cold_pages_found_later)
 	kid_stop(&b);
 	ck_assert(h_wait_stat(sock, "clients", 0, false, 5000));
 	ck_assert(h_wait_stat(sock, "pages_unshared", 0, false, 5000));
+}
+END_TEST
+
+/*
+ * Regions of several scan batches (1024 pages each): the agent checksums the
+ * next batch while the daemon works on, and merges from, the one before, so
+ * a merge must first take the agent's answer still out. Two processes, each
+ * with two regions of 2.5 batches: a duplicate every third page, the rest
+ * unique. Every duplicate merges exactly once, and no byte changes.
+ */
+#define MB_PAGES 2560u
+static bool mb_dup(unsigned i)
+{
+	return i % 3 == 0;
+}
+
+static void mb_child(int out, unsigned idx)
+{
+	uint8_t *m[2];
+	uint32_t bad = 0;
+	int r = 0;
+	char c;
+
+	for (int k = 0; k < 2; k++) {
+		m[k] = mmap(NULL, MB_PAGES * PAGE, PROT_READ | PROT_WRITE,
+			    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		for (unsigned i = 0; i < MB_PAGES; i++)
+			h_fill(m[k] + (size_t)i * PAGE, mb_dup(i) ? 7u + (unsigned)k : 50u + idx * 2 + (unsigned)k, i);
+		r |= dedup_register(m[k], MB_PAGES * PAGE, NULL);
+	}
+	if (write(out, &r, sizeof(r)) != sizeof(r))
+		_exit(2);
+	if (read(out, &c, 1) != 1) /* the test says when to check */
+		_exit(3);
+	for (int k = 0; k < 2; k++)
+		for (unsigned i = 0; i < MB_PAGES; i++) {
+			uint8_t want[PAGE];
+
+			h_fill(want, mb_dup(i) ? 7u + (unsigned)k : 50u + idx * 2 + (unsigned)k, i);
+			bad += memcmp(want, m[k] + (size_t)i * PAGE, PAGE) != 0;
+		}
+	if (write(out, &bad, sizeof(bad)) != sizeof(bad))
+		_exit(2);
+	_exit(0);
+}
+
+START_TEST(test_multi_batch_regions)
+{
+	const int64_t ndup = 2 * ((MB_PAGES + 2) / 3);
+	int sp[2][2];
+	pid_t pid[2];
+
+	H_SKIP_UNLESS_ROOT();
+	for (unsigned k = 0; k < 2; k++) {
+		int r = -1;
+
+		ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sp[k]), 0);
+		pid[k] = fork();
+		ck_assert_int_ge(pid[k], 0);
+		if (pid[k] == 0) {
+			close(sp[k][0]);
+			mb_child(sp[k][1], k);
+		}
+		close(sp[k][1]);
+		ck_assert_int_eq(read(sp[k][0], &r, sizeof(r)), (ssize_t)sizeof(r));
+		ck_assert_int_eq(r, 0);
+	}
+	ck_assert_msg(h_wait_stat(sock, "pages_sharing", ndup, false, 20000),
+		      "pages_sharing %lld, want %lld", (long long)h_stat(sock, "pages_sharing"),
+		      (long long)ndup);
+	ck_assert_int_eq(h_stat(sock, "pages_shared"), ndup);
+	ck_assert_int_eq(h_stat(sock, "merges"), 2 * ndup);
+	ck_assert_int_eq(h_stat(sock, "merge_failed"), 0);
+	ck_assert_int_ge(h_stat(sock, "agent_hash_pages"), 4 * MB_PAGES);
+	for (unsigned k = 0; k < 2; k++) {
+		uint32_t bad = UINT32_MAX;
+		int st;
+
+		ck_assert_int_eq(write(sp[k][0], "v", 1), 1);
+		ck_assert_int_eq(read(sp[k][0], &bad, sizeof(bad)), (ssize_t)sizeof(bad));
+		ck_assert_uint_eq(bad, 0);
+		waitpid(pid[k], &st, 0);
+		close(sp[k][0]);
+	}
 }
 END_TEST
 
@@ -1296,6 +1381,7 @@ static Suite *merge_suite(void)
 	tcase_add_test(tc, test_cold_pages_found_later);
 	tcase_add_test(tc, test_freeze_span_bridges_gaps);
 	tcase_add_test(tc, test_copy_path_without_agent_hash);
+	tcase_add_test(tc, test_multi_batch_regions);
 	tcase_add_test(tc, test_agent_hash_survives_faults);
 	tcase_add_test(tc, test_agent_hash_chains_signals);
 	tcase_add_test(tc, test_cow_write_is_private);

@@ -274,26 +274,15 @@ static int metrics_start(struct dd_server *srv)
 /* ---- agent channel (runs on the scan thread) ---------------------------- */
 
 /*
- * Send msg on the agent channel and wait for its AGENT_REPLY with n results
- * (copied to res). a->lock held. 0, or -errno if no answer came (then the
- * outcome is unknown).
+ * Wait for the agent's answer of type want to the last request sent (a->lock
+ * held) into buf (DD_MSG_MAX bytes), skipping late answers to earlier
+ * requests that timed out. 0, or -errno.
  */
-/*
- * Send msg to the agent (a->lock held) and wait for its answer of type want
- * into buf (DD_MSG_MAX bytes), skipping late answers to earlier requests that
- * timed out. 0, or -errno.
- */
-static int agent_exchange(struct agent_chan *a, struct dd_msg_hdr *msg, size_t len, uint16_t want,
-			  void *buf)
+static int agent_wait(struct agent_chan *a, uint16_t want, void *buf)
 {
 	const struct dd_msg_hdr *h = buf;
 	ssize_t got;
-	int r;
 
-	msg->seq = ++a->seq;
-	r = dd_msg_send(a->fd, msg, len, -1);
-	if (r < 0)
-		return r;
 	for (;;) {
 		got = dd_msg_recv(a->fd, buf, DD_MSG_MAX, NULL, a->timeout_ms);
 		if (got <= 0)
@@ -301,6 +290,17 @@ static int agent_exchange(struct agent_chan *a, struct dd_msg_hdr *msg, size_t l
 		if (h->type == want && h->seq == a->seq)
 			return 0;
 	}
+}
+
+/* Send msg to the agent (a->lock held) and wait for its answer (agent_wait). */
+static int agent_exchange(struct agent_chan *a, struct dd_msg_hdr *msg, size_t len, uint16_t want,
+			  void *buf)
+{
+	int r;
+
+	msg->seq = ++a->seq;
+	r = dd_msg_send(a->fd, msg, len, -1);
+	return r < 0 ? r : agent_wait(a, want, buf);
 }
 
 static int agent_call(struct agent_chan *a, struct dd_msg_hdr *msg, size_t len, uint32_t n,
@@ -345,19 +345,19 @@ static int agent_batch(void *p, bool zap, const struct dd_remap_entry *e, uint32
 
 /*
  * Ask the agent for the checksums of n ranges (npages pages in all) of its
- * memory. 0 with res[0..npages) and the agent's CPU time filled in, or -errno:
- * -EOPNOTSUPP if the agent does not hash (the caller copies pages instead),
- * else no answer came.
+ * memory, without waiting: the scan thread works on the batch before while
+ * the agent hashes. On success the channel stays locked until
+ * agent_hash_recv(), which the same thread must call before any other
+ * request to this agent. -EOPNOTSUPP if the agent does not hash (the caller
+ * copies pages instead), else -errno (nothing sent, nothing locked).
  */
-static int agent_hash(void *p, const struct dd_hash_range *e, uint32_t n, uint32_t npages,
-		      struct dd_hash_result *res, uint64_t *cpu_ns)
+static int agent_hash_send(void *p, const struct dd_hash_range *e, uint32_t n, uint32_t npages)
 {
 	struct agent_chan *a = p;
 	size_t len = sizeof(struct dd_msg_hash) + n * sizeof(*e);
 	union {
 		char raw[DD_MSG_MAX];
 		struct dd_msg_hash m;
-		struct dd_msg_hash_reply r;
 	} u;
 	int r;
 
@@ -370,7 +370,28 @@ static int agent_hash(void *p, const struct dd_hash_range *e, uint32_t n, uint32
 	u.m.pad = 0;
 	memcpy(u.m.e, e, n * sizeof(*e));
 	pthread_mutex_lock(&a->lock);
-	r = agent_exchange(a, &u.m.h, len, DD_MSG_HASH_REPLY, u.raw);
+	u.m.h.seq = ++a->seq;
+	r = dd_msg_send(a->fd, &u.m.h, len, -1);
+	if (r < 0)
+		pthread_mutex_unlock(&a->lock);
+	return r < 0 ? r : 0;
+}
+
+/*
+ * The answer to agent_hash_send(): res[0..npages) and the agent's CPU time,
+ * and the channel unlocked. 0, or -errno: -EOPNOTSUPP if the agent does not
+ * hash after all, else no answer came.
+ */
+static int agent_hash_recv(void *p, uint32_t npages, struct dd_hash_result *res,
+			   uint64_t *cpu_ns)
+{
+	struct agent_chan *a = p;
+	union {
+		char raw[DD_MSG_MAX];
+		struct dd_msg_hash_reply r;
+	} u;
+	int r = agent_wait(a, DD_MSG_HASH_REPLY, u.raw);
+
 	if (r < 0) {
 		/* no answer */
 	} else if (u.r.status < 0) {
@@ -827,7 +848,7 @@ static int listen_on(const char *path, mode_t mode, const char *group)
 struct dd_server *dd_server_new(const struct dd_server_opts *o)
 {
 	struct dd_scan_ops ops = { .batch = agent_batch, .send_store = agent_send_store,
-				   .hash = agent_hash };
+				   .hash_send = agent_hash_send, .hash_recv = agent_hash_recv };
 	struct dd_reclaim_ops rops = { .balloon = agent_balloon };
 	struct epoll_event ev = { .events = EPOLLIN };
 	struct dd_server *srv = calloc(1, sizeof(*srv));
