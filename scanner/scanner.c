@@ -2682,8 +2682,8 @@ static void *scan_main(void *arg)
 static bool workers_ok(const struct dd_scanner *s)
 {
 	for (unsigned i = 0; i < s->nworkers; i++)
-		if (!s->workers[i].buf || !s->workers[i].vbuf || !s->workers[i].sbuf || !s->workers[i].mq ||
-		    !s->workers[i].b)
+		if (!s->workers[i].buf || !s->workers[i].vbuf || !s->workers[i].sbuf ||
+		    !s->workers[i].mq || !s->workers[i].b)
 			return false;
 	return true;
 }

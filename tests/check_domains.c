@@ -158,7 +158,8 @@ static int store_fds_read_only(pid_t pid)
 			if (sscanf(line, "flags: %o", &flags) == 1)
 				break;
 		fclose(f);
-		ck_assert_msg((flags & O_ACCMODE) == O_RDONLY, "%s held with flags %o", link, flags);
+		ck_assert_msg((flags & O_ACCMODE) == O_RDONLY, "%s held with flags %o", link,
+			      flags);
 		n++;
 	}
 	closedir(d);

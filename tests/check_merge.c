@@ -425,9 +425,10 @@ END_TEST
  * unique. Every duplicate merges exactly once, and no byte changes.
  */
 #define MB_PAGES 2560u
-static bool mb_dup(unsigned i)
+/* Page i of region k of child idx: a duplicate every third page. */
+static unsigned mb_seed(unsigned i, unsigned idx, unsigned k)
 {
-	return i % 3 == 0;
+	return i % 3 == 0 ? 7u + k : 50u + idx * 2 + k;
 }
 
 static void mb_child(int out, unsigned idx)
@@ -441,7 +442,7 @@ static void mb_child(int out, unsigned idx)
 		m[k] = mmap(NULL, MB_PAGES * PAGE, PROT_READ | PROT_WRITE,
 			    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 		for (unsigned i = 0; i < MB_PAGES; i++)
-			h_fill(m[k] + (size_t)i * PAGE, mb_dup(i) ? 7u + (unsigned)k : 50u + idx * 2 + (unsigned)k, i);
+			h_fill(m[k] + (size_t)i * PAGE, mb_seed(i, idx, (unsigned)k), i);
 		r |= dedup_register(m[k], MB_PAGES * PAGE, NULL);
 	}
 	if (write(out, &r, sizeof(r)) != sizeof(r))
@@ -452,7 +453,7 @@ static void mb_child(int out, unsigned idx)
 		for (unsigned i = 0; i < MB_PAGES; i++) {
 			uint8_t want[PAGE];
 
-			h_fill(want, mb_dup(i) ? 7u + (unsigned)k : 50u + idx * 2 + (unsigned)k, i);
+			h_fill(want, mb_seed(i, idx, (unsigned)k), i);
 			bad += memcmp(want, m[k] + (size_t)i * PAGE, PAGE) != 0;
 		}
 	if (write(out, &bad, sizeof(bad)) != sizeof(bad))
