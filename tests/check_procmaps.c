@@ -383,8 +383,9 @@ START_TEST(test_read_fake)
 END_TEST
 
 /* This process's own maps: an anonymous mapping, and a memfd mapped from its
- * third page on, found with their ranges, inode and offset, in order, and as
- * many VMAs as maps has lines. */
+ * third page on, found with their ranges, inode and offset, in order; and a
+ * copy of the file (the live one changes under ASan between two reads) gives
+ * as many VMAs as it has lines. */
 START_TEST(test_read_self)
 {
 	int fd = memfd_create("check_procmaps-read", MFD_CLOEXEC);
@@ -401,8 +402,21 @@ START_TEST(test_read_self)
 	a = map_anon(3, PROT_READ | PROT_WRITE, MAP_PRIVATE);
 	m = mmap(NULL, 4 * PG, PROT_READ, MAP_PRIVATE, fd, 2 * PG);
 	ck_assert_ptr_ne(m, MAP_FAILED);
+	{
+		static char text[1 << 20];
+		FILE *f = fopen(SELF, "re");
+		size_t len;
+
+		ck_assert_ptr_nonnull(f);
+		len = fread(text, 1, sizeof(text) - 1, f);
+		fclose(f);
+		text[len] = 0;
+		write_fake(text);
+		ck_assert_int_eq(dd_maps_read(fake, &v, &cap), count_lines(fake));
+		unlink(fake);
+	}
 	n = dd_maps_read(SELF, &v, &cap);
-	ck_assert_int_eq(n, count_lines(SELF));
+	ck_assert_int_gt(n, 0);
 	for (long i = 0; i < n; i++) {
 		if (i)
 			ck_assert_uint_ge(v[i].start, v[i - 1].end);
