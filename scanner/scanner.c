@@ -149,6 +149,12 @@ struct dd_sclient {
 	atomic_int refs;
 	bool dead;
 	bool copy_only; /* its agent does not hash: copy its pages */
+	/* A REMAP or ZAP went unanswered: the agent may still carry it out
+	 * (stalled, stopped, frozen), so pagemap may not yet show what it did.
+	 * Until the agent answers a later request (it works in order), no share
+	 * of the client's is given back on pagemap's or maps' word: a slot freed
+	 * now could be mapped by that late remap. */
+	bool agent_doubt;
 	pthread_mutex_t lock;
 	struct dd_region *regions;
 	uint64_t next_region_id;
@@ -1167,9 +1173,12 @@ static void reconcile(struct dd_scanner *s, struct dd_sclient *c)
 {
 	struct dd_vma *v = NULL;
 	size_t cap = 0, k = 0;
-	long nv = dd_maps_read(c->maps_path, &v, &cap);
+	long nv;
 	uint64_t gone = 0;
 
+	if (c->agent_doubt)
+		return; /* a late remap may come: see agent_doubt */
+	nv = dd_maps_read(c->maps_path, &v, &cap);
 	c->reconciled_ms = now_ms();
 	c->reconcile_due = false;
 	if (nv < 0)
@@ -1773,10 +1782,16 @@ static void replace(struct dd_worker *w, struct dd_sclient *c, struct merge *q, 
 			atomic_fetch_add(&s->merge_agent_ns, now_ns() - t0);
 			atomic_fetch_add(z ? &s->zap_runs : &s->remap_runs, ne[z]);
 		}
+		if (rc == -ETIMEDOUT)
+			c->agent_doubt = true;
+		else if (rc == 0)
+			c->agent_doubt = false;
 		for (uint32_t i = 0; i < ne[z]; i++) {
-			/* No answer: the agent may or may not have acted. Count it as
-			 * merged; the next pass sees the truth in pagemap and
-			 * uncounts a page that was not. */
+			/* No answer: the agent may or may not have acted, or act
+			 * later. Count it as merged (and keep the share, see
+			 * agent_doubt); once the agent has answered again, the
+			 * scan sees the truth in pagemap and uncounts a page that
+			 * was not. */
 			int v = rc == -ETIMEDOUT ? 0 : rc < 0 ? rc : res[i];
 
 			for (size_t j = first[z][i]; j < first[z][i] + len[z][i]; j++)
@@ -2241,6 +2256,7 @@ static void batch_recv(struct dd_worker *w, struct dd_sclient *c, struct sbatch 
 		b->err = r;
 		return;
 	}
+	c->agent_doubt = false; /* it answered: any earlier request is done */
 	atomic_fetch_add(&s->agent_hash_pages, b->np);
 	atomic_fetch_add(&s->agent_cpu_ns, cpu);
 	/* Results in page order: spread them back over the batch, from the end
@@ -2304,6 +2320,8 @@ static int batch_prep(struct dd_worker *w, struct dd_sclient *c, struct sbatch *
 				p->age = 1;
 				continue; /* still maps the store page */
 			}
+			if (c->agent_doubt)
+				continue; /* maybe not remapped yet: keep the share */
 			dd_store_unshare(r->dom->store, p->slot); /* written: COW break */
 			atomic_fetch_add(&s->cow_breaks, 1);
 			r->rearm = true;

@@ -775,6 +775,52 @@ START_TEST(test_client_killed_mid_merge)
 }
 END_TEST
 
+/*
+ * An agent that answers a REMAP only after the daemon gave up waiting (a
+ * stalled or stopped client; $DEDUP_TEST_REMAP_DELAY_MS makes libdedup's
+ * agent sleep before each REMAP) still carries it out later, in order. The
+ * daemon must keep the store pages it asked to map until the agent has
+ * answered again: here the other sharer dies meanwhile, and a store page
+ * given back and punched out before the late remap would read as zeros.
+ */
+START_TEST(test_late_remap_keeps_store_pages)
+{
+	const char *args[] = { "--pages-to-scan", "100000", "--sleep-millisecs", "5",
+			       "--agent-timeout-ms", "200", NULL };
+	struct kid a, b;
+	int64_t freed0, freed;
+	uint64_t t0;
+	int st;
+
+	H_SKIP_UNLESS_ROOT();
+	h_daemon_stop(daemon_pid, SIGTERM);
+	daemon_pid = h_daemon_start(sock, args);
+	a = kid_start(0);
+	ck_assert(h_wait_stat(sock, "pages_unshared", NPAGES - NZERO, false, 10000));
+	setenv("DEDUP_TEST_REMAP_DELAY_MS", "4000", 1);
+	t0 = h_now_ms();
+	b = kid_start(1); /* its duplicates fill the store pages; a's merge onto them */
+	unsetenv("DEDUP_TEST_REMAP_DELAY_MS");
+	ck_assert_msg(h_wait_stat(sock, "merges", 2 * NDUP + 2 * NZERO, true, 3000),
+		      "merges %lld", (long long)h_stat(sock, "merges"));
+	freed0 = h_stat(sock, "store_pages_freed");
+	kill(a.pid, SIGKILL); /* the other sharer goes */
+	waitpid(a.pid, &st, 0);
+	close(a.to);
+	close(a.from);
+	ck_assert(h_wait_stat(sock, "clients", 1, false, 5000));
+	h_sleep_ms(2500); /* a store GC runs (every 2 s) before the late remap */
+	ck_assert_int_lt(h_now_ms() - t0, 4000);
+	freed = h_stat(sock, "store_pages_freed");
+	while (h_now_ms() - t0 < 4500)
+		h_sleep_ms(50); /* the agent has remapped by now */
+	ck_assert_uint_eq(kid_cmd(&b, 'v'), 0);		/* no page reads zeros */
+	ck_assert_int_eq(freed, freed0);		/* b might still map them */
+	ck_assert_int_eq(h_stat(sock, "pages_shared"), NDUP);
+	kid_stop(&b);
+}
+END_TEST
+
 START_TEST(test_unmap_and_remap_registered)
 {
 	struct kid other;
@@ -1389,6 +1435,7 @@ static Suite *merge_suite(void)
 	tcase_add_test(tc, test_race_no_lost_writes);
 	tcase_add_test(tc, test_daemon_killed_mid_merge);
 	tcase_add_test(tc, test_client_killed_mid_merge);
+	tcase_add_test(tc, test_late_remap_keeps_store_pages);
 	tcase_add_test(tc, test_unmap_and_remap_registered);
 	tcase_add_test(tc, test_sigterm_leaves_clients_intact);
 	tcase_add_test(tc, test_vma_budget_holds);

@@ -49,6 +49,7 @@ struct dd_agent {
 	atomic_bool alive;
 	atomic_bool stopping; /* dd_agent_stop(): no reconnect */
 	dd_agent_lost_fn lost;
+	unsigned remap_delay_ms; /* tests: $DEDUP_TEST_REMAP_DELAY_MS, a stalled agent */
 };
 
 static _Atomic(dd_agent_balloon_fn) balloon_hook;
@@ -357,6 +358,8 @@ static void *agent_main(void *arg)
 			do_zaps(a, in.batch.e, in.batch.n, out.r.res);
 			out.r.n = in.batch.n;
 		} else if (in.h.type == DD_MSG_REMAP) {
+			if (a->remap_delay_ms)
+				usleep(a->remap_delay_ms * 1000u);
 			for (uint32_t i = 0; i < in.batch.n; i++)
 				out.r.res[i] = do_entry(a, &in.batch.e[i], stores, nstores);
 			out.r.n = in.batch.n;
@@ -410,6 +413,8 @@ int dd_agent_start(const char *sock_path, uint64_t client_id, uint64_t token,
 	a->sock = a->pagemap = a->pidfd = -1;
 	a->stack = MAP_FAILED;
 	a->lost = lost;
+	if (getenv("DEDUP_TEST_REMAP_DELAY_MS"))
+		a->remap_delay_ms = (unsigned)strtoul(getenv("DEDUP_TEST_REMAP_DELAY_MS"), NULL, 10);
 	r = dd_sock_connect(sock_path);
 	if (r < 0)
 		goto fail;
