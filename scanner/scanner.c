@@ -428,6 +428,25 @@ static void page_release(struct dd_scanner *s, struct dd_region *r, uint32_t idx
 	p->state = PG_GONE;
 }
 
+/*
+ * Page idx of r no longer maps what its record says: the application
+ * unmapped it (gone), or mapped fresh memory over it (renewed: it starts
+ * afresh, and its range is registered with the uffd again). c->lock held.
+ */
+static void page_unmapped(struct dd_scanner *s, struct dd_region *r, uint32_t idx, bool renewed)
+{
+	struct dd_page *p = &r->pages[idx];
+
+	r->merged -= p->state == PG_MERGED;
+	r->zero -= p->state == PG_ZERO;
+	page_release(s, r, idx);
+	if (renewed) {
+		p->state = PG_NEW;
+		p->flags &= (uint8_t)~PGF_REMAPPED;
+		r->rearm = true;
+	}
+}
+
 /* Drop a region's hold on store slots and mark it dead (c->lock held). */
 static void region_kill(struct dd_scanner *s, struct dd_region *r)
 {
@@ -1125,13 +1144,7 @@ static void apply_events(struct dd_scanner *s, struct dd_sclient *c)
 				if (p->state == PG_GONE)
 					continue;
 				if (ev[e].type != UFFD_EVENT_REMOVE) {
-					r->merged -= p->state == PG_MERGED;
-					r->zero -= p->state == PG_ZERO;
-					page_release(s, r, idx); /* unmapped or moved away */
-					if (renewed) {
-						p->state = PG_NEW;
-						p->flags &= (uint8_t)~PGF_REMAPPED;
-					}
+					page_unmapped(s, r, idx, renewed); /* or moved away */
 					continue;
 				}
 				/* MADV_DONTNEED: merged pages still read the store (their
@@ -1204,17 +1217,12 @@ static void reconcile(struct dd_scanner *s, struct dd_sclient *c)
 				    (store && v[k].off + (a - v[k].start) ==
 						      (uint64_t)p->slot * DD_PAGE_SIZE))
 					continue;
-				r->merged--;
-				page_release(s, r, i);
-				p->state = PG_NEW;
-				p->flags = (uint8_t)((p->flags & ~PGF_REMAPPED) | PGF_VOLATILE);
-				r->rearm = true;
+				page_unmapped(s, r, i, true);
+				p->flags |= PGF_VOLATILE;
 				gone++;
 				continue;
 			}
-			r->merged -= p->state == PG_MERGED;
-			r->zero -= p->state == PG_ZERO;
-			page_release(s, r, i);
+			page_unmapped(s, r, i, false);
 			gone++;
 		}
 	}

@@ -781,7 +781,8 @@ END_TEST
  * agent sleep before each REMAP) still carries it out later, in order. The
  * daemon must keep the store pages it asked to map until the agent has
  * answered again: here the other sharer dies meanwhile, and a store page
- * given back and punched out before the late remap would read as zeros.
+ * given back and punched out before the late remap (6 s on) would read as
+ * zeros.
  */
 START_TEST(test_late_remap_keeps_store_pages)
 {
@@ -797,7 +798,7 @@ START_TEST(test_late_remap_keeps_store_pages)
 	daemon_pid = h_daemon_start(sock, args);
 	a = kid_start(0);
 	ck_assert(h_wait_stat(sock, "pages_unshared", NPAGES - NZERO, false, 10000));
-	setenv("DEDUP_TEST_REMAP_DELAY_MS", "4000", 1);
+	setenv("DEDUP_TEST_REMAP_DELAY_MS", "6000", 1);
 	t0 = h_now_ms();
 	b = kid_start(1); /* its duplicates fill the store pages; a's merge onto them */
 	unsetenv("DEDUP_TEST_REMAP_DELAY_MS");
@@ -810,9 +811,11 @@ START_TEST(test_late_remap_keeps_store_pages)
 	close(a.from);
 	ck_assert(h_wait_stat(sock, "clients", 1, false, 5000));
 	h_sleep_ms(2500); /* a store GC runs (every 2 s) before the late remap */
-	ck_assert_int_lt(h_now_ms() - t0, 4000);
 	freed = h_stat(sock, "store_pages_freed");
-	while (h_now_ms() - t0 < 4500)
+	if (h_now_ms() - t0 >= 6000) /* a slow build (ThreadSanitizer): too late to tell */
+		printf("%s: the remap came before the GC could run; checking the data only\n",
+		       __func__);
+	while (h_now_ms() - t0 < 6500)
 		h_sleep_ms(50); /* the agent has remapped by now */
 	ck_assert_uint_eq(kid_cmd(&b, 'v'), 0);		/* no page reads zeros */
 	ck_assert_int_eq(freed, freed0);		/* b might still map them */
