@@ -292,14 +292,22 @@ static int agent_wait(struct agent_chan *a, uint16_t want, void *buf)
 	}
 }
 
-/* Send msg to the agent (a->lock held) and wait for its answer (agent_wait). */
-static int agent_exchange(struct agent_chan *a, struct dd_msg_hdr *msg, size_t len, uint16_t want,
-			  void *buf)
+/* Send msg to the agent as its next request (a->lock held). 0 or -errno. */
+static int agent_send(struct agent_chan *a, struct dd_msg_hdr *msg, size_t len)
 {
 	int r;
 
 	msg->seq = ++a->seq;
 	r = dd_msg_send(a->fd, msg, len, -1);
+	return r < 0 ? r : 0;
+}
+
+/* Send msg to the agent (a->lock held) and wait for its answer (agent_wait). */
+static int agent_exchange(struct agent_chan *a, struct dd_msg_hdr *msg, size_t len, uint16_t want,
+			  void *buf)
+{
+	int r = agent_send(a, msg, len);
+
 	return r < 0 ? r : agent_wait(a, want, buf);
 }
 
@@ -370,11 +378,10 @@ static int agent_hash_send(void *p, const struct dd_hash_range *e, uint32_t n, u
 	u.m.pad = 0;
 	memcpy(u.m.e, e, n * sizeof(*e));
 	pthread_mutex_lock(&a->lock);
-	u.m.h.seq = ++a->seq;
-	r = dd_msg_send(a->fd, &u.m.h, len, -1);
+	r = agent_send(a, &u.m.h, len);
 	if (r < 0)
 		pthread_mutex_unlock(&a->lock);
-	return r < 0 ? r : 0;
+	return r;
 }
 
 /*
