@@ -678,6 +678,7 @@ static uint64_t adopt_pages(struct dd_sclient *c, struct dd_region *r, const str
 			if (pread(c->pagemap, &pm, sizeof(pm), (off_t)(a / DD_PAGE_SIZE * 8)) !=
 			    (ssize_t)sizeof(pm))
 				continue;
+			p->flags |= PGF_REMAPPED; /* in a store VMA, whatever it holds */
 			if ((pm & DD_PM_SWAP) || ((pm & DD_PM_PRESENT) && !(pm & DD_PM_FILE)))
 				continue; /* written since: a private copy */
 			if (slot > UINT32_MAX ||
@@ -1019,6 +1020,13 @@ static void handle_uffd(struct dd_scanner *s, struct dd_sclient *c)
 			case UFFD_EVENT_PAGEFAULT: {
 				uint64_t a = m->arg.pagefault.address & ~(uint64_t)(DD_PAGE_SIZE - 1);
 
+				/* A missing-page fault: on a run the agent emptied
+				 * for its remap; the agent wakes the thread once the
+				 * run is mapped (agent.c, do_remaps()). */
+				if (!(m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP)) {
+					atomic_fetch_add(&s->faults, 1);
+					break;
+				}
 				/* Under fault_lock, so a merge cannot freeze the page
 				 * between our check and our unprotect. */
 				pthread_mutex_lock(&c->fault_lock);
@@ -1213,13 +1221,21 @@ static void reconcile(struct dd_scanner *s, struct dd_sclient *c)
 			mapped = k < (size_t)nv && v[k].start <= a;
 			store = mapped && v[k].ino && dd_store_is_file(r->dom->store, v[k].ino);
 			if (mapped && (store || !v[k].ino)) {
-				if (p->state != PG_MERGED ||
-				    (store && v[k].off + (a - v[k].start) ==
-						      (uint64_t)p->slot * DD_PAGE_SIZE))
-					continue;
-				page_unmapped(s, r, i, true);
-				p->flags |= PGF_VOLATILE;
-				gone++;
+				bool keep = p->state != PG_MERGED ||
+					    (store && v[k].off + (a - v[k].start) ==
+							      (uint64_t)p->slot * DD_PAGE_SIZE);
+
+				if (!keep) {
+					page_unmapped(s, r, i, true);
+					p->flags |= PGF_VOLATILE;
+					gone++;
+				}
+				/* Where it lies now decides whether it may be
+				 * zapped or emptied (DD_REMAP_ANON). */
+				if (store)
+					p->flags |= PGF_REMAPPED;
+				else
+					p->flags &= (uint8_t)~PGF_REMAPPED;
 				continue;
 			}
 			page_unmapped(s, r, i, false);
@@ -1739,6 +1755,16 @@ static void fill(struct dd_worker *w, struct merge *q, size_t n)
 	rcu_read_unlock();
 }
 
+/* Do the k queued pages from m on lie in anonymous memory? Not if one of
+ * them lies in a VMA of the store (emptying it would show the store page). */
+static bool run_anon(const struct merge *m, size_t k)
+{
+	for (size_t j = 0; j < k; j++)
+		if (m[j].r->pages[m[j].idx].flags & PGF_REMAPPED)
+			return false;
+	return true;
+}
+
 /* Send the verified entries to the agent, coalesced into runs. */
 static void replace(struct dd_worker *w, struct dd_sclient *c, struct merge *q, size_t n)
 {
@@ -1765,7 +1791,8 @@ static void replace(struct dd_worker *w, struct dd_sclient *c, struct merge *q, 
 		e[z][ne[z]] = (struct dd_remap_entry){
 			.addr = mq_addr(&q[i]),
 			.store_off = z ? 0 : (uint64_t)q[i].slot * DD_PAGE_SIZE,
-			.npages = (uint32_t)k,
+			.npages = (uint32_t)k & 0xffffff, /* k <= MAX_MERGE */
+			.flags = z ? 0 : run_anon(&q[i], k) ? DD_REMAP_ANON : 0,
 			.domain = q[i].r->dom->id,
 		};
 		first[z][ne[z]] = i;

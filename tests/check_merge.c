@@ -835,6 +835,206 @@ START_TEST(test_late_remap_keeps_store_pages)
 }
 END_TEST
 
+/*
+ * The window of a batched remap (agent.c, do_remaps()): the agent empties
+ * the runs of a REMAP with one MADV_DONTNEED, then maps the store over each.
+ * A thread of the client that reads a page in between must wait for the
+ * mapping, not read zeros. $DEDUP_TEST_EMPTY_DELAY_MS holds the window open.
+ * The child reads its duplicates in two threads for ms milliseconds and
+ * reports wrong reads and its longest single read; then it writes one byte
+ * of every duplicate and checks every page.
+ */
+struct window_reader {
+	const uint8_t *want;
+	uint64_t end_ms, worst_ms;
+	uint32_t bad;
+};
+
+static void *window_read(void *arg)
+{
+	struct window_reader *w = arg;
+
+	while (h_now_ms() < w->end_ms)
+		for (unsigned i = 0; i < NDUP; i++) {
+			uint64_t t0 = h_now_ms(), dt;
+
+			w->bad += memcmp(mem + (size_t)i * PAGE, w->want + (size_t)i * PAGE, PAGE) != 0;
+			dt = h_now_ms() - t0;
+			w->worst_ms = dt > w->worst_ms ? dt : w->worst_ms;
+		}
+	return NULL;
+}
+
+/* Is one of the duplicates at base in pid not present (emptied by the
+ * agent, not mapped again yet)? */
+static bool window_open(pid_t pid, uint64_t base)
+{
+	char path[64];
+	uint64_t pm[NDUP];
+	bool open_ = false;
+	int fd;
+
+	snprintf(path, sizeof(path), "/proc/%d/pagemap", (int)pid);
+	if ((fd = open(path, O_RDONLY)) < 0)
+		return false;
+	if (pread(fd, pm, sizeof(pm), (off_t)(base / PAGE * 8)) == (ssize_t)sizeof(pm))
+		for (unsigned i = 0; i < NDUP; i++)
+			open_ |= !(pm[i] >> 63);
+	close(fd);
+	return open_;
+}
+
+static pid_t window_child(unsigned idx, unsigned ms, int *from, uint64_t *base)
+{
+	int p[2];
+	pid_t pid;
+
+	ck_assert_int_eq(pipe(p), 0);
+	pid = fork();
+	if (pid == 0) {
+		struct window_reader rd[2];
+		pthread_t t[2];
+		uint32_t out[4] = { 0, 0, 0, 0 };
+		uint8_t *want = malloc((size_t)NDUP * PAGE);
+
+		close(p[0]);
+		kid_idx = idx;
+		mem = mmap(NULL, NPAGES * PAGE, PROT_READ | PROT_WRITE,
+			   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (!want || mem == MAP_FAILED)
+			_exit(2);
+		for (unsigned i = 0; i < NPAGES; i++)
+			expected(mem + (size_t)i * PAGE, i, false);
+		for (unsigned i = 0; i < NDUP; i++)
+			expected(want + (size_t)i * PAGE, i, false);
+		*base = (uintptr_t)mem;
+		if (write(p[1], base, sizeof(*base)) != sizeof(*base) ||
+		    dedup_register(mem, NPAGES * PAGE, NULL))
+			_exit(3);
+		for (int i = 0; i < 2; i++) {
+			rd[i] = (struct window_reader){ want, h_now_ms() + ms, 0, 0 };
+			pthread_create(&t[i], NULL, window_read, &rd[i]);
+		}
+		/* fork() in the window: it waits until the runs are mapped,
+		 * or the child would find them empty. */
+		out[3] = UINT32_MAX;
+		for (uint64_t t0 = h_now_ms(); h_now_ms() - t0 < 3000; h_sleep_ms(1)) {
+			pid_t g;
+			int st;
+
+			if (!window_open(getpid(), *base))
+				continue;
+			g = fork();
+			if (g == 0) {
+				uint32_t bad = 0;
+
+				for (unsigned i = 0; i < NDUP; i++)
+					bad += memcmp(mem + (size_t)i * PAGE, want + (size_t)i * PAGE,
+						      PAGE) != 0;
+				_exit(bad > 250 ? 250 : (int)bad);
+			}
+			waitpid(g, &st, 0);
+			out[3] = WIFEXITED(st) ? (uint32_t)WEXITSTATUS(st) : 255;
+			break;
+		}
+		for (int i = 0; i < 2; i++) {
+			pthread_join(t[i], NULL);
+			out[0] += rd[i].bad;
+			out[1] = (uint32_t)(rd[i].worst_ms > out[1] ? rd[i].worst_ms : out[1]);
+		}
+		for (unsigned i = 0; i < NDUP; i++)
+			mem[(size_t)i * PAGE + 17] ^= 0x5a; /* writes go through */
+		out[2] = verify_all(true);
+		_exit(write(p[1], out, sizeof(out)) == sizeof(out) ? 0 : 4);
+	}
+	close(p[1]);
+	*from = p[0];
+	ck_assert_int_eq(read(p[0], base, sizeof(*base)), sizeof(*base));
+	return pid;
+}
+
+/* Wait for the window child: 0, or -1 if it hangs past deadline_ms. */
+static int window_wait(pid_t pid, int from, uint32_t out[4], uint64_t deadline_ms)
+{
+	int st = -1;
+
+	while (waitpid(pid, &st, WNOHANG) == 0) {
+		if (h_now_ms() > deadline_ms) {
+			kill(pid, SIGKILL);
+			waitpid(pid, &st, 0);
+			close(from);
+			return -1;
+		}
+		h_sleep_ms(20);
+	}
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "window child status %d", st);
+	ck_assert_int_eq(read(from, out, 4 * sizeof(out[0])), 4 * sizeof(out[0]));
+	close(from);
+	return 0;
+}
+
+START_TEST(test_emptied_runs_wait_for_remap)
+{
+	uint32_t out[4];
+	uint64_t base;
+	struct kid a;
+	int from;
+	pid_t b;
+
+	H_SKIP_UNLESS_ROOT();
+	a = kid_start(0);
+	ck_assert(h_wait_stat(sock, "pages_unshared", NPAGES - NZERO, false, 10000));
+	setenv("DEDUP_TEST_EMPTY_DELAY_MS", "1000", 1);
+	b = window_child(1, 4000, &from, &base);
+	unsetenv("DEDUP_TEST_EMPTY_DELAY_MS");
+	ck_assert_int_eq(window_wait(b, from, out, h_now_ms() + 30000), 0);
+	ck_assert_msg(out[0] == 0, "%u reads saw the wrong bytes", out[0]);
+	ck_assert_msg(out[1] >= 500, "no read waited in the window (longest %u ms)", out[1]);
+	ck_assert_uint_eq(out[2], 0);
+	ck_assert_msg(out[3] == 0, "a child forked in the window: %u pages wrong", out[3]);
+	ck_assert_int_eq(h_stat(sock, "merge_failed"), 0);
+	ck_assert_uint_eq(kid_cmd(&a, 'v'), 0);
+	kid_stop(&a);
+}
+END_TEST
+
+/*
+ * The same window with the daemon killed in it: the agent's own copy of the
+ * uffd keeps the waiting readers waiting until their runs are mapped (with
+ * the daemon's copy alone, its death would wake them onto empty pages:
+ * zeros). Then the agent closes its copy, and writes to pages still frozen
+ * go through: nothing hangs.
+ */
+START_TEST(test_daemon_killed_in_remap_window)
+{
+	uint32_t out[4];
+	uint64_t base, t0;
+	struct kid a;
+	bool seen = false;
+	int from;
+	pid_t b;
+
+	H_SKIP_UNLESS_ROOT();
+	a = kid_start(0);
+	ck_assert(h_wait_stat(sock, "pages_unshared", NPAGES - NZERO, false, 10000));
+	setenv("DEDUP_TEST_EMPTY_DELAY_MS", "2000", 1);
+	b = window_child(1, 5000, &from, &base);
+	unsetenv("DEDUP_TEST_EMPTY_DELAY_MS");
+	for (t0 = h_now_ms(); !seen && h_now_ms() - t0 < 4000; h_sleep_ms(1))
+		seen = window_open(b, base);
+	h_daemon_stop(daemon_pid, SIGKILL);
+	daemon_pid = 0;
+	ck_assert_msg(window_wait(b, from, out, h_now_ms() + 30000) == 0,
+		      "the client hangs after the daemon died");
+	ck_assert_msg(seen, "the remap window was never seen open");
+	ck_assert_msg(out[0] == 0, "%u reads saw the wrong bytes", out[0]);
+	ck_assert_msg(out[1] >= 500, "no read waited in the window (longest %u ms)", out[1]);
+	ck_assert_uint_eq(out[2], 0);
+	ck_assert_uint_eq(kid_cmd(&a, 'v'), 0);
+	kid_stop(&a);
+}
+END_TEST
+
 START_TEST(test_unmap_and_remap_registered)
 {
 	struct kid other;
@@ -1462,6 +1662,12 @@ static Suite *merge_suite(void)
 	tcase_add_test(tc, test_mapped_over_merges_again);
 	tcase_add_test(tc, test_preload_routes_madvise);
 	tcase_add_test(tc, test_preload_falls_back_without_daemon);
+	suite_add_tcase(s, tc);
+	tc = tcase_create("window");
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_set_timeout(tc, 60);
+	tcase_add_test(tc, test_emptied_runs_wait_for_remap);
+	tcase_add_test(tc, test_daemon_killed_in_remap_window);
 	suite_add_tcase(s, tc);
 	return s;
 }

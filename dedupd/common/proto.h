@@ -75,6 +75,9 @@ enum dd_domain_policy {
 
 /* HELLO flags */
 #define DD_HELLO_AGENT_HASH 1u /* the agent answers HASH */
+/* The agent holds a copy of the uffd and takes DD_REMAP_ANON (agent.c,
+ * do_remaps(): one TLB flush for a batch of remaps). */
+#define DD_HELLO_AGENT_UNMAP 2u
 
 struct dd_msg_hello { /* + SCM_RIGHTS: uffd */
 	struct dd_msg_hdr h;
@@ -130,9 +133,14 @@ struct dd_msg_store { /* + SCM_RIGHTS: the domain's store memfd */
 struct dd_remap_entry {
 	uint64_t addr;
 	uint64_t store_off; /* ignored for ZAP */
-	uint32_t npages;
-	uint32_t domain; /* ignored for ZAP */
+	uint32_t npages : 24; /* at most DD_BATCH_MAX * 64 */
+	uint32_t flags : 8;   /* DD_REMAP_*; only to agents that sent DD_HELLO_AGENT_UNMAP */
+	uint32_t domain;      /* ignored for ZAP */
 };
+
+/* REMAP entry flag: every page of the run lies in an anonymous VMA (never
+ * in one of a store), so the agent may empty it before the mmap(). */
+#define DD_REMAP_ANON 1u
 
 struct dd_msg_batch { /* REMAP and ZAP */
 	struct dd_msg_hdr h;

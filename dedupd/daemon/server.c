@@ -52,6 +52,7 @@ struct agent_chan {
 	int fd;
 	int timeout_ms;
 	atomic_bool hash; /* the agent answers HASH (HELLO flag), until it says it cannot */
+	bool unmap;	  /* the agent takes DD_REMAP_ANON (HELLO flag) */
 	uint32_t seq;
 	pthread_mutex_t lock;
 };
@@ -345,6 +346,9 @@ static int agent_batch(void *p, bool zap, const struct dd_remap_entry *e, uint32
 	u.b.n = n;
 	u.b.pad = 0;
 	memcpy(u.b.e, e, n * sizeof(*e));
+	if (!a->unmap)
+		for (uint32_t i = 0; i < n; i++)
+			u.b.e[i].flags = 0;
 	pthread_mutex_lock(&a->lock);
 	r = agent_call(a, &u.b.h, len, n, res);
 	pthread_mutex_unlock(&a->lock);
@@ -562,6 +566,7 @@ static int on_agent_hello(struct dd_server *srv, struct conn *c,
 	a->fd = c->fd;
 	a->timeout_ms = (int)srv->o.conf->daemon.agent_timeout_millisecs;
 	atomic_store(&a->hash, (owner->hello_flags & DD_HELLO_AGENT_HASH) != 0);
+	a->unmap = (owner->hello_flags & DD_HELLO_AGENT_UNMAP) != 0;
 	if (dd_msg_send_result(c->fd, m->h.seq, 0, 0, NULL) < 0) {
 		pthread_mutex_destroy(&a->lock);
 		free(a);

@@ -29,6 +29,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -44,12 +45,14 @@ struct dd_agent {
 	int sock;
 	int pagemap;
 	int pidfd; /* our own process, for process_madvise(); -1 if unavailable */
+	int uffd;  /* our copy of the client's userfaultfd (do_remaps()); -1 if none */
 	pthread_t thread;
 	void *stack;
 	atomic_bool alive;
 	atomic_bool stopping; /* dd_agent_stop(): no reconnect */
 	dd_agent_lost_fn lost;
 	unsigned remap_delay_ms; /* tests: $DEDUP_TEST_REMAP_DELAY_MS, a stalled agent */
+	unsigned empty_delay_ms; /* tests: $DEDUP_TEST_EMPTY_DELAY_MS, runs left empty */
 };
 
 static _Atomic(dd_agent_balloon_fn) balloon_hook;
@@ -143,22 +146,148 @@ static void do_zaps(struct dd_agent *a, const struct dd_remap_entry *e, uint32_t
 	}
 }
 
-static int do_entry(struct dd_agent *a, const struct dd_remap_entry *e,
-		    const struct store_fd *stores, int nstores)
+static int do_entry(struct dd_agent *a, const struct dd_remap_entry *e, int fd)
 {
-	size_t len = (size_t)e->npages * PAGE_SIZE_;
-	void *p = (void *)(uintptr_t)e->addr;
-	int fd, r;
-
-	if ((r = check_entry(a, e)) < 0)
-		return r;
-	fd = store_lookup(stores, nstores, e->domain);
-	if (fd < 0)
-		return -EBADF;
-	if (mmap(p, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, fd,
+	if (mmap((void *)(uintptr_t)e->addr, (size_t)e->npages * PAGE_SIZE_,
+		 PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, fd,
 		 (off_t)e->store_off) == MAP_FAILED)
 		return -errno;
 	return 0;
+}
+
+static int uffd_register(int uffd, uint64_t addr, uint64_t len, uint64_t mode)
+{
+	struct uffdio_register reg = { .range = { addr, len }, .mode = mode };
+
+	return ioctl(uffd, UFFDIO_REGISTER, &reg) < 0 ? -errno : 0;
+}
+
+/*
+ * The mmap() of a run emptied by do_remaps() failed: put its pages back
+ * from the store (the daemon compared them with it under freeze, so they
+ * are the same bytes), then register the run for write-protect faults only.
+ * UFFDIO_COPY wakes the threads waiting for those pages.
+ */
+static void restore_run(struct dd_agent *a, const struct dd_remap_entry *e, int fd)
+{
+	uint8_t page[PAGE_SIZE_]; /* on the agent's stack, which is never frozen */
+	struct uffdio_range rg = { e->addr, (uint64_t)e->npages * PAGE_SIZE_ };
+
+	for (uint32_t i = 0; i < e->npages; i++) {
+		struct uffdio_copy cp = { .dst = e->addr + (uint64_t)i * PAGE_SIZE_,
+					  .src = (uintptr_t)page, .len = PAGE_SIZE_ };
+
+		if (pread(fd, page, PAGE_SIZE_, (off_t)(e->store_off + (uint64_t)i * PAGE_SIZE_)) !=
+		    PAGE_SIZE_)
+			memset(page, 0, PAGE_SIZE_); /* a hole reads as zeros too */
+		for (int tries = 0; tries < 100; tries++) {
+			if (ioctl(a->uffd, UFFDIO_COPY, &cp) == 0 || errno == EEXIST)
+				break; /* EEXIST: this page was never emptied */
+			if (errno != EAGAIN && errno != ENOMEM && errno != EINTR)
+				break;
+			usleep(1000);
+		}
+	}
+	/* No missing-page mode may stay: the daemon leaves those faults to us. */
+	if (ioctl(a->uffd, UFFDIO_UNREGISTER, &rg) == 0 &&
+	    uffd_register(a->uffd, rg.start, rg.len, UFFDIO_REGISTER_MODE_WP) == 0)
+		return;
+	for (uint32_t i = 0; i < e->npages; i++) { /* part of it unmapped meanwhile */
+		struct uffdio_range one = { e->addr + (uint64_t)i * PAGE_SIZE_, PAGE_SIZE_ };
+
+		if (ioctl(a->uffd, UFFDIO_UNREGISTER, &one) == 0)
+			uffd_register(a->uffd, one.start, one.len, UFFDIO_REGISTER_MODE_WP);
+	}
+}
+
+/* Is [addr, +len) still in VMAs registered with our uffd for write-protect
+ * faults (the application did not unmap it, or map something else there,
+ * meanwhile)? Write-protecting pages that are not there changes nothing. */
+static bool still_ours(int uffd, uint64_t addr, uint64_t len)
+{
+	struct uffdio_writeprotect wp = { .range = { addr, len },
+					  .mode = UFFDIO_WRITEPROTECT_MODE_WP };
+
+	return ioctl(uffd, UFFDIO_WRITEPROTECT, &wp) == 0;
+}
+
+/* fork() waits while runs are emptied: a child would keep them empty. */
+static pthread_mutex_t window_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void dd_agent_fork_prepare(void)
+{
+	pthread_mutex_lock(&window_lock);
+}
+
+void dd_agent_fork_done(void)
+{
+	pthread_mutex_unlock(&window_lock);
+}
+
+/*
+ * REMAP: map each run's store pages over it. An mmap() over pages that are
+ * present must flush them from the TLB, one exit to the hypervisor per page
+ * (up to 33) or a full flush on this kind of guest, which made the remap
+ * ~70 us a run. So the runs that lie in anonymous memory (DD_REMAP_ANON)
+ * are emptied first, all of them in one process_madvise(MADV_DONTNEED) (one
+ * flush), and the mmap()s then find nothing to flush.
+ *
+ * No thread of ours may read an emptied page before its mmap(): it would
+ * read zeros (and a write would be lost). So each such run is registered
+ * for missing-page faults on our copy of the uffd first: a thread that
+ * touches it waits in the kernel until the run is mapped and we wake it.
+ * We do that ourselves, not the daemon, so that a daemon that dies meanwhile
+ * changes nothing: the uffd lives on through our copy until we close it.
+ */
+static void do_remaps(struct dd_agent *a, const struct dd_remap_entry *e, uint32_t n,
+		      const struct store_fd *stores, int nstores, int32_t *res)
+{
+	struct iovec iov[DD_BATCH_MAX];
+	bool emptied[DD_BATCH_MAX];
+	int fds[DD_BATCH_MAX];
+	uint32_t k = 0;
+	ssize_t done = -1;
+
+	for (uint32_t i = 0; i < n; i++) {
+		emptied[i] = false;
+		fds[i] = store_lookup(stores, nstores, e[i].domain);
+		res[i] = check_entry(a, &e[i]);
+		if (!res[i] && fds[i] < 0)
+			res[i] = -EBADF;
+		if (res[i] || !(e[i].flags & DD_REMAP_ANON) || a->uffd < 0 || a->pidfd < 0)
+			continue;
+		if (uffd_register(a->uffd, e[i].addr, (uint64_t)e[i].npages * PAGE_SIZE_,
+				  UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP) < 0)
+			continue; /* mapped the plain way */
+		emptied[i] = true;
+		iov[k++] = (struct iovec){ (void *)(uintptr_t)e[i].addr,
+					   (size_t)e[i].npages * PAGE_SIZE_ };
+	}
+	if (k) {
+		pthread_mutex_lock(&window_lock);
+		done = syscall(SYS_process_madvise, a->pidfd, iov, k, MADV_DONTNEED, 0);
+		(void)done; /* runs it did not reach still hold pages: mmap() flushes them */
+		if (a->empty_delay_ms)
+			usleep(a->empty_delay_ms * 1000u);
+	}
+	for (uint32_t i = 0; i < n; i++) {
+		struct uffdio_range rg = { e[i].addr, (uint64_t)e[i].npages * PAGE_SIZE_ };
+
+		if (res[i])
+			continue;
+		if (emptied[i] && !still_ours(a->uffd, rg.start, rg.len)) {
+			res[i] = -ESTALE; /* never map over what the application put there */
+			restore_run(a, &e[i], fds[i]);
+			continue;
+		}
+		res[i] = do_entry(a, &e[i], fds[i]);
+		if (emptied[i] && res[i] == 0)
+			ioctl(a->uffd, UFFDIO_WAKE, &rg);
+		else if (emptied[i])
+			restore_run(a, &e[i], fds[i]);
+	}
+	if (k)
+		pthread_mutex_unlock(&window_lock);
 }
 
 /*
@@ -360,8 +489,7 @@ static void *agent_main(void *arg)
 		} else if (in.h.type == DD_MSG_REMAP) {
 			if (a->remap_delay_ms)
 				usleep(a->remap_delay_ms * 1000u);
-			for (uint32_t i = 0; i < in.batch.n; i++)
-				out.r.res[i] = do_entry(a, &in.batch.e[i], stores, nstores);
+			do_remaps(a, in.batch.e, in.batch.n, stores, nstores, out.r.res);
 			out.r.n = in.batch.n;
 		} else {
 			continue;
@@ -374,6 +502,11 @@ static void *agent_main(void *arg)
 	}
 	for (int i = 0; i < nstores; i++)
 		close(stores[i].fd);
+	/* Ours was the last copy of the uffd if the daemon is gone: closing it
+	 * releases every frozen page and wakes every waiter. */
+	if (a->uffd >= 0)
+		close(a->uffd);
+	a->uffd = -1;
 	atomic_store(&a->alive, false);
 	if (!atomic_load(&a->stopping) && a->lost)
 		a->lost(); /* nothing is frozen any more: the daemon is gone */
@@ -400,7 +533,7 @@ static int agent_hello(int sock, uint64_t client_id, uint64_t token)
 	return res->status;
 }
 
-int dd_agent_start(const char *sock_path, uint64_t client_id, uint64_t token,
+int dd_agent_start(const char *sock_path, uint64_t client_id, uint64_t token, int uffd,
 		   dd_agent_lost_fn lost, struct dd_agent **out)
 {
 	struct dd_agent *a = calloc(1, sizeof(*a));
@@ -408,13 +541,19 @@ int dd_agent_start(const char *sock_path, uint64_t client_id, uint64_t token,
 	pthread_attr_t attr;
 	int r;
 
-	if (!a)
+	if (!a) {
+		if (uffd >= 0)
+			close(uffd);
 		return -ENOMEM;
+	}
 	a->sock = a->pagemap = a->pidfd = -1;
+	a->uffd = uffd;
 	a->stack = MAP_FAILED;
 	a->lost = lost;
 	if (getenv("DEDUP_TEST_REMAP_DELAY_MS"))
 		a->remap_delay_ms = (unsigned)strtoul(getenv("DEDUP_TEST_REMAP_DELAY_MS"), NULL, 10);
+	if (getenv("DEDUP_TEST_EMPTY_DELAY_MS"))
+		a->empty_delay_ms = (unsigned)strtoul(getenv("DEDUP_TEST_EMPTY_DELAY_MS"), NULL, 10);
 	r = dd_sock_connect(sock_path);
 	if (r < 0)
 		goto fail;
@@ -476,6 +615,10 @@ void dd_agent_forget(struct dd_agent *a)
 		close(a->pagemap);
 	if (a->pidfd >= 0)
 		close(a->pidfd);
+	/* After fork() as well: a child's copy would keep the parent's uffd
+	 * alive after the daemon's death, and its frozen writers waiting. */
+	if (a->uffd >= 0)
+		close(a->uffd);
 	/* The stack of a thread that was not joined (after fork) must stay. */
 	if (a->stack != MAP_FAILED && !atomic_load(&a->alive))
 		munmap(a->stack, AGENT_STACK_BYTES);

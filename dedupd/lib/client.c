@@ -173,8 +173,14 @@ static void disconnect_locked(void)
 	g.agent = NULL;
 }
 
+static void atfork_parent(void)
+{
+	dd_agent_fork_done();
+}
+
 static void atfork_child(void)
 {
+	dd_agent_fork_done();
 	/* The child has no agent thread and must not talk on the parent's
 	 * connection: forget it (the parent's stays open). */
 	if (g.ctl >= 0)
@@ -198,12 +204,13 @@ static int connect_locked(void)
 	 * a SIGSEGV/SIGBUS handler for that, see agent.c). */
 	if (!noh || !*noh || !strcmp(noh, "0"))
 		hello.flags |= DD_HELLO_AGENT_HASH;
+	hello.flags |= DD_HELLO_AGENT_UNMAP;
 
 	if (g.ctl >= 0 && dd_agent_alive(g.agent))
 		return 0;
 	disconnect_locked();
 	if (!g.atfork_done) {
-		pthread_atfork(NULL, NULL, atfork_child);
+		pthread_atfork(dd_agent_fork_prepare, atfork_parent, atfork_child);
 		g.atfork_done = true;
 	}
 	r = dd_sock_connect(socket_path());
@@ -221,10 +228,13 @@ static int connect_locked(void)
 	}
 	dd_msg_init(&hello.h, DD_MSG_HELLO, sizeof(hello), ++g.seq);
 	r = request(&hello, sizeof(hello), uffd, idtok);
-	close(uffd); /* only dedupd holds it from now on */
-	if (r < 0)
+	if (r < 0) {
+		close(uffd);
 		goto fail;
-	r = dd_agent_start(socket_path(), idtok[0], idtok[1], agent_lost, &g.agent);
+	}
+	/* dedupd holds the uffd now, and so does our agent (agent.c, do_remaps()),
+	 * which closes it when dedupd goes away. */
+	r = dd_agent_start(socket_path(), idtok[0], idtok[1], uffd, agent_lost, &g.agent);
 	if (r < 0) {
 		set_err("cannot start the dedup agent: %s", strerror(-r));
 		goto fail;
