@@ -256,8 +256,8 @@ struct dd_worker {
 	struct merge *mq;
 	size_t nmq;
 	int64_t hint; /* last store slot allocated: the next goes after it */
-	struct dd_remap_entry e[2][DD_BATCH_MAX];
-	size_t first[2][DD_BATCH_MAX], len[2][DD_BATCH_MAX];
+	struct dd_remap_entry e[DD_BATCH_MAX];
+	size_t first[DD_BATCH_MAX], len[DD_BATCH_MAX];
 	int32_t res[DD_BATCH_MAX];
 	struct sbatch *b;	  /* two: the batch worked on, and the one ahead */
 	struct sbatch *out;	  /* its HASH request not answered yet (the */
@@ -1765,17 +1765,20 @@ static bool run_anon(const struct merge *m, size_t k)
 	return true;
 }
 
-/* Send the verified entries to the agent, coalesced into runs. */
+/* Send the verified entries to the agent, coalesced into runs, remaps and
+ * zaps in one request. */
 static void replace(struct dd_worker *w, struct dd_sclient *c, struct merge *q, size_t n)
 {
 	struct dd_scanner *s = w->s;
-	struct dd_remap_entry(*e)[DD_BATCH_MAX] = w->e;
-	size_t(*first)[DD_BATCH_MAX] = w->first, (*len)[DD_BATCH_MAX] = w->len;
+	struct dd_remap_entry *e = w->e;
+	size_t *first = w->first, *len = w->len;
 	int32_t *res = w->res;
-	uint32_t ne[2] = { 0, 0 };
+	uint32_t ne = 0, nzap = 0;
+	uint64_t t0;
+	int rc;
 
 	for (size_t i = 0, k; i < n; i += k) {
-		int z;
+		bool z;
 
 		k = run_len(q, n, i, true);
 		if (q[i].res)
@@ -1788,50 +1791,45 @@ static void replace(struct dd_worker *w, struct dd_sclient *c, struct merge *q, 
 		}
 		if (!z)
 			__atomic_fetch_add(&c->vmas, 2, __ATOMIC_RELAXED); /* splits one VMA in three */
-		e[z][ne[z]] = (struct dd_remap_entry){
+		e[ne] = (struct dd_remap_entry){
 			.addr = mq_addr(&q[i]),
 			.store_off = z ? 0 : (uint64_t)q[i].slot * DD_PAGE_SIZE,
 			.npages = (uint32_t)k & 0xffffff, /* k <= MAX_MERGE */
-			.flags = z ? 0 : run_anon(&q[i], k) ? DD_REMAP_ANON : 0,
-			.domain = q[i].r->dom->id,
+			.flags = z ? DD_REMAP_ZAP : run_anon(&q[i], k) ? DD_REMAP_ANON : 0,
+			.domain = z ? 0 : q[i].r->dom->id,
 		};
-		first[z][ne[z]] = i;
-		len[z][ne[z]++] = k;
+		nzap += z;
+		first[ne] = i;
+		len[ne++] = k;
 	}
+	if (!ne)
+		return;
 	pthread_mutex_lock(&c->fault_lock);
-	for (int z = 0; z < 2; z++)
-		for (uint32_t i = 0; i < ne[z]; i++)
-			add_range(&c->expect, &c->nexpect, e[z][i].addr,
-				  e[z][i].addr + (uint64_t)e[z][i].npages * DD_PAGE_SIZE);
+	for (uint32_t i = 0; i < ne; i++)
+		add_range(&c->expect, &c->nexpect, e[i].addr,
+			  e[i].addr + (uint64_t)e[i].npages * DD_PAGE_SIZE);
 	pthread_mutex_unlock(&c->fault_lock);
-	for (int z = 0; z < 2; z++) {
-		uint64_t t0;
-		int rc;
+	rc = -ENOTCONN;
+	if (c->agent) {
+		t0 = now_ns();
+		rc = s->ops.batch(c->agent, e, ne, res);
+		atomic_fetch_add(&s->merge_agent_ns, now_ns() - t0);
+		atomic_fetch_add(&s->zap_runs, nzap);
+		atomic_fetch_add(&s->remap_runs, ne - nzap);
+	}
+	if (rc == -ETIMEDOUT)
+		c->agent_doubt = true;
+	else if (rc == 0)
+		c->agent_doubt = false;
+	for (uint32_t i = 0; i < ne; i++) {
+		/* No answer: the agent may or may not have acted, or act later.
+		 * Count it as merged (and keep the share, see agent_doubt); once
+		 * the agent has answered again, the scan sees the truth in
+		 * pagemap and uncounts a page that was not. */
+		int v = rc == -ETIMEDOUT ? 0 : rc < 0 ? rc : res[i];
 
-		if (!ne[z])
-			continue;
-		rc = -ENOTCONN;
-		if (c->agent) {
-			t0 = now_ns();
-			rc = s->ops.batch(c->agent, z, e[z], ne[z], res);
-			atomic_fetch_add(&s->merge_agent_ns, now_ns() - t0);
-			atomic_fetch_add(z ? &s->zap_runs : &s->remap_runs, ne[z]);
-		}
-		if (rc == -ETIMEDOUT)
-			c->agent_doubt = true;
-		else if (rc == 0)
-			c->agent_doubt = false;
-		for (uint32_t i = 0; i < ne[z]; i++) {
-			/* No answer: the agent may or may not have acted, or act
-			 * later. Count it as merged (and keep the share, see
-			 * agent_doubt); once the agent has answered again, the
-			 * scan sees the truth in pagemap and uncounts a page that
-			 * was not. */
-			int v = rc == -ETIMEDOUT ? 0 : rc < 0 ? rc : res[i];
-
-			for (size_t j = first[z][i]; j < first[z][i] + len[z][i]; j++)
-				q[j].res = v;
-		}
+		for (size_t j = first[i]; j < first[i] + len[i]; j++)
+			q[j].res = v;
 	}
 }
 

@@ -25,11 +25,10 @@ struct dd_scanner;
 struct dd_sclient;
 
 struct dd_scan_ops {
-	/* Send a REMAP (zap=false) or ZAP batch to the agent and wait for one
-	 * result per entry in res[]. 0, or -errno if no answer came (then the
-	 * outcome of the batch is unknown). */
-	int (*batch)(void *agent, bool zap, const struct dd_remap_entry *e, uint32_t n,
-		     int32_t *res);
+	/* Send a batch of remaps and zaps (entries flagged DD_REMAP_ZAP) to the
+	 * agent and wait for one result per entry in res[]. 0, or -errno if no
+	 * answer came (then the outcome of the batch is unknown). */
+	int (*batch)(void *agent, const struct dd_remap_entry *e, uint32_t n, int32_t *res);
 	/* Hand the store memfd of domain to the agent. 0 or -errno. */
 	int (*send_store)(void *agent, uint32_t domain, int memfd);
 	/* Have the agent checksum n ranges (npages pages in all, at most

@@ -1035,6 +1035,35 @@ START_TEST(test_daemon_killed_in_remap_window)
 }
 END_TEST
 
+/* A client whose libdedup predates the DD_REMAP_* flags gets REMAP and ZAP
+ * apart, and no flags (its agent would refuse them): everything merges. */
+START_TEST(test_old_agent_gets_plain_batches)
+{
+	struct kid k[2];
+	int64_t zaps0 = h_stat(sock, "zap_runs");
+
+	H_SKIP_UNLESS_ROOT();
+	setenv("DEDUP_TEST_OLD_AGENT", "1", 1);
+	k[0] = kid_start(0);
+	unsetenv("DEDUP_TEST_OLD_AGENT");
+	k[1] = kid_start(1);
+	ck_assert_msg(h_wait_stat(sock, "pages_sharing", NDUP, false, 15000),
+		      "pages_sharing %lld, merge_failed %lld", (long long)h_stat(sock, "pages_sharing"),
+		      (long long)h_stat(sock, "merge_failed"));
+	ck_assert(h_wait_stat(sock, "zero_pages", 2 * NZERO, false, 5000));
+	ck_assert_int_eq(h_stat(sock, "pages_shared"), NDUP);
+	ck_assert_int_eq(h_stat(sock, "merge_failed"), 0);
+	ck_assert_int_gt(h_stat(sock, "zap_runs"), zaps0);
+	ck_assert_uint_eq(kid_cmd(&k[0], 'a'), NPAGES - NDUP - NZERO); /* remapped, zapped */
+	for (unsigned i = 0; i < 2; i++) {
+		ck_assert_uint_eq(kid_cmd(&k[i], 'v'), 0);
+		ck_assert_uint_eq(kid_cmd(&k[i], 'w'), 0);
+		ck_assert_uint_eq(kid_cmd(&k[i], 'v'), 0);
+		kid_stop(&k[i]);
+	}
+}
+END_TEST
+
 START_TEST(test_unmap_and_remap_registered)
 {
 	struct kid other;
@@ -1668,6 +1697,7 @@ static Suite *merge_suite(void)
 	tcase_set_timeout(tc, 60);
 	tcase_add_test(tc, test_emptied_runs_wait_for_remap);
 	tcase_add_test(tc, test_daemon_killed_in_remap_window);
+	tcase_add_test(tc, test_old_agent_gets_plain_batches);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -138,9 +138,12 @@ struct dd_remap_entry {
 	uint32_t domain;      /* ignored for ZAP */
 };
 
-/* REMAP entry flag: every page of the run lies in an anonymous VMA (never
- * in one of a store), so the agent may empty it before the mmap(). */
+/* REMAP entry flags. ANON: every page of the run lies in an anonymous VMA
+ * (never in one of a store), so the agent may empty it before the mmap().
+ * ZAP: a run of zero pages to zap, not to map (store_off and domain
+ * ignored): one REMAP then carries a batch's remaps and zaps. */
 #define DD_REMAP_ANON 1u
+#define DD_REMAP_ZAP 2u
 
 struct dd_msg_batch { /* REMAP and ZAP */
 	struct dd_msg_hdr h;

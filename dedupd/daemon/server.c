@@ -329,30 +329,62 @@ static int agent_call(struct agent_chan *a, struct dd_msg_hdr *msg, size_t len, 
 	return 0;
 }
 
-static int agent_batch(void *p, bool zap, const struct dd_remap_entry *e, uint32_t n,
-		       int32_t *res)
+/* One REMAP or ZAP message of n entries to the agent (a->lock held). */
+static int agent_batch_msg(struct agent_chan *a, uint16_t type, const struct dd_remap_entry *e,
+			   uint32_t n, int32_t *res)
 {
-	struct agent_chan *a = p;
 	size_t len = sizeof(struct dd_msg_batch) + n * sizeof(*e);
 	union {
 		char raw[DD_MSG_MAX];
 		struct dd_msg_batch b;
 	} u;
-	int r;
 
-	if (n > DD_BATCH_MAX)
-		return -E2BIG;
-	dd_msg_init(&u.b.h, zap ? DD_MSG_ZAP : DD_MSG_REMAP, len, 0);
+	dd_msg_init(&u.b.h, type, len, 0);
 	u.b.n = n;
 	u.b.pad = 0;
 	memcpy(u.b.e, e, n * sizeof(*e));
-	if (!a->unmap)
-		for (uint32_t i = 0; i < n; i++)
-			u.b.e[i].flags = 0;
+	return agent_call(a, &u.b.h, len, n, res);
+}
+
+/*
+ * A batch of remaps and zaps: one REMAP to an agent that takes DD_REMAP_*
+ * flags; to an older one, a REMAP of the remaps (flags cleared) and a ZAP of
+ * the zaps, the results put back in entry order.
+ */
+static int agent_batch(void *p, const struct dd_remap_entry *e, uint32_t n, int32_t *res)
+{
+	struct agent_chan *a = p;
+	struct dd_remap_entry part[2][DD_BATCH_MAX];
+	int32_t pres[2][DD_BATCH_MAX];
+	uint32_t np[2] = { 0, 0 }, at[2] = { 0, 0 };
+	int r = 0;
+
+	if (n > DD_BATCH_MAX)
+		return -E2BIG;
 	pthread_mutex_lock(&a->lock);
-	r = agent_call(a, &u.b.h, len, n, res);
+	if (a->unmap) {
+		r = agent_batch_msg(a, DD_MSG_REMAP, e, n, res);
+		pthread_mutex_unlock(&a->lock);
+		return r;
+	}
+	for (uint32_t i = 0; i < n; i++) {
+		int z = (e[i].flags & DD_REMAP_ZAP) != 0;
+
+		part[z][np[z]] = e[i];
+		part[z][np[z]++].flags = 0;
+	}
+	for (int z = 0; z < 2 && r == 0; z++)
+		if (np[z])
+			r = agent_batch_msg(a, z ? DD_MSG_ZAP : DD_MSG_REMAP, part[z], np[z], pres[z]);
 	pthread_mutex_unlock(&a->lock);
-	return r;
+	if (r < 0)
+		return r;
+	for (uint32_t i = 0; i < n; i++) {
+		int z = (e[i].flags & DD_REMAP_ZAP) != 0;
+
+		res[i] = pres[z][at[z]++];
+	}
+	return 0;
 }
 
 /*

@@ -53,6 +53,7 @@ struct dd_agent {
 	dd_agent_lost_fn lost;
 	unsigned remap_delay_ms; /* tests: $DEDUP_TEST_REMAP_DELAY_MS, a stalled agent */
 	unsigned empty_delay_ms; /* tests: $DEDUP_TEST_EMPTY_DELAY_MS, runs left empty */
+	bool old_proto;		 /* tests: $DEDUP_TEST_OLD_AGENT, no DD_REMAP_* flags */
 };
 
 static _Atomic(dd_agent_balloon_fn) balloon_hook;
@@ -111,39 +112,6 @@ static int check_entry(struct dd_agent *a, const struct dd_remap_entry *e)
 	if (!still_frozen(a->pagemap, e->addr, e->npages))
 		return -ESTALE;
 	return 0;
-}
-
-/*
- * ZAP: the frozen zero pages go, all runs of the batch in one
- * process_madvise(MADV_DONTNEED) on ourselves where the kernel has it: one
- * TLB flush for the batch instead of one per page of each short run (an exit
- * to the hypervisor each on a paravirtual guest). Runs it did not reach are
- * zapped one by one, each with its own result.
- */
-static void do_zaps(struct dd_agent *a, const struct dd_remap_entry *e, uint32_t n, int32_t *res)
-{
-	struct iovec iov[DD_BATCH_MAX];
-	uint32_t at[DD_BATCH_MAX], k = 0;
-	ssize_t done = -1;
-
-	for (uint32_t i = 0; i < n; i++) {
-		res[i] = check_entry(a, &e[i]);
-		if (!res[i]) {
-			iov[k] = (struct iovec){ (void *)(uintptr_t)e[i].addr,
-						 (size_t)e[i].npages * PAGE_SIZE_ };
-			at[k++] = i;
-		}
-	}
-	if (k > 1 && a->pidfd >= 0)
-		done = syscall(SYS_process_madvise, a->pidfd, iov, k, MADV_DONTNEED, 0);
-	for (uint32_t j = 0; j < k; j++) {
-		if (done >= (ssize_t)iov[j].iov_len) {
-			done -= (ssize_t)iov[j].iov_len;
-			continue;
-		}
-		done = -1;
-		res[at[j]] = madvise(iov[j].iov_base, iov[j].iov_len, MADV_DONTNEED) ? -errno : 0;
-	}
 }
 
 static int do_entry(struct dd_agent *a, const struct dd_remap_entry *e, int fd)
@@ -225,55 +193,77 @@ void dd_agent_fork_done(void)
 }
 
 /*
- * REMAP: map each run's store pages over it. An mmap() over pages that are
- * present must flush them from the TLB, one exit to the hypervisor per page
- * (up to 33) or a full flush on this kind of guest, which made the remap
- * ~70 us a run. So the runs that lie in anonymous memory (DD_REMAP_ANON)
- * are emptied first, all of them in one process_madvise(MADV_DONTNEED) (one
- * flush), and the mmap()s then find nothing to flush.
+ * REMAP: map each run's store pages over it, and zap the zero runs (entries
+ * flagged DD_REMAP_ZAP, or every entry of a ZAP).
  *
- * No thread of ours may read an emptied page before its mmap(): it would
- * read zeros (and a write would be lost). So each such run is registered
- * for missing-page faults on our copy of the uffd first: a thread that
- * touches it waits in the kernel until the run is mapped and we wake it.
- * We do that ourselves, not the daemon, so that a daemon that dies meanwhile
- * changes nothing: the uffd lives on through our copy until we close it.
+ * Zapping or mapping over pages that are present flushes them from the TLB:
+ * one exit to the hypervisor per page (up to 33) or a full flush on this
+ * kind of guest, which made a remap ~70 us a run. So the zero runs and the
+ * runs to remap that lie in anonymous memory (DD_REMAP_ANON) are all emptied
+ * in one process_madvise(MADV_DONTNEED) on ourselves (one flush), and the
+ * mmap()s then find nothing to flush.
+ *
+ * A zapped zero page reads as zeros, as it should. But no thread of ours may
+ * read a page to remap between the emptying and its mmap(): it would read
+ * zeros (and a write would be lost). So each such run is registered for
+ * missing-page faults on our copy of the uffd first: a thread that touches
+ * it waits in the kernel until the run is mapped and we wake it. We do that
+ * ourselves, not the daemon, so that a daemon that dies meanwhile changes
+ * nothing: the uffd lives on through our copy until we close it.
  */
 static void do_remaps(struct dd_agent *a, const struct dd_remap_entry *e, uint32_t n,
 		      const struct store_fd *stores, int nstores, int32_t *res)
 {
 	struct iovec iov[DD_BATCH_MAX];
+	uint32_t at[DD_BATCH_MAX], k = 0;
 	bool emptied[DD_BATCH_MAX];
 	int fds[DD_BATCH_MAX];
-	uint32_t k = 0;
 	ssize_t done = -1;
 
 	for (uint32_t i = 0; i < n; i++) {
+		bool zap = e[i].flags & DD_REMAP_ZAP;
+
 		emptied[i] = false;
-		fds[i] = store_lookup(stores, nstores, e[i].domain);
+		fds[i] = zap ? -1 : store_lookup(stores, nstores, e[i].domain);
 		res[i] = check_entry(a, &e[i]);
-		if (!res[i] && fds[i] < 0)
+		if (!res[i] && !zap && fds[i] < 0)
 			res[i] = -EBADF;
-		if (res[i] || !(e[i].flags & DD_REMAP_ANON) || a->uffd < 0 || a->pidfd < 0)
+		if (res[i] || (!zap && (!(e[i].flags & DD_REMAP_ANON) || a->uffd < 0 ||
+					a->pidfd < 0)))
 			continue;
-		if (uffd_register(a->uffd, e[i].addr, (uint64_t)e[i].npages * PAGE_SIZE_,
-				  UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP) < 0)
+		if (!zap && uffd_register(a->uffd, e[i].addr, (uint64_t)e[i].npages * PAGE_SIZE_,
+					  UFFDIO_REGISTER_MODE_MISSING |
+						  UFFDIO_REGISTER_MODE_WP) < 0)
 			continue; /* mapped the plain way */
-		emptied[i] = true;
-		iov[k++] = (struct iovec){ (void *)(uintptr_t)e[i].addr,
-					   (size_t)e[i].npages * PAGE_SIZE_ };
+		emptied[i] = !zap;
+		iov[k] = (struct iovec){ (void *)(uintptr_t)e[i].addr,
+					 (size_t)e[i].npages * PAGE_SIZE_ };
+		at[k++] = i;
 	}
 	if (k) {
 		pthread_mutex_lock(&window_lock);
-		done = syscall(SYS_process_madvise, a->pidfd, iov, k, MADV_DONTNEED, 0);
-		(void)done; /* runs it did not reach still hold pages: mmap() flushes them */
+		if (a->pidfd >= 0 && (k > 1 || emptied[at[0]]))
+			done = syscall(SYS_process_madvise, a->pidfd, iov, k, MADV_DONTNEED, 0);
+		/* Runs it did not reach: a zap is done on its own; a remap's
+		 * mmap() flushes the pages it replaces. */
+		for (uint32_t j = 0; j < k; j++) {
+			if (done >= (ssize_t)iov[j].iov_len) {
+				done -= (ssize_t)iov[j].iov_len;
+				continue;
+			}
+			done = -1;
+			if (e[at[j]].flags & DD_REMAP_ZAP)
+				res[at[j]] = madvise(iov[j].iov_base, iov[j].iov_len, MADV_DONTNEED)
+						     ? -errno
+						     : 0;
+		}
 		if (a->empty_delay_ms)
 			usleep(a->empty_delay_ms * 1000u);
 	}
 	for (uint32_t i = 0; i < n; i++) {
 		struct uffdio_range rg = { e[i].addr, (uint64_t)e[i].npages * PAGE_SIZE_ };
 
-		if (res[i])
+		if (res[i] || (e[i].flags & DD_REMAP_ZAP))
 			continue;
 		if (emptied[i] && !still_ours(a->uffd, rg.start, rg.len)) {
 			res[i] = -ESTALE; /* never map over what the application put there */
@@ -483,8 +473,18 @@ static void *agent_main(void *arg)
 		if (in.h.type == DD_MSG_BALLOON) {
 			out.r.res[0] = do_balloon(&in.balloon);
 			out.r.n = 1;
-		} else if (in.h.type == DD_MSG_ZAP) {
-			do_zaps(a, in.batch.e, in.batch.n, out.r.res);
+		} else if (in.h.type == DD_MSG_ZAP) { /* from a daemon that sends ZAPs */
+			for (uint32_t i = 0; i < in.batch.n; i++)
+				in.batch.e[i].flags = DD_REMAP_ZAP;
+			do_remaps(a, in.batch.e, in.batch.n, stores, nstores, out.r.res);
+			out.r.n = in.batch.n;
+		} else if (in.h.type == DD_MSG_REMAP && a->old_proto) {
+			/* An agent that predates the flags read them as part of
+			 * npages, and refused the entry. */
+			for (uint32_t i = 0; i < in.batch.n; i++)
+				if (in.batch.e[i].flags)
+					in.batch.e[i].npages = 0; /* -EINVAL */
+			do_remaps(a, in.batch.e, in.batch.n, stores, nstores, out.r.res);
 			out.r.n = in.batch.n;
 		} else if (in.h.type == DD_MSG_REMAP) {
 			if (a->remap_delay_ms)
@@ -552,6 +552,7 @@ int dd_agent_start(const char *sock_path, uint64_t client_id, uint64_t token, in
 	a->lost = lost;
 	if (getenv("DEDUP_TEST_REMAP_DELAY_MS"))
 		a->remap_delay_ms = (unsigned)strtoul(getenv("DEDUP_TEST_REMAP_DELAY_MS"), NULL, 10);
+	a->old_proto = getenv("DEDUP_TEST_OLD_AGENT") && strcmp(getenv("DEDUP_TEST_OLD_AGENT"), "0");
 	if (getenv("DEDUP_TEST_EMPTY_DELAY_MS"))
 		a->empty_delay_ms = (unsigned)strtoul(getenv("DEDUP_TEST_EMPTY_DELAY_MS"), NULL, 10);
 	r = dd_sock_connect(sock_path);

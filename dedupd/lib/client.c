@@ -198,13 +198,17 @@ static int connect_locked(void)
 	struct dd_msg_hello hello = { .uffd_features = DD_UFFD_FEATURES };
 	const char *noh = getenv("DEDUP_NO_AGENT_HASH");
 	uint64_t idtok[2] = { 0, 0 };
+	bool old;
 	int uffd, r;
 
 	/* The agent checksums pages in place unless told not to (it installs
 	 * a SIGSEGV/SIGBUS handler for that, see agent.c). */
 	if (!noh || !*noh || !strcmp(noh, "0"))
 		hello.flags |= DD_HELLO_AGENT_HASH;
-	hello.flags |= DD_HELLO_AGENT_UNMAP;
+	/* Tests: act as a libdedup from before DD_HELLO_AGENT_UNMAP. */
+	old = getenv("DEDUP_TEST_OLD_AGENT") && strcmp(getenv("DEDUP_TEST_OLD_AGENT"), "0");
+	if (!old)
+		hello.flags |= DD_HELLO_AGENT_UNMAP;
 
 	if (g.ctl >= 0 && dd_agent_alive(g.agent))
 		return 0;
@@ -234,6 +238,10 @@ static int connect_locked(void)
 	}
 	/* dedupd holds the uffd now, and so does our agent (agent.c, do_remaps()),
 	 * which closes it when dedupd goes away. */
+	if (old) {
+		close(uffd);
+		uffd = -1;
+	}
 	r = dd_agent_start(socket_path(), idtok[0], idtok[1], uffd, agent_lost, &g.agent);
 	if (r < 0) {
 		set_err("cannot start the dedup agent: %s", strerror(-r));
