@@ -953,6 +953,16 @@ int dd_scanner_unregister(struct dd_scanner *s, struct dd_sclient *c, uint64_t a
 	int rc = -ENOENT;
 
 	pthread_mutex_lock(&c->lock);
+	if (c->agent_doubt && c->agent) {
+		/* A REMAP left unanswered may still be carried out: wait for
+		 * the agent to answer an empty one (it works in order) before
+		 * the region's shares are given back and its registration
+		 * (which guards the runs the agent empties) goes. */
+		int32_t none[1];
+
+		if (s->ops.batch(c->agent, NULL, 0, none) == 0)
+			c->agent_doubt = false;
+	}
 	for (pp = &c->regions; (r = *pp); pp = &r->next)
 		if (r->start == addr && (uint64_t)r->npages * DD_PAGE_SIZE == len) {
 			*pp = r->next;

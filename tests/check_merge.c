@@ -884,6 +884,10 @@ static bool window_open(pid_t pid, uint64_t base)
 	return open_;
 }
 
+/* window_child(): ms after the window is seen open, unregister (0: never);
+ * out[3] is then dedup_unregister()'s result, not the forked child's. */
+static unsigned window_unregister_ms;
+
 static pid_t window_child(unsigned idx, unsigned ms, int *from, uint64_t *base)
 {
 	int p[2];
@@ -918,12 +922,17 @@ static pid_t window_child(unsigned idx, unsigned ms, int *from, uint64_t *base)
 		/* fork() in the window: it waits until the runs are mapped,
 		 * or the child would find them empty. */
 		out[3] = UINT32_MAX;
-		for (uint64_t t0 = h_now_ms(); h_now_ms() - t0 < 3000; h_sleep_ms(1)) {
+		for (uint64_t t0 = h_now_ms(); h_now_ms() - t0 < ms - 1000; h_sleep_ms(1)) {
 			pid_t g;
 			int st;
 
 			if (!window_open(getpid(), *base))
 				continue;
+			if (window_unregister_ms) {
+				h_sleep_ms(window_unregister_ms);
+				out[3] = (uint32_t)-dedup_unregister(mem, NPAGES * PAGE);
+				break;
+			}
 			g = fork();
 			if (g == 0) {
 				uint32_t bad = 0;
@@ -1029,6 +1038,44 @@ START_TEST(test_daemon_killed_in_remap_window)
 	ck_assert_msg(seen, "the remap window was never seen open");
 	ck_assert_msg(out[0] == 0, "%u reads saw the wrong bytes", out[0]);
 	ck_assert_msg(out[1] >= 500, "no read waited in the window (longest %u ms)", out[1]);
+	ck_assert_uint_eq(out[2], 0);
+	ck_assert_uint_eq(kid_cmd(&a, 'v'), 0);
+	kid_stop(&a);
+}
+END_TEST
+
+/*
+ * The application unregisters its region while its agent is still in the
+ * window of a REMAP the daemon stopped waiting for (agent timeout 500 ms,
+ * window held 900 ms): the daemon first waits for the agent to answer, or
+ * the unregistration would drop the missing-page mode that holds the
+ * readers, and they would read the empty pages (zeros).
+ */
+START_TEST(test_unregister_waits_for_late_remap)
+{
+	/* A long pause between passes: the scan is not waiting for the agent
+	 * (with the client locked) when the unregistration comes. */
+	const char *args[] = { "--pages-to-scan", "100000", "--sleep-millisecs", "1500",
+			       "--agent-timeout-ms", "500", NULL };
+	uint32_t out[4];
+	uint64_t base;
+	struct kid a;
+	int from;
+	pid_t b;
+
+	H_SKIP_UNLESS_ROOT();
+	h_daemon_stop(daemon_pid, SIGTERM);
+	daemon_pid = h_daemon_start(sock, args);
+	a = kid_start(0);
+	ck_assert(h_wait_stat(sock, "pages_unshared", NPAGES - NZERO, false, 10000));
+	setenv("DEDUP_TEST_EMPTY_DELAY_MS", "900", 1);
+	window_unregister_ms = 600;
+	b = window_child(1, 6000, &from, &base);
+	window_unregister_ms = 0;
+	unsetenv("DEDUP_TEST_EMPTY_DELAY_MS");
+	ck_assert_int_eq(window_wait(b, from, out, h_now_ms() + 30000), 0);
+	ck_assert_msg(out[3] == 0, "dedup_unregister: %s", strerror((int)out[3]));
+	ck_assert_msg(out[0] == 0, "%u reads saw the wrong bytes", out[0]);
 	ck_assert_uint_eq(out[2], 0);
 	ck_assert_uint_eq(kid_cmd(&a, 'v'), 0);
 	kid_stop(&a);
@@ -1698,6 +1745,7 @@ static Suite *merge_suite(void)
 	tcase_add_test(tc, test_emptied_runs_wait_for_remap);
 	tcase_add_test(tc, test_daemon_killed_in_remap_window);
 	tcase_add_test(tc, test_old_agent_gets_plain_batches);
+	tcase_add_test(tc, test_unregister_waits_for_late_remap);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -9,9 +9,11 @@
  *                each answered by RESULT.
  *   AGENT_HELLO  the same client's agent connection (client id + token from
  *                HELLO_OK). The daemon then sends STORE, REMAP and ZAP on it
- *                and the agent answers each REMAP/ZAP with AGENT_REPLY; and,
- *                if HELLO's flags had DD_HELLO_AGENT_HASH, HASH (ranges of its
- *                pages), answered by HASH_REPLY (a checksum per page).
+ *                and the agent answers each REMAP/ZAP with AGENT_REPLY (if
+ *                HELLO's flags had DD_HELLO_AGENT_UNMAP, one REMAP carries the
+ *                zaps too, DD_REMAP_ZAP, and no ZAP comes); and, if they had
+ *                DD_HELLO_AGENT_HASH, HASH (ranges of its pages), answered by
+ *                HASH_REPLY (a checksum per page).
  *   ADMIN        dedupctl: a text command; answered by RESULT whose text is JSON.
  * Reclaim: the daemon sends BALLOON (a balloon size) on the agent channel, and
  * the agent answers with a one-entry AGENT_REPLY at once; the application's

@@ -342,7 +342,8 @@ static int agent_batch_msg(struct agent_chan *a, uint16_t type, const struct dd_
 	dd_msg_init(&u.b.h, type, len, 0);
 	u.b.n = n;
 	u.b.pad = 0;
-	memcpy(u.b.e, e, n * sizeof(*e));
+	if (n)
+		memcpy(u.b.e, e, n * sizeof(*e));
 	return agent_call(a, &u.b.h, len, n, res);
 }
 
@@ -362,7 +363,7 @@ static int agent_batch(void *p, const struct dd_remap_entry *e, uint32_t n, int3
 	if (n > DD_BATCH_MAX)
 		return -E2BIG;
 	pthread_mutex_lock(&a->lock);
-	if (a->unmap) {
+	if (a->unmap || !n) { /* n = 0: a ping, answered once earlier requests are done */
 		r = agent_batch_msg(a, DD_MSG_REMAP, e, n, res);
 		pthread_mutex_unlock(&a->lock);
 		return r;
