@@ -982,28 +982,49 @@ static int window_wait(pid_t pid, int from, uint32_t out[4], uint64_t deadline_m
 	return 0;
 }
 
-START_TEST(test_emptied_runs_wait_for_remap)
+/*
+ * Start a sharer, then a window child whose agent holds each remap window
+ * open for delay_ms (readers for ms); with kill_daemon, SIGKILL the daemon
+ * once the window is seen open. out[] as window_child(). Checks that no
+ * read saw a wrong byte and that every page of both is right at the end.
+ */
+static void window_run(const char *delay_ms, unsigned ms, bool kill_daemon, uint32_t out[4])
 {
-	uint32_t out[4];
-	uint64_t base;
+	uint64_t base, t0;
+	bool seen = false;
 	struct kid a;
 	int from;
 	pid_t b;
 
-	H_SKIP_UNLESS_ROOT();
 	a = kid_start(0);
 	ck_assert(h_wait_stat(sock, "pages_unshared", NPAGES - NZERO, false, 10000));
-	setenv("DEDUP_TEST_EMPTY_DELAY_MS", "1000", 1);
-	b = window_child(1, 4000, &from, &base);
+	setenv("DEDUP_TEST_EMPTY_DELAY_MS", delay_ms, 1);
+	b = window_child(1, ms, &from, &base);
 	unsetenv("DEDUP_TEST_EMPTY_DELAY_MS");
-	ck_assert_int_eq(window_wait(b, from, out, h_now_ms() + 30000), 0);
+	if (kill_daemon) {
+		for (t0 = h_now_ms(); !seen && h_now_ms() - t0 < 4000; h_sleep_ms(1))
+			seen = window_open(b, base);
+		h_daemon_stop(daemon_pid, SIGKILL);
+		daemon_pid = 0;
+	}
+	ck_assert_msg(window_wait(b, from, out, h_now_ms() + 30000) == 0,
+		      "the client hangs%s", kill_daemon ? " after the daemon died" : "");
+	ck_assert_msg(!kill_daemon || seen, "the remap window was never seen open");
 	ck_assert_msg(out[0] == 0, "%u reads saw the wrong bytes", out[0]);
-	ck_assert_msg(out[1] >= 500, "no read waited in the window (longest %u ms)", out[1]);
 	ck_assert_uint_eq(out[2], 0);
-	ck_assert_msg(out[3] == 0, "a child forked in the window: %u pages wrong", out[3]);
-	ck_assert_int_eq(h_stat(sock, "merge_failed"), 0);
 	ck_assert_uint_eq(kid_cmd(&a, 'v'), 0);
 	kid_stop(&a);
+}
+
+START_TEST(test_emptied_runs_wait_for_remap)
+{
+	uint32_t out[4];
+
+	H_SKIP_UNLESS_ROOT();
+	window_run("1000", 4000, false, out);
+	ck_assert_msg(out[1] >= 500, "no read waited in the window (longest %u ms)", out[1]);
+	ck_assert_msg(out[3] == 0, "a child forked in the window: %u pages wrong", out[3]);
+	ck_assert_int_eq(h_stat(sock, "merge_failed"), 0);
 }
 END_TEST
 
@@ -1017,30 +1038,10 @@ END_TEST
 START_TEST(test_daemon_killed_in_remap_window)
 {
 	uint32_t out[4];
-	uint64_t base, t0;
-	struct kid a;
-	bool seen = false;
-	int from;
-	pid_t b;
 
 	H_SKIP_UNLESS_ROOT();
-	a = kid_start(0);
-	ck_assert(h_wait_stat(sock, "pages_unshared", NPAGES - NZERO, false, 10000));
-	setenv("DEDUP_TEST_EMPTY_DELAY_MS", "2000", 1);
-	b = window_child(1, 5000, &from, &base);
-	unsetenv("DEDUP_TEST_EMPTY_DELAY_MS");
-	for (t0 = h_now_ms(); !seen && h_now_ms() - t0 < 4000; h_sleep_ms(1))
-		seen = window_open(b, base);
-	h_daemon_stop(daemon_pid, SIGKILL);
-	daemon_pid = 0;
-	ck_assert_msg(window_wait(b, from, out, h_now_ms() + 30000) == 0,
-		      "the client hangs after the daemon died");
-	ck_assert_msg(seen, "the remap window was never seen open");
-	ck_assert_msg(out[0] == 0, "%u reads saw the wrong bytes", out[0]);
+	window_run("2000", 5000, true, out);
 	ck_assert_msg(out[1] >= 500, "no read waited in the window (longest %u ms)", out[1]);
-	ck_assert_uint_eq(out[2], 0);
-	ck_assert_uint_eq(kid_cmd(&a, 'v'), 0);
-	kid_stop(&a);
 }
 END_TEST
 
@@ -1058,27 +1059,14 @@ START_TEST(test_unregister_waits_for_late_remap)
 	const char *args[] = { "--pages-to-scan", "100000", "--sleep-millisecs", "1500",
 			       "--agent-timeout-ms", "500", NULL };
 	uint32_t out[4];
-	uint64_t base;
-	struct kid a;
-	int from;
-	pid_t b;
 
 	H_SKIP_UNLESS_ROOT();
 	h_daemon_stop(daemon_pid, SIGTERM);
 	daemon_pid = h_daemon_start(sock, args);
-	a = kid_start(0);
-	ck_assert(h_wait_stat(sock, "pages_unshared", NPAGES - NZERO, false, 10000));
-	setenv("DEDUP_TEST_EMPTY_DELAY_MS", "900", 1);
 	window_unregister_ms = 600;
-	b = window_child(1, 6000, &from, &base);
+	window_run("900", 6000, false, out);
 	window_unregister_ms = 0;
-	unsetenv("DEDUP_TEST_EMPTY_DELAY_MS");
-	ck_assert_int_eq(window_wait(b, from, out, h_now_ms() + 30000), 0);
 	ck_assert_msg(out[3] == 0, "dedup_unregister: %s", strerror((int)out[3]));
-	ck_assert_msg(out[0] == 0, "%u reads saw the wrong bytes", out[0]);
-	ck_assert_uint_eq(out[2], 0);
-	ck_assert_uint_eq(kid_cmd(&a, 'v'), 0);
-	kid_stop(&a);
 }
 END_TEST
 
