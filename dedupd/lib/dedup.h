@@ -16,7 +16,13 @@
  * before it; a handler the program installs afterwards turns this off, and so
  * does DEDUP_NO_AGENT_HASH=1 in the environment (dedupd then copies pages).
  * Creating the userfaultfd needs root or CAP_SYS_PTRACE, or read-write access to
- * /dev/userfaultfd; see README "Unprivileged clients".
+ * /dev/userfaultfd; see README "Unprivileged clients". The agent keeps a copy of
+ * it (closed if dedupd goes away), and fork() waits for the agent while pages
+ * it remaps are briefly unmapped (a pthread_atfork handler).
+ *
+ * A write to a page that dedupd is merging, or any access in the moment its
+ * shared page is mapped in, waits briefly in the kernel; the program notices
+ * nothing else.
  *
  * The range must be private anonymous, readable and writable memory of this
  * process (mmap(MAP_PRIVATE|MAP_ANONYMOUS) or malloc'ed pages), page aligned.
