@@ -21,6 +21,9 @@
  *   rival      plain, while another process does the same (faults its
  *              memory in, remaps it) on another CPU: two agents merging at
  *              once, or an agent next to an application busy with its memory
+ *   emptied    uffd-wp, the remap done as libdedup's agent does it: runs
+ *              registered for missing-page faults, emptied 32 at a time in
+ *              one process_madvise(MADV_DONTNEED), then mapped
  *
  * Usage: dd-remapcost [--mib N] [--rounds N]. Prints a table of microseconds
  * per operation and per page. Needs userfaultfd for unprivileged users
@@ -42,14 +45,19 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #define PG 4096UL
 
-enum cond { PLAIN, UFFD_WP, EVENTS, BUSY, RIVAL, NCOND };
-static const char *const cond_name[NCOND] = { "plain", "uffd-wp", "+events", "+busy", "rival" };
+enum cond { PLAIN, UFFD_WP, EVENTS, BUSY, RIVAL, EMPTIED, NCOND };
+static const char *const cond_name[NCOND] = { "plain",	"uffd-wp", "+events",
+					      "+busy", "rival",	  "emptied" };
+
+/* Runs per batch in the emptied condition (a merge batch has ~20 in W1). */
+#define EMPTY_BATCH 32
 
 static atomic_bool stop;
 
@@ -130,6 +138,56 @@ static int uffd_open(bool events)
 	return fd;
 }
 
+/*
+ * The remap as libdedup's agent does it (agent.c, do_remaps()), EMPTY_BATCH
+ * runs at a time: each run registered for missing-page faults, all emptied
+ * in one process_madvise(MADV_DONTNEED) (one TLB flush), then each mapped
+ * and woken. Returns the number of runs.
+ */
+static size_t remap_emptied(uint8_t *m, size_t run, size_t npages, int memfd, int uffd)
+{
+	int pidfd = (int)syscall(SYS_pidfd_open, getpid(), 0);
+	struct iovec iov[EMPTY_BATCH];
+	size_t n = 0, k = 0;
+
+	if (pidfd < 0) {
+		perror("dd-remapcost: pidfd_open");
+		exit(1);
+	}
+	for (size_t i = 0; i + run <= npages; i += 2 * run) {
+		struct uffdio_register reg = { .range = { (uintptr_t)(m + i * PG), run * PG },
+					       .mode = UFFDIO_REGISTER_MODE_MISSING |
+						       UFFDIO_REGISTER_MODE_WP };
+
+		if (ioctl(uffd, UFFDIO_REGISTER, &reg) < 0) {
+			perror("dd-remapcost: UFFDIO_REGISTER");
+			exit(1);
+		}
+		iov[k++] = (struct iovec){ m + i * PG, run * PG };
+		if (k < EMPTY_BATCH && i + 3 * run <= npages)
+			continue;
+		if (syscall(SYS_process_madvise, pidfd, iov, k, MADV_DONTNEED, 0) < 0) {
+			perror("dd-remapcost: process_madvise");
+			exit(1);
+		}
+		for (size_t j = 0; j < k; j++) {
+			struct uffdio_range rg = { (uintptr_t)iov[j].iov_base, iov[j].iov_len };
+
+			if (mmap(iov[j].iov_base, iov[j].iov_len, PROT_READ | PROT_WRITE,
+				 MAP_PRIVATE | MAP_FIXED, memfd,
+				 (off_t)((uint8_t *)iov[j].iov_base - m)) == MAP_FAILED) {
+				perror("dd-remapcost: remap");
+				exit(1);
+			}
+			ioctl(uffd, UFFDIO_WAKE, &rg);
+		}
+		n += k;
+		k = 0;
+	}
+	close(pidfd);
+	return n;
+}
+
 struct result {
 	double remap_us, wp_us; /* per operation */
 };
@@ -160,7 +218,7 @@ static struct result measure(enum cond c, size_t run, size_t npages, int memfd)
 		struct uffdio_register reg = { .range = { (uintptr_t)m, npages * PG },
 					       .mode = UFFDIO_REGISTER_MODE_WP };
 
-		uffd = uffd_open(c >= EVENTS);
+		uffd = uffd_open(c == EVENTS || c == BUSY);
 		if (ioctl(uffd, UFFDIO_REGISTER, &reg) < 0) {
 			fprintf(stderr, "dd-remapcost: UFFDIO_REGISTER: %s\n", strerror(errno));
 			exit(1);
@@ -187,12 +245,15 @@ static struct result measure(enum cond c, size_t run, size_t npages, int memfd)
 	}
 	n = 0;
 	t0 = now_s();
-	for (size_t i = 0; i + run <= npages; i += 2 * run, n++)
-		if (mmap(m + i * PG, run * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, memfd,
-			 (off_t)(i * PG)) == MAP_FAILED) {
-			perror("dd-remapcost: remap");
-			exit(1);
-		}
+	if (c == EMPTIED)
+		n = remap_emptied(m, run, npages, memfd, uffd);
+	else
+		for (size_t i = 0; i + run <= npages; i += 2 * run, n++)
+			if (mmap(m + i * PG, run * PG, PROT_READ | PROT_WRITE,
+				 MAP_PRIVATE | MAP_FIXED, memfd, (off_t)(i * PG)) == MAP_FAILED) {
+				perror("dd-remapcost: remap");
+				exit(1);
+			}
 	r.remap_us = (now_s() - t0) / (double)n * 1e6;
 	atomic_store(&stop, true);
 	if (rival > 0) {
