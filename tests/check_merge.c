@@ -1070,6 +1070,66 @@ START_TEST(test_unregister_waits_for_late_remap)
 }
 END_TEST
 
+/* The descriptor number of this process's userfaultfd (the agent's copy), or -1. */
+static int find_uffd(void)
+{
+	for (int fd = 3; fd < 1024; fd++) {
+		char path[64], target[64];
+		ssize_t n;
+
+		snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+		n = readlink(path, target, sizeof(target) - 1);
+		if (n > 0) {
+			target[n] = 0;
+			if (!strcmp(target, "anon_inode:[userfaultfd]"))
+				return fd;
+		}
+	}
+	return -1;
+}
+
+/*
+ * An application that closes every descriptor (daemonizing) closes the
+ * agent's copy of the uffd too, and the number may name one of its own files
+ * by the time the agent ends: the agent must not close that.
+ */
+START_TEST(test_agent_leaves_reused_uffd_number)
+{
+	int p[2], st;
+	pid_t pid;
+	char c;
+
+	H_SKIP_UNLESS_ROOT();
+	ck_assert_int_eq(pipe(p), 0);
+	pid = fork();
+	if (pid == 0) {
+		uint8_t *m = mmap(NULL, NPAGES * PAGE, PROT_READ | PROT_WRITE,
+				  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		int fd, null;
+
+		memset(m, 1, NPAGES * PAGE);
+		if (dedup_register(m, NPAGES * PAGE, NULL) || (fd = find_uffd()) < 0)
+			_exit(2);
+		null = open("/dev/null", O_RDONLY);
+		if (null < 0 || dup2(null, fd) != fd) /* the number now names /dev/null */
+			_exit(3);
+		close(null);
+		if (write(p[1], "r", 1) != 1)
+			_exit(4);
+		h_sleep_ms(1500); /* the daemon stops; the agent ends */
+		_exit(fcntl(fd, F_GETFD) < 0 ? 1 : 0);
+	}
+	close(p[1]);
+	ck_assert_int_eq(read(p[0], &c, 1), 1);
+	close(p[0]);
+	h_daemon_stop(daemon_pid, SIGTERM);
+	daemon_pid = 0;
+	waitpid(pid, &st, 0);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0,
+		      "status %d (1: the agent closed a descriptor that was no longer its own)", st);
+}
+END_TEST
+
 /* A client whose libdedup predates the DD_REMAP_* flags gets REMAP and ZAP
  * apart, and no flags (its agent would refuse them): everything merges. */
 START_TEST(test_old_agent_gets_plain_batches)
@@ -1734,6 +1794,7 @@ static Suite *merge_suite(void)
 	tcase_add_test(tc, test_daemon_killed_in_remap_window);
 	tcase_add_test(tc, test_old_agent_gets_plain_batches);
 	tcase_add_test(tc, test_unregister_waits_for_late_remap);
+	tcase_add_test(tc, test_agent_leaves_reused_uffd_number);
 	suite_add_tcase(s, tc);
 	return s;
 }

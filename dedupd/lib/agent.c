@@ -27,6 +27,7 @@
 #include <setjmp.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -177,6 +178,24 @@ static bool still_ours(int uffd, uint64_t addr, uint64_t len)
 					  .mode = UFFDIO_WRITEPROTECT_MODE_WP };
 
 	return ioctl(uffd, UFFDIO_WRITEPROTECT, &wp) == 0;
+}
+
+/* Close our copy of the uffd, unless the application closed that descriptor
+ * (a daemonizing close of every fd) and the number now names something else. */
+static void uffd_close(int fd)
+{
+	char path[64], target[64];
+	ssize_t n;
+
+	if (fd < 0)
+		return;
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+	n = readlink(path, target, sizeof(target) - 1);
+	if (n > 0) {
+		target[n] = 0;
+		if (!strcmp(target, "anon_inode:[userfaultfd]"))
+			close(fd);
+	}
 }
 
 /* fork() waits while runs are emptied: a child would keep them empty. */
@@ -504,8 +523,7 @@ static void *agent_main(void *arg)
 		close(stores[i].fd);
 	/* Ours was the last copy of the uffd if the daemon is gone: closing it
 	 * releases every frozen page and wakes every waiter. */
-	if (a->uffd >= 0)
-		close(a->uffd);
+	uffd_close(a->uffd);
 	a->uffd = -1;
 	atomic_store(&a->alive, false);
 	if (!atomic_load(&a->stopping) && a->lost)
@@ -542,8 +560,7 @@ int dd_agent_start(const char *sock_path, uint64_t client_id, uint64_t token, in
 	int r;
 
 	if (!a) {
-		if (uffd >= 0)
-			close(uffd);
+		uffd_close(uffd);
 		return -ENOMEM;
 	}
 	a->sock = a->pagemap = a->pidfd = -1;
@@ -618,8 +635,7 @@ void dd_agent_forget(struct dd_agent *a)
 		close(a->pidfd);
 	/* After fork() as well: a child's copy would keep the parent's uffd
 	 * alive after the daemon's death, and its frozen writers waiting. */
-	if (a->uffd >= 0)
-		close(a->uffd);
+	uffd_close(a->uffd);
 	/* The stack of a thread that was not joined (after fork) must stay. */
 	if (a->stack != MAP_FAILED && !atomic_load(&a->alive))
 		munmap(a->stack, AGENT_STACK_BYTES);
