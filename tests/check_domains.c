@@ -166,6 +166,32 @@ static int store_fds_read_only(pid_t pid)
 	return n;
 }
 
+/* How many userfaultfds process pid holds: its agent's copy, unless the
+ * uffd is user-mode-only (the agent then maps runs the plain way). */
+static int uffd_fds(pid_t pid)
+{
+	char dir[64], path[512], link[64];
+	struct dirent *e;
+	int n = 0;
+	DIR *d;
+
+	snprintf(dir, sizeof(dir), "/proc/%d/fd", (int)pid);
+	d = opendir(dir);
+	ck_assert_ptr_nonnull(d);
+	while ((e = readdir(d))) {
+		ssize_t len;
+
+		snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+		len = readlink(path, link, sizeof(link) - 1);
+		if (len <= 0)
+			continue;
+		link[len] = 0;
+		n += !strcmp(link, "anon_inode:[userfaultfd]");
+	}
+	closedir(d);
+	return n;
+}
+
 /*
  * Two children with identical pages in the given domains; the number of
  * frames they share after the daemon has scanned them three times, or after
@@ -200,6 +226,10 @@ static int run_pair(const char *tag, uid_t uid2, uint32_t dom1, uint64_t salt1, 
 	same = a1 && a2 ? common_frames(k1.pid, a1, k2.pid, a2) : -1;
 	if (expect_shared) /* both agents were sent the store */
 		ck_assert_int_eq(store_fds_read_only(k1.pid) + store_fds_read_only(k2.pid), 2);
+	if (expect_shared) { /* root's uffd sees kernel faults; uid 65534's does not */
+		ck_assert_int_eq(uffd_fds(k1.pid), 1);
+		ck_assert_int_eq(uffd_fds(k2.pid), uid2 ? 0 : 1);
+	}
 	printf("%s: %d of %d pages on common frames (pages_sharing %lld, merges %lld)\n", tag,
 	       same, NPAGES, (long long)h_stat(sock, "pages_sharing"),
 	       (long long)h_stat(sock, "merges"));

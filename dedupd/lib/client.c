@@ -97,8 +97,9 @@ static const char *socket_path(void)
 	return p && *p ? p : DD_DEFAULT_SOCKET;
 }
 
-/* Create the userfaultfd that dedupd will hold (README: Unprivileged clients). */
-static int uffd_create(void)
+/* Create the userfaultfd that dedupd will hold (README: Unprivileged clients);
+ * *umo set if it only sees faults from user mode. */
+static int uffd_create(bool *umo_only)
 {
 	struct uffdio_api api = { .api = UFFD_API, .features = DD_UFFD_FEATURES };
 	int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
@@ -112,9 +113,11 @@ static int uffd_create(void)
 			close(dev);
 		}
 		umo = getenv("DEDUP_UFFD_USER_MODE_ONLY");
-		if (fd < 0 && umo && !strcmp(umo, "1"))
+		if (fd < 0 && umo && !strcmp(umo, "1")) {
 			fd = (int)syscall(SYS_userfaultfd,
 					  O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
+			*umo_only = fd >= 0;
+		}
 		if (fd < 0)
 			errno = EPERM;
 	}
@@ -198,7 +201,7 @@ static int connect_locked(void)
 	struct dd_msg_hello hello = { .uffd_features = DD_UFFD_FEATURES };
 	const char *noh = getenv("DEDUP_NO_AGENT_HASH");
 	uint64_t idtok[2] = { 0, 0 };
-	bool old;
+	bool old, umo_only = false;
 	int uffd, r;
 
 	/* The agent checksums pages in place unless told not to (it installs
@@ -223,7 +226,7 @@ static int connect_locked(void)
 		return r;
 	}
 	g.ctl = r;
-	uffd = uffd_create();
+	uffd = uffd_create(&umo_only);
 	if (uffd < 0) {
 		set_err("cannot create a userfaultfd: %s (need root, CAP_SYS_PTRACE or "
 			"access to /dev/userfaultfd)", strerror(-uffd));
@@ -238,7 +241,10 @@ static int connect_locked(void)
 	}
 	/* dedupd holds the uffd now, and so does our agent (agent.c, do_remaps()),
 	 * which closes it when dedupd goes away. */
-	if (old) {
+	/* Without it the agent maps runs the plain way (one TLB flush each).
+	 * A user-mode-only uffd cannot hold the kernel's own reads of a run
+	 * it empties (a write() from it would fail with EFAULT). */
+	if (old || umo_only) {
 		close(uffd);
 		uffd = -1;
 	}
