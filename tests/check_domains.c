@@ -228,7 +228,7 @@ static int run_pair(const char *tag, uid_t uid2, uint32_t dom1, uint64_t salt1, 
 		ck_assert_int_eq(store_fds_read_only(k1.pid) + store_fds_read_only(k2.pid), 2);
 	if (expect_shared) { /* root's uffd sees kernel faults; uid 65534's does not */
 		ck_assert_int_eq(uffd_fds(k1.pid), 1);
-		ck_assert_int_eq(uffd_fds(k2.pid), uid2 ? 0 : 1);
+		ck_assert_int_eq(uffd_fds(k2.pid), (uid2 ? 0 : 1));
 	}
 	printf("%s: %d of %d pages on common frames (pages_sharing %lld, merges %lld)\n", tag,
 	       same, NPAGES, (long long)h_stat(sock, "pages_sharing"),
