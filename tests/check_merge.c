@@ -1070,6 +1070,34 @@ START_TEST(test_unregister_waits_for_late_remap)
 }
 END_TEST
 
+/*
+ * The mmap() of an emptied run fails (as it would at vm.max_map_count; here
+ * $DEDUP_TEST_REMAP_FAIL makes it): the agent puts the run's bytes back from
+ * the store and drops the missing-page mode. Every page reads right, writes
+ * go through, nothing hangs, and the merges count as failed.
+ */
+START_TEST(test_failed_remap_restores_emptied_runs)
+{
+	struct kid k[2];
+
+	H_SKIP_UNLESS_ROOT();
+	k[0] = kid_start(0);
+	ck_assert(h_wait_stat(sock, "pages_unshared", NPAGES - NZERO, false, 10000));
+	setenv("DEDUP_TEST_REMAP_FAIL", "1", 1);
+	k[1] = kid_start(1);
+	unsetenv("DEDUP_TEST_REMAP_FAIL");
+	ck_assert_msg(h_wait_stat(sock, "merge_failed", NDUP, false, 10000), "merge_failed %lld",
+		      (long long)h_stat(sock, "merge_failed"));
+	for (unsigned i = 0; i < 2; i++) {
+		ck_assert_uint_eq(kid_cmd(&k[i], 'v'), 0);
+		ck_assert_uint_eq(kid_cmd(&k[i], 'w'), 0);
+		ck_assert_uint_eq(kid_cmd(&k[i], 'v'), 0);
+	}
+	for (unsigned i = 0; i < 2; i++)
+		kid_stop(&k[i]);
+}
+END_TEST
+
 /* The descriptor number of this process's userfaultfd (the agent's copy), or -1. */
 static int find_uffd(void)
 {
@@ -1795,6 +1823,7 @@ static Suite *merge_suite(void)
 	tcase_add_test(tc, test_old_agent_gets_plain_batches);
 	tcase_add_test(tc, test_unregister_waits_for_late_remap);
 	tcase_add_test(tc, test_agent_leaves_reused_uffd_number);
+	tcase_add_test(tc, test_failed_remap_restores_emptied_runs);
 	suite_add_tcase(s, tc);
 	return s;
 }

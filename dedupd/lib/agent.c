@@ -55,6 +55,7 @@ struct dd_agent {
 	unsigned remap_delay_ms; /* tests: $DEDUP_TEST_REMAP_DELAY_MS, a stalled agent */
 	unsigned empty_delay_ms; /* tests: $DEDUP_TEST_EMPTY_DELAY_MS, runs left empty */
 	bool old_proto;		 /* tests: $DEDUP_TEST_OLD_AGENT, no DD_REMAP_* flags */
+	bool remap_fail;	 /* tests: $DEDUP_TEST_REMAP_FAIL, mmap() of emptied runs fails */
 };
 
 static _Atomic(dd_agent_balloon_fn) balloon_hook;
@@ -289,7 +290,7 @@ static void do_remaps(struct dd_agent *a, const struct dd_remap_entry *e, uint32
 			restore_run(a, &e[i], fds[i]);
 			continue;
 		}
-		res[i] = do_entry(a, &e[i], fds[i]);
+		res[i] = emptied[i] && a->remap_fail ? -ENOMEM : do_entry(a, &e[i], fds[i]);
 		if (emptied[i] && res[i] == 0)
 			ioctl(a->uffd, UFFDIO_WAKE, &rg);
 		else if (emptied[i])
@@ -570,6 +571,7 @@ int dd_agent_start(const char *sock_path, uint64_t client_id, uint64_t token, in
 	if (getenv("DEDUP_TEST_REMAP_DELAY_MS"))
 		a->remap_delay_ms = (unsigned)strtoul(getenv("DEDUP_TEST_REMAP_DELAY_MS"), NULL, 10);
 	a->old_proto = getenv("DEDUP_TEST_OLD_AGENT") && strcmp(getenv("DEDUP_TEST_OLD_AGENT"), "0");
+	a->remap_fail = getenv("DEDUP_TEST_REMAP_FAIL") && strcmp(getenv("DEDUP_TEST_REMAP_FAIL"), "0");
 	if (getenv("DEDUP_TEST_EMPTY_DELAY_MS"))
 		a->empty_delay_ms = (unsigned)strtoul(getenv("DEDUP_TEST_EMPTY_DELAY_MS"), NULL, 10);
 	r = dd_sock_connect(sock_path);
