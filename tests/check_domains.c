@@ -121,14 +121,11 @@ static int common_frames(pid_t p1, uint64_t a1, pid_t p2, uint64_t a2)
 	return same;
 }
 
-/*
- * The store descriptors the agent of pid holds: each must be read-only, of
- * a file only its owner may open for writing (0600), so that a client cannot
- * write into pages it shares with others. Their number.
- */
-static int store_fds_read_only(pid_t pid)
+/* The sum of fn over the descriptors of process pid (fd: its number as text,
+ * link: what it names). */
+static int fd_sum(pid_t pid, int (*fn)(pid_t pid, const char *fd, const char *link))
 {
-	char dir[64], path[512], link[256], line[128];
+	char dir[64], path[512], link[256];
 	struct dirent *e;
 	int n = 0;
 	DIR *d;
@@ -138,58 +135,62 @@ static int store_fds_read_only(pid_t pid)
 	ck_assert_ptr_nonnull(d);
 	while ((e = readdir(d))) {
 		ssize_t len;
-		struct stat sb;
-		unsigned flags = ~0u;
-		FILE *f;
 
 		snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
 		len = readlink(path, link, sizeof(link) - 1);
 		if (len <= 0)
 			continue;
 		link[len] = 0;
-		if (!strstr(link, "dedupd-store"))
-			continue;
-		ck_assert_int_eq(stat(path, &sb), 0);
-		ck_assert_msg((sb.st_mode & 0777) == 0600, "%s: mode %o", link, sb.st_mode & 0777);
-		snprintf(path, sizeof(path), "/proc/%d/fdinfo/%s", (int)pid, e->d_name);
-		f = fopen(path, "re");
-		ck_assert_ptr_nonnull(f);
-		while (fgets(line, sizeof(line), f))
-			if (sscanf(line, "flags: %o", &flags) == 1)
-				break;
-		fclose(f);
-		ck_assert_msg((flags & O_ACCMODE) == O_RDONLY, "%s held with flags %o", link,
-			      flags);
-		n++;
+		n += fn(pid, e->d_name, link);
 	}
 	closedir(d);
 	return n;
+}
+
+/* A store descriptor must be read-only, of a file only its owner may open
+ * for writing (0600), so that a client cannot write into pages it shares
+ * with others. 1 for a store descriptor, else 0. */
+static int store_fd_read_only(pid_t pid, const char *fd, const char *link)
+{
+	char path[512], line[128];
+	unsigned flags = ~0u;
+	struct stat sb;
+	FILE *f;
+
+	if (!strstr(link, "dedupd-store"))
+		return 0;
+	snprintf(path, sizeof(path), "/proc/%d/fd/%s", (int)pid, fd);
+	ck_assert_int_eq(stat(path, &sb), 0);
+	ck_assert_msg((sb.st_mode & 0777) == 0600, "%s: mode %o", link, sb.st_mode & 0777);
+	snprintf(path, sizeof(path), "/proc/%d/fdinfo/%s", (int)pid, fd);
+	f = fopen(path, "re");
+	ck_assert_ptr_nonnull(f);
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "flags: %o", &flags) == 1)
+			break;
+	fclose(f);
+	ck_assert_msg((flags & O_ACCMODE) == O_RDONLY, "%s held with flags %o", link, flags);
+	return 1;
+}
+
+/* The store descriptors the agent of pid holds, each checked. Their number. */
+static int store_fds_read_only(pid_t pid)
+{
+	return fd_sum(pid, store_fd_read_only);
+}
+
+static int is_uffd(pid_t pid, const char *fd, const char *link)
+{
+	(void)pid;
+	(void)fd;
+	return !strcmp(link, "anon_inode:[userfaultfd]");
 }
 
 /* How many userfaultfds process pid holds: its agent's copy, unless the
  * uffd is user-mode-only (the agent then maps runs the plain way). */
 static int uffd_fds(pid_t pid)
 {
-	char dir[64], path[512], link[64];
-	struct dirent *e;
-	int n = 0;
-	DIR *d;
-
-	snprintf(dir, sizeof(dir), "/proc/%d/fd", (int)pid);
-	d = opendir(dir);
-	ck_assert_ptr_nonnull(d);
-	while ((e = readdir(d))) {
-		ssize_t len;
-
-		snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
-		len = readlink(path, link, sizeof(link) - 1);
-		if (len <= 0)
-			continue;
-		link[len] = 0;
-		n += !strcmp(link, "anon_inode:[userfaultfd]");
-	}
-	closedir(d);
-	return n;
+	return fd_sum(pid, is_uffd);
 }
 
 /*
