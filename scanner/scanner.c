@@ -1033,10 +1033,8 @@ static void handle_uffd(struct dd_scanner *s, struct dd_sclient *c)
 				/* A missing-page fault: on a run the agent emptied
 				 * for its remap; the agent wakes the thread once the
 				 * run is mapped (agent.c, do_remaps()). */
-				if (!(m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP)) {
-					atomic_fetch_add(&s->faults, 1);
-					break;
-				}
+				if (!(m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP))
+					break; /* not a write-protect fault (wp_faults) */
 				/* Under fault_lock, so a merge cannot freeze the page
 				 * between our check and our unprotect. */
 				pthread_mutex_lock(&c->fault_lock);

@@ -7,6 +7,27 @@
 #define DD_UFFD_H
 
 #include <linux/userfaultfd.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Does descriptor fd of this process name a userfaultfd? (No allocation:
+ * libdedup's agent calls it on its own stack.) */
+static inline bool dd_is_userfaultfd(int fd)
+{
+	char path[64], target[64];
+	ssize_t n;
+
+	if (fd < 0)
+		return false;
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+	n = readlink(path, target, sizeof(target) - 1);
+	if (n <= 0)
+		return false;
+	target[n] = 0;
+	return !strcmp(target, "anon_inode:[userfaultfd]");
+}
 
 #ifndef UFFD_FEATURE_WP_UNPOPULATED
 #define UFFD_FEATURE_WP_UNPOPULATED (1 << 13)

@@ -15,6 +15,7 @@
 #include "dedupd/daemon/pstate.h"
 #include "dedupd/daemon/reclaim.h"
 #include "dedupd/common/proto.h"
+#include "dedupd/common/uffd.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -520,19 +521,6 @@ static void conn_close(struct dd_server *srv, struct conn *c)
 	free(c);
 }
 
-static bool is_userfaultfd(int fd)
-{
-	char path[64], target[64];
-	ssize_t n;
-
-	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
-	n = readlink(path, target, sizeof(target) - 1);
-	if (n < 0)
-		return false;
-	target[n] = 0;
-	return !strcmp(target, "anon_inode:[userfaultfd]");
-}
-
 static int on_hello(struct dd_server *srv, struct conn *c, const struct dd_msg_hello *m, int fd)
 {
 	struct dd_msg_hello_ok ok = { 0 };
@@ -542,7 +530,7 @@ static int on_hello(struct dd_server *srv, struct conn *c, const struct dd_msg_h
 			close(fd);
 		return dd_msg_send_result(c->fd, m->h.seq, -EPROTO, 0, "HELLO sent twice");
 	}
-	if (fd < 0 || !is_userfaultfd(fd)) {
+	if (fd < 0 || !dd_is_userfaultfd(fd)) {
 		if (fd >= 0)
 			close(fd);
 		return dd_msg_send_result(c->fd, m->h.seq, -EBADF, 0,

@@ -27,7 +27,6 @@
 #include <setjmp.h>
 #include <signal.h>
 #include <stdatomic.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -185,18 +184,8 @@ static bool still_ours(int uffd, uint64_t addr, uint64_t len)
  * (a daemonizing close of every fd) and the number now names something else. */
 static void uffd_close(int fd)
 {
-	char path[64], target[64];
-	ssize_t n;
-
-	if (fd < 0)
-		return;
-	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
-	n = readlink(path, target, sizeof(target) - 1);
-	if (n > 0) {
-		target[n] = 0;
-		if (!strcmp(target, "anon_inode:[userfaultfd]"))
-			close(fd);
-	}
+	if (dd_is_userfaultfd(fd))
+		close(fd);
 }
 
 /* fork() waits while runs are emptied: a child would keep them empty. */
