@@ -169,6 +169,7 @@ struct dd_sclient {
 	size_t ninflight;
 	struct range *expect; /* unmap/remove events our own remaps cause */
 	size_t nexpect;
+	bool uffd_events; /* its uffd raises unmap or remove events (or may: unknown) */
 	struct uevent events[MAX_EVENTS];
 	size_t nevents;
 	bool events_lost;
@@ -255,6 +256,13 @@ struct dd_worker {
 	uint8_t *sbuf; /* SBUF_PAGES pages: store pages read for verify */
 	struct merge *mq;
 	size_t nmq;
+	/* The merge batch whose REMAP is out (its client's lock held): the
+	 * scan goes on while the agent remaps, and remap_collect() settles it
+	 * before anything else is frozen, and before the client is let go. */
+	struct merge *mq_out;
+	size_t nout;
+	struct dd_sclient *out_rc; /* NULL: no REMAP out */
+	uint32_t out_ne, out_nzap;
 	int64_t hint; /* last store slot allocated: the next goes after it */
 	struct dd_remap_entry e[DD_BATCH_MAX];
 	size_t first[DD_BATCH_MAX], len[DD_BATCH_MAX];
@@ -306,7 +314,7 @@ struct dd_scanner {
 	atomic_uint_fast64_t pages_scanned, full_scans, merges, merge_failed, cow_breaks,
 		pages_volatile, zero_pages, faults, unstable_count, cold_count, last_pass_ms,
 		pages_adopted, scan_cpu_ns, registered, nregions, thp_split, thp_skipped, pass_thp_skipped,
-		agent_hash_pages, agent_cpu_ns, agent_unreadable, agent_hash_wait_ns,
+		agent_hash_pages, agent_cpu_ns, agent_unreadable, agent_hash_wait_ns, agent_timeouts,
 		merge_batches, remap_runs, zap_runs, merge_freeze_ns, merge_verify_ns,
 		merge_agent_ns, merge_settle_ns, pages_unmapped;
 	atomic_bool no_pagemap_scan; /* the kernel refused PAGEMAP_SCAN */
@@ -467,6 +475,7 @@ struct dd_sclient *dd_scanner_add_client(struct dd_scanner *s, pid_t pid, uid_t 
 	struct dd_sclient *c = calloc(1, sizeof(*c));
 	struct epoll_event ev = { .events = EPOLLIN };
 	char path[48];
+	long long feat;
 	long max;
 
 	if (!c)
@@ -479,6 +488,8 @@ struct dd_sclient *dd_scanner_add_client(struct dd_scanner *s, pid_t pid, uid_t 
 	c->uid = uid;
 	c->uffd = uffd;
 	c->agent = agent;
+	feat = dd_uffd_features(uffd);
+	c->uffd_events = feat < 0 || (feat & (UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_EVENT_REMOVE));
 	snprintf(c->maps_path, sizeof(c->maps_path), "/proc/%d/maps", (int)pid);
 	snprintf(path, sizeof(path), "/proc/%d/pagemap", (int)pid);
 	c->pagemap = open(path, O_RDONLY | O_CLOEXEC);
@@ -942,6 +953,11 @@ int dd_scanner_register(struct dd_scanner *s, struct dd_sclient *c, uint64_t add
 out:
 	pthread_mutex_unlock(&c->lock);
 	free(sv);
+	if (rc == 0) { /* and now: not after the pause (up to idle_backoff_ms_max) */
+		pthread_mutex_lock(&s->sleep_mx);
+		pthread_cond_broadcast(&s->sleep_cv);
+		pthread_mutex_unlock(&s->sleep_mx);
+	}
 	return rc;
 }
 
@@ -1773,18 +1789,18 @@ static bool run_anon(const struct merge *m, size_t k)
 	return true;
 }
 
-/* Send the verified entries to the agent, coalesced into runs, remaps and
- * zaps in one request. */
-static void replace(struct dd_worker *w, struct dd_sclient *c, struct merge *q, size_t n)
+/*
+ * The verified entries of q coalesced into runs, remaps and zaps, in w->e
+ * (first/len: their queue entries), announced to the fault thread as
+ * expected. Returns how many; *nzap of them zaps.
+ */
+static uint32_t remap_entries(struct dd_worker *w, struct dd_sclient *c, struct merge *q,
+			      size_t n, uint32_t *nzap)
 {
-	struct dd_scanner *s = w->s;
 	struct dd_remap_entry *e = w->e;
-	size_t *first = w->first, *len = w->len;
-	int32_t *res = w->res;
-	uint32_t ne = 0, nzap = 0;
-	uint64_t t0;
-	int rc;
+	uint32_t ne = 0;
 
+	*nzap = 0;
 	for (size_t i = 0, k; i < n; i += k) {
 		bool z;
 
@@ -1806,39 +1822,72 @@ static void replace(struct dd_worker *w, struct dd_sclient *c, struct merge *q, 
 			.flags = z ? DD_REMAP_ZAP : run_anon(&q[i], k) ? DD_REMAP_ANON : 0,
 			.domain = z ? 0 : q[i].r->dom->id,
 		};
-		nzap += z;
-		first[ne] = i;
-		len[ne++] = k;
+		*nzap += z;
+		w->first[ne] = i;
+		w->len[ne++] = k;
 	}
-	if (!ne)
-		return;
+	if (!ne || !c->uffd_events)
+		return ne;
 	pthread_mutex_lock(&c->fault_lock);
 	for (uint32_t i = 0; i < ne; i++)
 		add_range(&c->expect, &c->nexpect, e[i].addr,
 			  e[i].addr + (uint64_t)e[i].npages * DD_PAGE_SIZE);
 	pthread_mutex_unlock(&c->fault_lock);
-	rc = -ENOTCONN;
-	if (c->agent) {
-		t0 = now_ns();
-		rc = s->ops.batch(c->agent, e, ne, res);
-		atomic_fetch_add(&s->merge_agent_ns, now_ns() - t0);
-		atomic_fetch_add(&s->zap_runs, nzap);
-		atomic_fetch_add(&s->remap_runs, ne - nzap);
-	}
-	if (rc == -ETIMEDOUT)
+	return ne;
+}
+
+/* The agent's answer rc (res[] per entry) to the ne entries built from q. */
+static void remap_results(struct dd_worker *w, struct dd_sclient *c, struct merge *q, uint32_t ne,
+			  uint32_t nzap, int rc)
+{
+	struct dd_scanner *s = w->s;
+
+	atomic_fetch_add(&s->zap_runs, nzap);
+	atomic_fetch_add(&s->remap_runs, ne - nzap);
+	if (rc == -ETIMEDOUT) {
 		c->agent_doubt = true;
-	else if (rc == 0)
+		atomic_fetch_add(&s->agent_timeouts, 1);
+	} else if (rc == 0)
 		c->agent_doubt = false;
 	for (uint32_t i = 0; i < ne; i++) {
 		/* No answer: the agent may or may not have acted, or act later.
 		 * Count it as merged (and keep the share, see agent_doubt); once
 		 * the agent has answered again, the scan sees the truth in
 		 * pagemap and uncounts a page that was not. */
-		int v = rc == -ETIMEDOUT ? 0 : rc < 0 ? rc : res[i];
+		int v = rc == -ETIMEDOUT ? 0 : rc < 0 ? rc : w->res[i];
 
-		for (size_t j = first[i]; j < first[i] + len[i]; j++)
+		for (size_t j = w->first[i]; j < w->first[i] + w->len[i]; j++)
 			q[j].res = v;
 	}
+}
+
+/*
+ * Send the verified entries of q to the agent in one request. If the agent
+ * takes it without an answer yet, returns true: remap_collect() finishes the
+ * batch. Else the batch is answered (or failed) on return.
+ */
+static bool replace(struct dd_worker *w, struct dd_sclient *c, struct merge *q, size_t n)
+{
+	struct dd_scanner *s = w->s;
+	uint32_t nzap, ne = remap_entries(w, c, q, n, &nzap);
+	uint64_t t0;
+	int rc = -ENOTCONN;
+
+	if (!ne)
+		return false;
+	if (c->agent && s->ops.batch_send && s->ops.batch_recv &&
+	    s->ops.batch_send(c->agent, w->e, ne) == 0) {
+		w->out_ne = ne;
+		w->out_nzap = nzap;
+		return true;
+	}
+	if (c->agent) {
+		t0 = now_ns();
+		rc = s->ops.batch(c->agent, w->e, ne, w->res);
+		atomic_fetch_add(&s->merge_agent_ns, now_ns() - t0);
+	}
+	remap_results(w, c, q, ne, nzap, rc);
+	return false;
 }
 
 /*
@@ -1905,8 +1954,11 @@ static void settle(struct dd_scanner *s, struct dd_sclient *c, struct merge *q, 
 	 * mmap waits until its event is read); once the fault thread is done
 	 * with them, what is left expected never comes: a remap over a VMA we
 	 * left unregistered raises none. Forget those, or an application's own
-	 * mmap over the same range later would pass for ours. */
-	fault_sync(s);
+	 * mmap over the same range later would pass for ours. A uffd that
+	 * raises no such events (libdedup's) needs no wait for the fault
+	 * thread, a wake-up of another thread per batch. */
+	if (c->uffd_events)
+		fault_sync(s);
 	pthread_mutex_lock(&c->fault_lock);
 	c->ninflight = 0;
 	c->nexpect = 0;
@@ -1931,14 +1983,48 @@ static void rearm(struct dd_sclient *c, struct dd_region *r)
 		r->rearm = errno == EAGAIN; /* else: partly unmapped; freeze will fail */
 }
 
-/* Merge everything queued for client c (c->lock held). */
+static void settle_timed(struct dd_worker *w, struct dd_sclient *c, struct merge *q, size_t n)
+{
+	uint64_t t0 = now_ns();
+
+	settle(w->s, c, q, n);
+	atomic_fetch_add(&w->s->merge_settle_ns, now_ns() - t0);
+	atomic_fetch_add(&w->s->merge_batches, 1);
+}
+
+/* Finish the merge batch whose REMAP is out, if any: the agent's answer
+ * (the wait counted in merge_agent_ns), then settle(). */
+static void remap_collect(struct dd_worker *w)
+{
+	struct dd_scanner *s = w->s;
+	struct dd_sclient *c = w->out_rc;
+	uint64_t t0;
+	int rc;
+
+	if (!c)
+		return;
+	w->out_rc = NULL;
+	t0 = now_ns();
+	rc = s->ops.batch_recv(c->agent, w->out_ne, w->res);
+	atomic_fetch_add(&s->merge_agent_ns, now_ns() - t0);
+	remap_results(w, c, w->mq_out, w->out_ne, w->out_nzap, rc);
+	settle_timed(w, c, w->mq_out, w->nout);
+	w->nout = 0;
+}
+
+/*
+ * Merge everything queued for client c (c->lock held). The agent's REMAP is
+ * left out while the scan goes on (the agent remaps on the other CPU while
+ * this thread looks the next pages up); the batch before is settled first.
+ */
 static void flush(struct dd_worker *w, struct dd_sclient *c)
 {
 	size_t n = w->nmq;
-	uint64_t t[5];
+	uint64_t t[3];
 
 	if (!n)
 		return;
+	remap_collect(w);
 	/* Count the client's VMAs afresh (at most every VMA_RECOUNT_MS) rather
 	 * than trust the count of the last pass: the application may have made
 	 * thousands since, and its own mmap() must never fail because of us.
@@ -1964,14 +2050,18 @@ static void flush(struct dd_worker *w, struct dd_sclient *c)
 	verify(w, c, w->mq, n);
 	fill(w, w->mq, n);
 	t[2] = now_ns();
-	replace(w, c, w->mq, n); /* counts its agent waits itself */
-	t[3] = now_ns();
-	settle(w->s, c, w->mq, n);
-	t[4] = now_ns();
 	atomic_fetch_add(&w->s->merge_freeze_ns, t[1] - t[0]);
 	atomic_fetch_add(&w->s->merge_verify_ns, t[2] - t[1]);
-	atomic_fetch_add(&w->s->merge_settle_ns, t[4] - t[3]);
-	atomic_fetch_add(&w->s->merge_batches, 1);
+	if (replace(w, c, w->mq, n)) {
+		struct merge *q = w->mq_out;
+
+		w->mq_out = w->mq;
+		w->nout = n;
+		w->out_rc = c;
+		w->mq = q;
+	} else {
+		settle_timed(w, c, w->mq, n);
+	}
 	w->nmq = 0;
 }
 
@@ -2283,6 +2373,8 @@ static void batch_recv(struct dd_worker *w, struct dd_sclient *c, struct sbatch 
 
 	if (w->out != b)
 		return;
+	if (w->out_rc == c)
+		remap_collect(w); /* sent before this HASH: answered first */
 	w->out = NULL;
 	w->out_c = NULL;
 	t0 = now_ns();
@@ -2294,6 +2386,8 @@ static void batch_recv(struct dd_worker *w, struct dd_sclient *c, struct sbatch 
 		return;
 	}
 	if (r < 0) {
+		if (r == -ETIMEDOUT)
+			atomic_fetch_add(&s->agent_timeouts, 1);
 		b->err = r;
 		return;
 	}
@@ -2480,6 +2574,7 @@ static void run_pending(struct dd_worker *w)
 				flush(w, c);
 			}
 		}
+		remap_collect(w);
 		pthread_mutex_unlock(&c->lock);
 		client_put(c);
 	}
@@ -2674,6 +2769,7 @@ static void scan_client(struct dd_worker *w, struct dd_sclient *c)
 			cur = next;
 		}
 		flush(w, c);
+		remap_collect(w);
 		pthread_mutex_unlock(&c->lock);
 		run_pending(w);
 		if (!r || atomic_load(&s->stop))
@@ -2742,7 +2838,7 @@ static bool workers_ok(const struct dd_scanner *s)
 {
 	for (unsigned i = 0; i < s->nworkers; i++)
 		if (!s->workers[i].buf || !s->workers[i].vbuf || !s->workers[i].sbuf ||
-		    !s->workers[i].mq || !s->workers[i].b)
+		    !s->workers[i].mq || !s->workers[i].mq_out || !s->workers[i].b)
 			return false;
 	return true;
 }
@@ -2798,6 +2894,7 @@ struct dd_scanner *dd_scanner_new(const struct dd_scan_knobs *k, const struct dd
 		w->vbuf = malloc((size_t)MAX_MERGE * DD_PAGE_SIZE);
 		w->sbuf = malloc((size_t)SBUF_PAGES * DD_PAGE_SIZE);
 		w->mq = calloc(MAX_MERGE, sizeof(*w->mq));
+		w->mq_out = calloc(MAX_MERGE, sizeof(*w->mq_out));
 		w->b = calloc(2, sizeof(*w->b));
 	}
 	if (s->fault_wake < 0 || s->fault_ep < 0 || !s->stable ||
@@ -2903,6 +3000,7 @@ void dd_scanner_free(struct dd_scanner *s)
 		free(s->workers[i].vbuf);
 		free(s->workers[i].sbuf);
 		free(s->workers[i].mq);
+		free(s->workers[i].mq_out);
 		free(s->workers[i].b);
 	}
 	free(s->workers);
@@ -2999,6 +3097,7 @@ void dd_scanner_stats(struct dd_scanner *s, struct dd_scan_stats *o)
 	o->agent_hash_pages = atomic_load(&s->agent_hash_pages);
 	o->agent_cpu_ns = atomic_load(&s->agent_cpu_ns);
 	o->agent_unreadable = atomic_load(&s->agent_unreadable);
+	o->agent_timeouts = atomic_load(&s->agent_timeouts);
 	o->agent_hash_wait_ns = atomic_load(&s->agent_hash_wait_ns);
 	o->merge_batches = atomic_load(&s->merge_batches);
 	o->remap_runs = atomic_load(&s->remap_runs);

@@ -29,6 +29,13 @@ struct dd_scan_ops {
 	 * agent and wait for one result per entry in res[]. 0, or -errno if no
 	 * answer came (then the outcome of the batch is unknown). */
 	int (*batch)(void *agent, const struct dd_remap_entry *e, uint32_t n, int32_t *res);
+	/* The same in two halves: send (n >= 1), and the scan thread goes on
+	 * while the agent works. 0, or -errno (nothing sent). After 0 the same
+	 * thread must call batch_recv before it lets go of the client; a HASH
+	 * it sends meanwhile is answered after the batch. batch_recv: as batch.
+	 * Both may be NULL (then batch is used). */
+	int (*batch_send)(void *agent, const struct dd_remap_entry *e, uint32_t n);
+	int (*batch_recv)(void *agent, uint32_t n, int32_t *res);
 	/* Hand the store memfd of domain to the agent. 0 or -errno. */
 	int (*send_store)(void *agent, uint32_t domain, int memfd);
 	/* Have the agent checksum n ranges (npages pages in all, at most
@@ -92,6 +99,7 @@ struct dd_scan_stats {
 	uint64_t agent_cpu_ns;    /* agents' CPU time for those, as they report it */
 	uint64_t agent_unreadable; /* pages an agent could not read (a fault), total */
 	uint64_t agent_hash_wait_ns; /* wall time the scan waited for HASH answers */
+	uint64_t agent_timeouts;  /* agent requests (HASH, REMAP) left unanswered in time */
 	/* Where merging spends its wall time (scan threads, all batches): */
 	uint64_t merge_batches;   /* merge queues carried out (freeze to wake) */
 	uint64_t remap_runs;      /* runs sent to agents to be remapped (one mmap each) */

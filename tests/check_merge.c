@@ -500,6 +500,9 @@ START_TEST(test_multi_batch_regions)
 	ck_assert_int_eq(h_stat(sock, "merges"), 2 * ndup);
 	ck_assert_int_eq(h_stat(sock, "merge_failed"), 0);
 	ck_assert_int_ge(h_stat(sock, "agent_hash_pages"), 4 * MB_PAGES);
+	/* Checksums asked while a REMAP was out came after its answer: every
+	 * request was answered in time. */
+	ck_assert_int_eq(h_stat(sock, "agent_timeouts"), 0);
 	for (unsigned k = 0; k < 2; k++) {
 		uint32_t bad = UINT32_MAX;
 		int st;
@@ -831,6 +834,7 @@ START_TEST(test_late_remap_keeps_store_pages)
 	ck_assert_uint_eq(kid_cmd(&b, 'v'), 0);		/* no page reads zeros */
 	ck_assert_int_eq(freed, freed0);		/* b might still map them */
 	ck_assert_int_eq(h_stat(sock, "pages_shared"), NDUP);
+	ck_assert_int_gt(h_stat(sock, "agent_timeouts"), 0); /* counted, and shown */
 	kid_stop(&b);
 }
 END_TEST
@@ -1067,6 +1071,39 @@ START_TEST(test_unregister_waits_for_late_remap)
 	window_run("900", 6000, false, out);
 	window_unregister_ms = 0;
 	ck_assert_msg(out[3] == 0, "dedup_unregister: %s", strerror((int)out[3]));
+}
+END_TEST
+
+/*
+ * A region registered while the scanner pauses between passes is scanned at
+ * once, not after the pause (here 5 s; after idle passes up to
+ * idle_backoff_ms_max). The second child's duplicates merge with the first
+ * child's well within the pause; without the wake-up they wait it out.
+ */
+START_TEST(test_register_wakes_scanner)
+{
+	const char *args[] = { "--pages-to-scan", "100000", "--sleep-millisecs", "5000", NULL };
+	struct kid k[2];
+	uint64_t t0;
+
+	H_SKIP_UNLESS_ROOT();
+	h_daemon_stop(daemon_pid, SIGTERM);
+	daemon_pid = h_daemon_start(sock, args);
+	k[0] = kid_start(0);
+	ck_assert_msg(h_wait_stat(sock, "zero_pages", NZERO, false, 3000),
+		      "first child not scanned: zero_pages %lld",
+		      (long long)h_stat(sock, "zero_pages"));
+	h_sleep_ms(200); /* the scanner is in its 5 s pause now */
+	t0 = h_now_ms();
+	k[1] = kid_start(1);
+	ck_assert_msg(h_wait_stat(sock, "pages_sharing", NDUP, false, 2500),
+		      "pages_sharing %lld after %llu ms, want %u (the scan waited out its pause)",
+		      (long long)h_stat(sock, "pages_sharing"),
+		      (unsigned long long)(h_now_ms() - t0), NDUP);
+	for (unsigned i = 0; i < 2; i++) {
+		ck_assert_int_eq(kid_cmd(&k[i], 'v'), 0);
+		kid_stop(&k[i]);
+	}
 }
 END_TEST
 
@@ -1814,6 +1851,7 @@ static Suite *merge_suite(void)
 	tcase_add_test(tc, test_mapped_over_merges_again);
 	tcase_add_test(tc, test_preload_routes_madvise);
 	tcase_add_test(tc, test_preload_falls_back_without_daemon);
+	tcase_add_test(tc, test_register_wakes_scanner);
 	suite_add_tcase(s, tc);
 	tc = tcase_create("window");
 	tcase_add_checked_fixture(tc, setup, teardown);

@@ -503,6 +503,7 @@ START_TEST(test_metrics_live)
 		{ "cow_breaks", "dedupd_cow_breaks_total" },
 		{ "pages_unmapped", "dedupd_pages_unmapped_total" },
 		{ "merge_batches", "dedupd_merge_batches_total" },
+		{ "agent_timeouts", "dedupd_agent_timeouts_total" },
 		{ "remap_runs", "dedupd_agent_runs_total{op=\"remap\"}" },
 		{ "zap_runs", "dedupd_agent_runs_total{op=\"zap\"}" },
 	};

@@ -25,6 +25,10 @@
 #include <unistd.h>
 
 #include "dedupd/common/proto.h"
+#include "dedupd/common/uffd.h"
+
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
 
 Suite *proto_suite(void);
 
@@ -689,6 +693,45 @@ START_TEST(test_fd_extra_closed)
 }
 END_TEST
 
+/*
+ * The features a userfaultfd was opened with, read back from its fdinfo: the
+ * daemon skips its wait for the fault thread after each merge batch for a
+ * uffd that raises no unmap or remove events (libdedup's), and keeps it for
+ * one that does. Not a uffd, or no such descriptor: unknown (-1).
+ */
+START_TEST(test_uffd_features_read_back)
+{
+	const unsigned long long asks[] = {
+		DD_UFFD_FEATURES,
+		DD_UFFD_FEATURES | UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_EVENT_REMOVE,
+	};
+	int p[2];
+
+	for (unsigned i = 0; i < 2; i++) {
+		int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
+		struct uffdio_api api = { .api = UFFD_API, .features = asks[i] };
+		long long got;
+
+		if (fd < 0 && (errno == EPERM || errno == ENOSYS))
+			return; /* userfaultfd not allowed here: nothing to read back */
+		ck_assert_int_ge(fd, 0);
+		ck_assert_int_eq(ioctl(fd, UFFDIO_API, &api), 0);
+		ck_assert(dd_is_userfaultfd(fd));
+		got = dd_uffd_features(fd);
+		ck_assert_msg(got >= 0 && ((unsigned long long)got & asks[i]) == asks[i],
+			      "features %llx, asked for %llx", got, asks[i]);
+		ck_assert_int_eq(!!(got & UFFD_FEATURE_EVENT_UNMAP), i == 1);
+		close(fd);
+	}
+	make_pipe(p);
+	ck_assert(!dd_is_userfaultfd(p[0]));
+	ck_assert_int_eq(dd_uffd_features(p[0]), -1);
+	close(p[0]);
+	close(p[1]);
+	ck_assert_int_eq(dd_uffd_features(p[0]), -1);
+}
+END_TEST
+
 Suite *proto_suite(void)
 {
 	Suite *s = suite_create("proto");
@@ -722,6 +765,7 @@ Suite *proto_suite(void)
 	tcase_add_test(tc, test_fd_closed_on_empty_packet);
 	tcase_add_test(tc, test_fd_closed_when_not_wanted);
 	tcase_add_test(tc, test_fd_extra_closed);
+	tcase_add_test(tc, test_uffd_features_read_back);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -29,6 +29,31 @@ static inline bool dd_is_userfaultfd(int fd)
 	return !strcmp(target, "anon_inode:[userfaultfd]");
 }
 
+/* The features a userfaultfd of this process was opened with (the kernel's
+ * word, from its fdinfo "API:" line), or -1 if they cannot be read. */
+static inline long long dd_uffd_features(int fd)
+{
+	char path[64], buf[512], *p;
+	unsigned long long api;
+	unsigned int feat;
+	ssize_t n;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", fd);
+	f = fopen(path, "re");
+	if (!f)
+		return -1;
+	n = (ssize_t)fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	if (n <= 0)
+		return -1;
+	buf[n] = 0;
+	p = strstr(buf, "\nAPI:");
+	if (!p || sscanf(p + 5, "%llx:%x:", &api, &feat) != 2)
+		return -1;
+	return feat;
+}
+
 #ifndef UFFD_FEATURE_WP_UNPOPULATED
 #define UFFD_FEATURE_WP_UNPOPULATED (1 << 13)
 #endif

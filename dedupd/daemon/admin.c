@@ -69,6 +69,7 @@ static struct json_object *stats_json(struct dd_scanner *s)
 	ADD_U64(o, "agent_cpu_ns", st.agent_cpu_ns);
 	ADD_U64(o, "agent_hash_unreadable", st.agent_unreadable);
 	ADD_U64(o, "agent_hash_wait_ns", st.agent_hash_wait_ns);
+	ADD_U64(o, "agent_timeouts", st.agent_timeouts);
 	ADD_U64(o, "merge_batches", st.merge_batches);
 	ADD_U64(o, "remap_runs", st.remap_runs);
 	ADD_U64(o, "zap_runs", st.zap_runs);

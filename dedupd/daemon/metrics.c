@@ -222,6 +222,10 @@ static void format_scan(FILE *f, const struct dd_scan_stats *st, const struct dd
 	counter_fixed(f, "dedupd_agent_hash_wait_seconds_total",
 		      "Wall time the scan waited for the agents' checksums.",
 		      st->agent_hash_wait_ns, 9);
+	counter(f, "dedupd_agent_timeouts_total",
+		"Requests to the clients' agents (checksums, remaps) left unanswered within "
+		"agent_timeout_millisecs.",
+		st->agent_timeouts);
 	counter(f, "dedupd_merge_batches_total",
 		"Merge batches carried out (freeze, verify, remap, wake).", st->merge_batches);
 	family(f, "dedupd_agent_runs_total", "counter",

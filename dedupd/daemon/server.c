@@ -56,6 +56,14 @@ struct agent_chan {
 	bool unmap;	  /* the agent takes DD_REMAP_ANON (HELLO flag) */
 	uint32_t seq;
 	pthread_mutex_t lock;
+	/* The scan thread that holds the client's lock may keep requests out:
+	 * the lock above stays held while held > 0 (only that thread touches
+	 * these fields). Answers come in order. */
+	uint32_t held;
+	uint32_t hash_seq, batch_seq; /* the HASH and REMAP still unanswered */
+	int batch_rc;		      /* an old agent's batch, done at once: */
+	uint32_t batch_n;	      /* its outcome, for agent_batch_recv() */
+	int32_t batch_res[DD_BATCH_MAX];
 };
 
 struct conn {
@@ -275,12 +283,26 @@ static int metrics_start(struct dd_server *srv)
 
 /* ---- agent channel (runs on the scan thread) ---------------------------- */
 
+/* Take and give back the channel on the scan thread, which may keep it
+ * across calls while requests are out (a->held). */
+static void chan_hold(struct agent_chan *a)
+{
+	if (!a->held++)
+		pthread_mutex_lock(&a->lock);
+}
+
+static void chan_release(struct agent_chan *a)
+{
+	if (!--a->held)
+		pthread_mutex_unlock(&a->lock);
+}
+
 /*
- * Wait for the agent's answer of type want to the last request sent (a->lock
- * held) into buf (DD_MSG_MAX bytes), skipping late answers to earlier
- * requests that timed out. 0, or -errno.
+ * Wait for the agent's answer of type want to request seq (channel held)
+ * into buf (DD_MSG_MAX bytes), skipping late answers to earlier requests
+ * that timed out. 0, or -errno.
  */
-static int agent_wait(struct agent_chan *a, uint16_t want, void *buf)
+static int agent_wait(struct agent_chan *a, uint16_t want, uint32_t seq, void *buf)
 {
 	const struct dd_msg_hdr *h = buf;
 	ssize_t got;
@@ -289,12 +311,12 @@ static int agent_wait(struct agent_chan *a, uint16_t want, void *buf)
 		got = dd_msg_recv(a->fd, buf, DD_MSG_MAX, NULL, a->timeout_ms);
 		if (got <= 0)
 			return got == 0 ? -ECONNRESET : (int)got;
-		if (h->type == want && h->seq == a->seq)
+		if (h->type == want && h->seq == seq)
 			return 0;
 	}
 }
 
-/* Send msg to the agent as its next request (a->lock held). 0 or -errno. */
+/* Send msg to the agent as its next request (channel held). 0 or -errno. */
 static int agent_send(struct agent_chan *a, struct dd_msg_hdr *msg, size_t len)
 {
 	int r;
@@ -304,23 +326,15 @@ static int agent_send(struct agent_chan *a, struct dd_msg_hdr *msg, size_t len)
 	return r < 0 ? r : 0;
 }
 
-/* Send msg to the agent (a->lock held) and wait for its answer (agent_wait). */
-static int agent_exchange(struct agent_chan *a, struct dd_msg_hdr *msg, size_t len, uint16_t want,
-			  void *buf)
-{
-	int r = agent_send(a, msg, len);
-
-	return r < 0 ? r : agent_wait(a, want, buf);
-}
-
-static int agent_call(struct agent_chan *a, struct dd_msg_hdr *msg, size_t len, uint32_t n,
-		      int32_t *res)
+/* The agent's answer to REMAP or ZAP request seq of n entries (channel held):
+ * one result per entry in res. 0, or -errno. */
+static int agent_batch_reply(struct agent_chan *a, uint32_t seq, uint32_t n, int32_t *res)
 {
 	union {
 		char raw[DD_MSG_MAX];
 		struct dd_msg_agent_reply r;
 	} u;
-	int r = agent_exchange(a, msg, len, DD_MSG_AGENT_REPLY, u.raw);
+	int r = agent_wait(a, DD_MSG_AGENT_REPLY, seq, u.raw);
 
 	if (r < 0)
 		return r;
@@ -330,9 +344,9 @@ static int agent_call(struct agent_chan *a, struct dd_msg_hdr *msg, size_t len, 
 	return 0;
 }
 
-/* One REMAP or ZAP message of n entries to the agent (a->lock held). */
-static int agent_batch_msg(struct agent_chan *a, uint16_t type, const struct dd_remap_entry *e,
-			   uint32_t n, int32_t *res)
+/* Send one REMAP or ZAP message of n entries (channel held). 0 or -errno. */
+static int agent_batch_send_msg(struct agent_chan *a, uint16_t type,
+				const struct dd_remap_entry *e, uint32_t n)
 {
 	size_t len = sizeof(struct dd_msg_batch) + n * sizeof(*e);
 	union {
@@ -345,30 +359,41 @@ static int agent_batch_msg(struct agent_chan *a, uint16_t type, const struct dd_
 	u.b.pad = 0;
 	if (n)
 		memcpy(u.b.e, e, n * sizeof(*e));
-	return agent_call(a, &u.b.h, len, n, res);
+	return agent_send(a, &u.b.h, len);
+}
+
+/* Send msg (channel held) and wait for its AGENT_REPLY of n results. */
+static int agent_call(struct agent_chan *a, struct dd_msg_hdr *msg, size_t len, uint32_t n,
+		      int32_t *res)
+{
+	int r = agent_send(a, msg, len);
+
+	return r < 0 ? r : agent_batch_reply(a, a->seq, n, res);
+}
+
+static int agent_batch_msg(struct agent_chan *a, uint16_t type, const struct dd_remap_entry *e,
+			   uint32_t n, int32_t *res)
+{
+	int r = agent_batch_send_msg(a, type, e, n);
+
+	return r < 0 ? r : agent_batch_reply(a, a->seq, n, res);
 }
 
 /*
- * A batch of remaps and zaps: one REMAP to an agent that takes DD_REMAP_*
- * flags; to an older one, a REMAP of the remaps (flags cleared) and a ZAP of
- * the zaps, the results put back in entry order.
+ * A batch of remaps and zaps, answered (channel held): one REMAP to an agent
+ * that takes DD_REMAP_* flags; to an older one, a REMAP of the remaps (flags
+ * cleared) and a ZAP of the zaps, the results put back in entry order.
  */
-static int agent_batch(void *p, const struct dd_remap_entry *e, uint32_t n, int32_t *res)
+static int agent_batch_held(struct agent_chan *a, const struct dd_remap_entry *e, uint32_t n,
+			    int32_t *res)
 {
-	struct agent_chan *a = p;
 	struct dd_remap_entry part[2][DD_BATCH_MAX];
 	int32_t pres[2][DD_BATCH_MAX];
 	uint32_t np[2] = { 0, 0 }, at[2] = { 0, 0 };
 	int r = 0;
 
-	if (n > DD_BATCH_MAX)
-		return -E2BIG;
-	pthread_mutex_lock(&a->lock);
-	if (a->unmap || !n) { /* n = 0: a ping, answered once earlier requests are done */
-		r = agent_batch_msg(a, DD_MSG_REMAP, e, n, res);
-		pthread_mutex_unlock(&a->lock);
-		return r;
-	}
+	if (a->unmap || !n) /* n = 0: a ping, answered once earlier requests are done */
+		return agent_batch_msg(a, DD_MSG_REMAP, e, n, res);
 	for (uint32_t i = 0; i < n; i++) {
 		int z = (e[i].flags & DD_REMAP_ZAP) != 0;
 
@@ -378,7 +403,6 @@ static int agent_batch(void *p, const struct dd_remap_entry *e, uint32_t n, int3
 	for (int z = 0; z < 2 && r == 0; z++)
 		if (np[z])
 			r = agent_batch_msg(a, z ? DD_MSG_ZAP : DD_MSG_REMAP, part[z], np[z], pres[z]);
-	pthread_mutex_unlock(&a->lock);
 	if (r < 0)
 		return r;
 	for (uint32_t i = 0; i < n; i++) {
@@ -387,6 +411,69 @@ static int agent_batch(void *p, const struct dd_remap_entry *e, uint32_t n, int3
 		res[i] = pres[z][at[z]++];
 	}
 	return 0;
+}
+
+static int agent_batch(void *p, const struct dd_remap_entry *e, uint32_t n, int32_t *res)
+{
+	struct agent_chan *a = p;
+	int r;
+
+	if (n > DD_BATCH_MAX)
+		return -E2BIG;
+	chan_hold(a);
+	r = agent_batch_held(a, e, n, res);
+	chan_release(a);
+	return r;
+}
+
+/*
+ * A batch of remaps and zaps, without waiting for the answer: the scan
+ * thread goes on with its next pages while the agent remaps. An older agent
+ * (two messages) is answered here already. On 0 the channel stays held until
+ * agent_batch_recv(); answers come in order, so a HASH sent meanwhile is
+ * answered after it. -errno: nothing sent, nothing held.
+ */
+static int agent_batch_send(void *p, const struct dd_remap_entry *e, uint32_t n)
+{
+	struct agent_chan *a = p;
+	int r;
+
+	if (n > DD_BATCH_MAX || !n)
+		return n ? -E2BIG : -EINVAL;
+	chan_hold(a);
+	a->batch_n = n;
+	if (!a->unmap) {
+		a->batch_seq = 0;
+		a->batch_rc = agent_batch_held(a, e, n, a->batch_res);
+		return 0;
+	}
+	r = agent_batch_send_msg(a, DD_MSG_REMAP, e, n);
+	if (r < 0) {
+		chan_release(a);
+		return r;
+	}
+	a->batch_seq = a->seq;
+	return 0;
+}
+
+/* The answer to agent_batch_send(): one result per entry in res[0..n), and
+ * the channel given back. 0, or -errno (no answer: outcome unknown). */
+static int agent_batch_recv(void *p, uint32_t n, int32_t *res)
+{
+	struct agent_chan *a = p;
+	int r;
+
+	if (n != a->batch_n) {
+		r = -EINVAL;
+	} else if (a->batch_seq) {
+		r = agent_batch_reply(a, a->batch_seq, n, res);
+	} else {
+		r = a->batch_rc;
+		if (r == 0)
+			memcpy(res, a->batch_res, n * sizeof(*res));
+	}
+	chan_release(a);
+	return r;
 }
 
 /*
@@ -415,10 +502,12 @@ static int agent_hash_send(void *p, const struct dd_hash_range *e, uint32_t n, u
 	u.m.n = n;
 	u.m.pad = 0;
 	memcpy(u.m.e, e, n * sizeof(*e));
-	pthread_mutex_lock(&a->lock);
+	chan_hold(a);
 	r = agent_send(a, &u.m.h, len);
 	if (r < 0)
-		pthread_mutex_unlock(&a->lock);
+		chan_release(a);
+	else
+		a->hash_seq = a->seq;
 	return r;
 }
 
@@ -435,7 +524,7 @@ static int agent_hash_recv(void *p, uint32_t npages, struct dd_hash_result *res,
 		char raw[DD_MSG_MAX];
 		struct dd_msg_hash_reply r;
 	} u;
-	int r = agent_wait(a, DD_MSG_HASH_REPLY, u.raw);
+	int r = agent_wait(a, DD_MSG_HASH_REPLY, a->hash_seq, u.raw);
 
 	if (r < 0) {
 		/* no answer */
@@ -447,7 +536,7 @@ static int agent_hash_recv(void *p, uint32_t npages, struct dd_hash_result *res,
 		memcpy(res, u.r.res, npages * sizeof(*res));
 		*cpu_ns = u.r.cpu_ns;
 	}
-	pthread_mutex_unlock(&a->lock);
+	chan_release(a);
 	if (r == -EOPNOTSUPP || r == -EPROTO || r == -EBADMSG) {
 		/* The application took over SIGSEGV, or the agent is broken:
 		 * copy its pages from now on. */
@@ -478,10 +567,10 @@ static int agent_send_store(void *p, uint32_t domain, int memfd)
 	struct dd_msg_store m = { .domain = domain };
 	int r;
 
-	pthread_mutex_lock(&a->lock);
+	chan_hold(a);
 	dd_msg_init(&m.h, DD_MSG_STORE, sizeof(m), ++a->seq);
 	r = dd_msg_send(a->fd, &m, sizeof(m), memfd);
-	pthread_mutex_unlock(&a->lock);
+	chan_release(a);
 	return r;
 }
 
@@ -880,8 +969,12 @@ static int listen_on(const char *path, mode_t mode, const char *group)
 
 struct dd_server *dd_server_new(const struct dd_server_opts *o)
 {
-	struct dd_scan_ops ops = { .batch = agent_batch, .send_store = agent_send_store,
-				   .hash_send = agent_hash_send, .hash_recv = agent_hash_recv };
+	struct dd_scan_ops ops = { .batch = agent_batch,
+				   .batch_send = agent_batch_send,
+				   .batch_recv = agent_batch_recv,
+				   .send_store = agent_send_store,
+				   .hash_send = agent_hash_send,
+				   .hash_recv = agent_hash_recv };
 	struct dd_reclaim_ops rops = { .balloon = agent_balloon };
 	struct epoll_event ev = { .events = EPOLLIN };
 	struct dd_server *srv = calloc(1, sizeof(*srv));
