@@ -124,6 +124,12 @@ $(BUILD)/tools/%: $(BUILD)/obj/tests/tools/%.o $(LIBDEDUP) $(CORE_LIB)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $< $(CORE_LIB) -L$(BUILD) -ldedup $(RPATH) $(PKG_LIBS) -lm
 
+# check_agent drives libdedup's agent thread itself: its object is linked in.
+$(BUILD)/tests/check_agent: $(BUILD)/obj/tests/check_agent.o $(call obj,dedupd/lib/agent.c) $(CORE_LIB) $(LIBDEDUP)
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $< $(call obj,dedupd/lib/agent.c) $(CORE_LIB) -L$(BUILD) -ldedup $(RPATH) $(PKG_LIBS) $(CHECK_LIBS) -lm
+
 $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(CORE_LIB) $(LIBDEDUP)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  LD      $@")

@@ -1,0 +1,158 @@
+// SPDX-License-Identifier: MIT
+/*
+ * libdedup's agent thread (dedupd/lib/agent.c, linked in directly) against a
+ * fake daemon on a private socket: what the agent does with a REMAP is
+ * checked against the page tables of its own process, not taken on the
+ * daemon's word.
+ */
+#include "tests/harness.h"
+#include "dedupd/common/proto.h"
+#include "dedupd/common/uffd.h"
+#include "dedupd/lib/agent.h"
+
+#include <fcntl.h>
+#include <pthread.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+
+#define PAGE 4096u
+#define NPG 8u
+
+struct fake {
+	int listen_fd, conn;
+};
+
+/* Accept the agent's connection and answer its AGENT_HELLO. */
+static void *fake_accept(void *arg)
+{
+	struct fake *f = arg;
+	union {
+		char raw[DD_MSG_MAX];
+		struct dd_msg_hdr h;
+	} in;
+	struct dd_msg_result ok = { .status = 0 };
+
+	f->conn = accept4(f->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+	if (f->conn < 0 || dd_msg_recv(f->conn, in.raw, sizeof(in.raw), NULL, 5000) <= 0 ||
+	    in.h.type != DD_MSG_AGENT_HELLO)
+		return NULL;
+	dd_msg_init(&ok.h, DD_MSG_RESULT, sizeof(ok), in.h.seq);
+	dd_msg_send(f->conn, &ok, sizeof(ok), -1);
+	return NULL;
+}
+
+static int fake_listen(const char *path)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+
+	ck_assert_uint_lt(strlen(path), sizeof(sa.sun_path));
+	memcpy(sa.sun_path, path, strlen(path) + 1);
+	unlink(path);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	ck_assert_int_eq(listen(fd, 1), 0);
+	return fd;
+}
+
+/*
+ * A REMAP whose zero runs are not all frozen: the agent zaps only a run
+ * whose every page is present and write-protected by the uffd; a run with
+ * one page the daemon never froze, or none, comes back -ESTALE and keeps
+ * its bytes. Several runs in one request: the agent reads the pagemap of
+ * the whole stretch once (batch_pagemap()), and must judge each run by it.
+ */
+START_TEST(test_agent_zaps_only_frozen_runs)
+{
+	struct uffdio_api api = { .api = UFFD_API, .features = UFFD_FEATURE_PAGEFAULT_FLAG_WP };
+	struct uffdio_register reg = { .mode = UFFDIO_REGISTER_MODE_WP };
+	struct uffdio_writeprotect wp = { .mode = UFFDIO_WRITEPROTECT_MODE_WP };
+	const struct {
+		uint32_t first, n;
+		int want;
+	} runs[] = { { 0, 2, 0 }, { 2, 2, -ESTALE }, { 5, 2, -ESTALE } };
+	union {
+		char raw[DD_MSG_MAX];
+		struct dd_msg_batch b;
+		struct dd_msg_agent_reply r;
+	} m;
+	struct fake f = { .conn = -1 };
+	struct dd_agent *a = NULL;
+	char path[256];
+	pthread_t th;
+	uint8_t *mem;
+	int uffd;
+
+	H_SKIP_UNLESS_ROOT(); /* process_madvise() on ourselves, a kernel uffd */
+	uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+	ck_assert_int_ge(uffd, 0);
+	ck_assert_int_eq(ioctl(uffd, UFFDIO_API, &api), 0);
+	mem = mmap(NULL, NPG * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ck_assert(mem != MAP_FAILED);
+	memset(mem, 0xab, NPG * PAGE);
+	reg.range = (struct uffdio_range){ (uintptr_t)mem, NPG * PAGE };
+	ck_assert_int_eq(ioctl(uffd, UFFDIO_REGISTER, &reg), 0);
+	/* Pages 0-2 frozen; 3 and up not. Nothing here writes to them again. */
+	wp.range = (struct uffdio_range){ (uintptr_t)mem, 3 * PAGE };
+	ck_assert_int_eq(ioctl(uffd, UFFDIO_WRITEPROTECT, &wp), 0);
+
+	h_sock_path(path, sizeof(path), "agent");
+	f.listen_fd = fake_listen(path);
+	ck_assert_int_eq(pthread_create(&th, NULL, fake_accept, &f), 0);
+	ck_assert_int_eq(dd_agent_start(path, 1, 2, -1, NULL, &a), 0);
+	pthread_join(th, NULL);
+	ck_assert_int_ge(f.conn, 0);
+
+	dd_msg_init(&m.b.h, DD_MSG_REMAP, sizeof(m.b) + 3 * sizeof(m.b.e[0]), 7);
+	m.b.n = 3;
+	m.b.pad = 0;
+	for (unsigned i = 0; i < 3; i++)
+		m.b.e[i] = (struct dd_remap_entry){ .addr = (uintptr_t)mem + runs[i].first * PAGE,
+						     .npages = runs[i].n,
+						     .flags = DD_REMAP_ZAP };
+	ck_assert_int_eq(dd_msg_send(f.conn, &m.b, m.b.h.len, -1), 0);
+	ck_assert_int_gt(dd_msg_recv(f.conn, m.raw, sizeof(m.raw), NULL, 5000), 0);
+	ck_assert_int_eq(m.r.h.type, DD_MSG_AGENT_REPLY);
+	ck_assert_uint_eq(m.r.h.seq, 7);
+	ck_assert_uint_eq(m.r.n, 3);
+	for (unsigned i = 0; i < 3; i++)
+		ck_assert_msg(m.r.res[i] == runs[i].want, "run %u (pages %u+%u): %d, want %d", i,
+			      runs[i].first, runs[i].n, m.r.res[i], runs[i].want);
+	/* The zapped run reads zeros; every other page kept its bytes. */
+	for (unsigned p = 0; p < NPG; p++)
+		ck_assert_msg(mem[(size_t)p * PAGE + 100] == (p < 2 ? 0 : 0xab),
+			      "page %u reads %#x", p, mem[(size_t)p * PAGE + 100]);
+
+	dd_agent_stop(a);
+	close(f.conn);
+	close(f.listen_fd);
+	unlink(path);
+	close(uffd);
+	munmap(mem, NPG * PAGE);
+}
+END_TEST
+
+static Suite *agent_suite(void)
+{
+	Suite *s = suite_create("agent");
+	TCase *tc = tcase_create("remap");
+
+	tcase_set_timeout(tc, 30);
+	tcase_add_test(tc, test_agent_zaps_only_frozen_runs);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int main(void)
+{
+	SRunner *sr = srunner_create(agent_suite());
+	int failed;
+
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? 1 : 0;
+}
