@@ -334,6 +334,24 @@ static uint64_t now_ms(void)
 	return now_ns() / 1000000;
 }
 
+#define THP_BYTES (2ULL << 20)
+
+/*
+ * Large daemon-side arrays (page records, unstable node chunks) are written
+ * page after page by the scan: ask for transparent huge pages where the
+ * range allows, one fault per 2 MiB instead of one per 4 KiB (a fault costs
+ * ~12 us on this kind of guest, and a 256 MiB region has 512 pages of
+ * records). Advice only: nothing changes if THPs are off.
+ */
+static void huge_hint(void *p, size_t len)
+{
+	uintptr_t a = ((uintptr_t)p + THP_BYTES - 1) & ~(uintptr_t)(THP_BYTES - 1);
+	uintptr_t e = ((uintptr_t)p + len) & ~(uintptr_t)(THP_BYTES - 1);
+
+	if (e > a)
+		madvise((void *)a, e - a, MADV_HUGEPAGE);
+}
+
 void dd_scan_knobs_default(struct dd_scan_knobs *k)
 {
 	/* 4096 pages / 20 ms caps the scan at ~800 MB/s: a trickle for a
@@ -927,6 +945,8 @@ int dd_scanner_register(struct dd_scanner *s, struct dd_sclient *c, uint64_t add
 	r = calloc(1, sizeof(*r));
 	if (r)
 		r->pages = calloc(len / DD_PAGE_SIZE, sizeof(*r->pages));
+	if (r && r->pages)
+		huge_hint(r->pages, len / DD_PAGE_SIZE * sizeof(*r->pages));
 	if (!r || !r->pages) {
 		free(r);
 		rc = -ENOMEM;
@@ -1419,6 +1439,7 @@ static struct dd_unstable *unode_get(struct dd_scanner *s)
 
 			if (m == MAP_FAILED)
 				goto out;
+			huge_hint(m, UPOOL_CHUNK_BYTES);
 			s->upool[s->upool_chunks] = m;
 			s->upool_chunks++;
 		}
@@ -2076,7 +2097,6 @@ static size_t merge_cap(struct dd_scanner *s)
 #ifndef MADV_COLD
 #define MADV_COLD 20
 #endif
-#define THP_BYTES (2ULL << 20)
 
 /*
  * Pages of [base, base + n pages) that a transparent huge page holds: marked
