@@ -56,9 +56,14 @@
 #define HASH_CHUNK 64     /* pages per process_vm_readv + hash: 256 KiB, fits L2 */
 _Static_assert(READ_BATCH <= DD_HASH_MAX, "one HASH request per batch");
 #define MAX_MERGE 1024    /* merges per flush */
-#define SBUF_PAGES 64     /* store pages per pread in verify() */
 #define TLB_FLUSH_CEILING 33 /* the kernel's tlb_single_page_flush_ceiling (x86 default) */
 #define SPAN_GAP_MAX 64      /* pages between two runs that one freeze may bridge */
+ /* Store slots allocated ahead of the fills (warm_main()): */
+#define WARM_MAX 4096u       /* at most this many per store (16 MiB)... */
+#define WARM_MIN 256u        /* ...at least this many while slots are being taken... */
+#define WARM_HORIZON_MS 40u  /* ...else what this long at the last rate would take */
+#define WARM_TICK_MS 5u      /* the warmer's look at the demand while there is some */
+#define WARM_COOL_MS 1000u   /* no slot taken for this long: warm pages given back */
 #define MAX_EVENTS 256    /* queued unmap events per client before a full reset */
 #define VMA_RECOUNT_MS 50 /* a client's VMA count is at most this old when merging */
 #define RECONCILE_MIN_MS 1000  /* a client's maps read at most this often on a hint... */
@@ -253,7 +258,6 @@ struct dd_worker {
 	pthread_t thread;
 	uint8_t *buf;  /* HASH_CHUNK pages */
 	uint8_t *vbuf; /* MAX_MERGE pages: verify copies */
-	uint8_t *sbuf; /* SBUF_PAGES pages: store pages read for verify */
 	struct merge *mq;
 	size_t nmq;
 	/* The merge batch whose REMAP is out (its client's lock held): the
@@ -281,7 +285,16 @@ struct dd_scanner {
 	uint64_t next_client_id;
 	struct dd_domain domains[MAX_DOMAINS];
 	uint32_t ndomains;
-	pthread_t scan_thread, fault_thread;
+	pthread_t scan_thread, fault_thread, warm_thread;
+	/* The store warmer (warm_main()): asleep while no slot is reserved. */
+	pthread_mutex_t warm_mx;
+	pthread_cond_t warm_cv;
+	atomic_bool warm_idle;
+	bool warm_kicked;
+	struct warm_dom { /* per domain's store: slots reserved, last taken, wanted warm */
+		uint64_t seen, used_ms;
+		uint32_t want;
+	} *warm_dom; /* [MAX_DOMAINS], the warmer's own */
 	bool running;
 	atomic_bool stop;
 	atomic_bool fault_stop; /* the fault thread's own: set after the scan threads end */
@@ -369,6 +382,8 @@ void dd_scan_knobs_default(struct dd_scan_knobs *k)
 }
 
 static void fault_sync(struct dd_scanner *s);
+static void warm_kick(struct dd_scanner *s);
+static void add_cpu(struct dd_scanner *s, const struct timespec *t0);
 struct dd_unstable;
 static struct dd_unstable *unstable_of(struct dd_scanner *s, struct dd_region *r, uint32_t idx);
 static bool unstable_del(struct dd_scanner *s, struct dd_unstable *u);
@@ -1604,6 +1619,8 @@ static void match_page(struct dd_worker *w, struct dd_region *r, uint32_t idx, u
 		if (slot < 0)
 			return; /* the other page waits in its record for the next pass */
 		w->hint = slot;
+		if (atomic_load_explicit(&s->warm_idle, memory_order_relaxed))
+			warm_kick(s);
 		atomic_fetch_add(&qr->refs, 1);
 		mq_add(w, r, idx, slot);
 		w->mq[w->nmq - 1].fresh = true;
@@ -1628,6 +1645,107 @@ miss:
 	p->state = PG_UNSTABLE;
 	p->age = 0;
 	p->slot = u->self;
+}
+
+/* ---- store slots allocated ahead of the fills ---------------------------- */
+
+/*
+ * Filling a fresh slot writes a newly allocated page: 2-6 us a page here,
+ * most of a merge's cost in W1, against ~1 us to overwrite a page that is
+ * there. This thread allocates the slots ahead of the scan threads, on the
+ * other core, as fast as they take them: as many as the last WARM_HORIZON_MS
+ * of reservations (WARM_MIN..WARM_MAX per store). It sleeps while nobody
+ * reserves, and gives the warm pages back after WARM_COOL_MS without demand:
+ * they are memory the daemon holds (store_pages_warm, charged in
+ * bytes_saved_net).
+ */
+static void warm_kick(struct dd_scanner *s)
+{
+	pthread_mutex_lock(&s->warm_mx);
+	s->warm_kicked = true;
+	atomic_store(&s->warm_idle, false);
+	pthread_cond_signal(&s->warm_cv);
+	pthread_mutex_unlock(&s->warm_mx);
+}
+
+static void warm_cool_all(struct dd_scanner *s)
+{
+	uint32_t nd;
+
+	pthread_mutex_lock(&s->lock);
+	nd = s->ndomains;
+	pthread_mutex_unlock(&s->lock);
+	for (uint32_t i = 0; i < nd; i++)
+		dd_store_cool(s->domains[i].store);
+}
+
+static void *warm_main(void *arg)
+{
+	struct dd_scanner *s = arg;
+	struct warm_dom *wd = s->warm_dom;
+	uint64_t prev = now_ms();
+	bool active = false;
+
+	while (!atomic_load(&s->stop)) {
+		struct timespec t0;
+		uint64_t now, dt;
+		uint32_t nd;
+
+		pthread_mutex_lock(&s->warm_mx);
+		if (!active) {
+			atomic_store(&s->warm_idle, true);
+			while (!s->warm_kicked && !atomic_load(&s->stop))
+				pthread_cond_wait(&s->warm_cv, &s->warm_mx);
+		} else if (!s->warm_kicked) {
+			struct timespec ts;
+
+			clock_gettime(CLOCK_MONOTONIC, &ts);
+			ts.tv_nsec += WARM_TICK_MS * 1000000L;
+			if (ts.tv_nsec >= 1000000000L) {
+				ts.tv_sec++;
+				ts.tv_nsec -= 1000000000L;
+			}
+			pthread_cond_timedwait(&s->warm_cv, &s->warm_mx, &ts);
+		}
+		s->warm_kicked = false;
+		pthread_mutex_unlock(&s->warm_mx);
+		if (atomic_load(&s->stop))
+			break;
+
+		clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t0);
+		pthread_mutex_lock(&s->lock);
+		nd = s->ndomains;
+		pthread_mutex_unlock(&s->lock);
+		now = now_ms();
+		dt = now > prev ? now - prev : 1;
+		prev = now;
+		active = false;
+		for (uint32_t i = 0; i < nd && !atomic_load(&s->stop); i++) {
+			struct dd_store *st = s->domains[i].store;
+			struct warm_dom *x = &wd[i];
+			uint64_t r = dd_store_reserved(st), d = r - x->seen;
+			uint64_t w = d * WARM_HORIZON_MS / dt;
+
+			x->seen = r;
+			if (d)
+				x->used_ms = now;
+			if (!x->used_ms || now - x->used_ms >= WARM_COOL_MS) {
+				if (x->want)
+					dd_store_cool(st);
+				x->want = 0;
+				continue;
+			}
+			active = true;
+			/* Follow a rise at once, a fall slowly (a quarter a tick). */
+			w = w > WARM_MAX ? WARM_MAX : w < WARM_MIN ? WARM_MIN : w;
+			x->want = w > x->want - x->want / 4 ? (uint32_t)w : x->want - x->want / 4;
+			while (!atomic_load(&s->stop) && dd_store_warm(st, x->want) > 0)
+				;
+		}
+		add_cpu(s, &t0);
+	}
+	warm_cool_all(s);
+	return NULL;
 }
 
 static int cmp_merge(const void *a, const void *b)
@@ -1734,9 +1852,9 @@ static bool still_mergeable(const struct merge *m)
 
 /*
  * Re-read frozen pages and compare them with their target, byte for byte:
- * the zero page, or the store page (read with pread, a run of slots at a
- * time). A page for a fresh slot has nothing to compare with: it becomes the
- * slot's content (fill()).
+ * the zero page, or the store page, through the daemon's mapping of the
+ * store (dd_store_page(): no syscall per run). A page for a fresh slot has
+ * nothing to compare with: it becomes the slot's content (fill()).
  */
 static void verify(struct dd_worker *w, struct dd_sclient *c, struct merge *q, size_t n)
 {
@@ -1746,34 +1864,23 @@ static void verify(struct dd_worker *w, struct dd_sclient *c, struct merge *q, s
 			for (size_t j = i; j < i + k; j++)
 				q[j].res = q[j].res ? q[j].res : -EFAULT;
 	}
-	for (size_t i = 0, k; i < n; i += k) {
-		k = run_len(q, n, i, true);
-		for (size_t j = i; j < i + k; j += SBUF_PAGES) {
-			size_t m = i + k - j < SBUF_PAGES ? i + k - j : SBUF_PAGES;
-			bool stored = q[j].slot >= 0 && !q[j].fresh && !q[j].res; /* res: whole run */
-			int rd = stored ? dd_store_read(q[j].r->dom->store, (uint32_t)q[j].slot,
-							w->sbuf, (uint32_t)m)
-					: 0;
+	for (size_t x = 0; x < n; x++) {
+		const uint8_t *pg = w->vbuf + x * DD_PAGE_SIZE;
+		bool same;
 
-			for (size_t x = j; x < j + m; x++) {
-				const uint8_t *pg = w->vbuf + x * DD_PAGE_SIZE;
-				bool same;
-
-				if (q[x].res)
-					continue;
-				if (!still_mergeable(&q[x]) || rd < 0)
-					same = false;
-				else if (q[x].slot < 0)
-					same = dd_page_is_zero(pg);
-				else if (q[x].fresh)
-					same = true;
-				else
-					same = !memcmp(pg, w->sbuf + (x - j) * DD_PAGE_SIZE,
-						       DD_PAGE_SIZE);
-				if (!same)
-					q[x].res = -EAGAIN;
-			}
-		}
+		if (q[x].res)
+			continue;
+		if (!still_mergeable(&q[x]))
+			same = false;
+		else if (q[x].slot < 0)
+			same = dd_page_is_zero(pg);
+		else if (q[x].fresh)
+			same = true;
+		else /* the slot is held: the merge's pending reference */
+			same = !memcmp(pg, dd_store_page(q[x].r->dom->store, (uint32_t)q[x].slot),
+				       DD_PAGE_SIZE);
+		if (!same)
+			q[x].res = -EAGAIN;
 	}
 }
 
@@ -2857,7 +2964,7 @@ static void *scan_main(void *arg)
 static bool workers_ok(const struct dd_scanner *s)
 {
 	for (unsigned i = 0; i < s->nworkers; i++)
-		if (!s->workers[i].buf || !s->workers[i].vbuf || !s->workers[i].sbuf ||
+		if (!s->workers[i].buf || !s->workers[i].vbuf ||
 		    !s->workers[i].mq || !s->workers[i].mq_out || !s->workers[i].b)
 			return false;
 	return true;
@@ -2883,6 +2990,7 @@ struct dd_scanner *dd_scanner_new(const struct dd_scan_knobs *k, const struct dd
 	}
 	pthread_mutex_init(&s->pass_lock, NULL);
 	pthread_cond_init(&s->pass_cv, NULL);
+	pthread_mutex_init(&s->warm_mx, NULL);
 	pthread_mutex_init(&s->sleep_mx, NULL);
 	{
 		pthread_condattr_t ca;
@@ -2890,6 +2998,7 @@ struct dd_scanner *dd_scanner_new(const struct dd_scan_knobs *k, const struct dd
 		pthread_condattr_init(&ca);
 		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 		pthread_cond_init(&s->sleep_cv, &ca);
+		pthread_cond_init(&s->warm_cv, &ca);
 		pthread_condattr_destroy(&ca);
 	}
 	s->knobs = *k;
@@ -2906,19 +3015,19 @@ struct dd_scanner *dd_scanner_new(const struct dd_scan_knobs *k, const struct dd
 		s->nworkers = ncpu > 2 ? (unsigned)(ncpu / 2) : 1;
 	}
 	s->workers = calloc(s->nworkers, sizeof(*s->workers));
+	s->warm_dom = calloc(MAX_DOMAINS, sizeof(*s->warm_dom));
 	for (unsigned i = 0; s->workers && i < s->nworkers; i++) {
 		struct dd_worker *w = &s->workers[i];
 
 		w->s = s;
 		w->buf = malloc((size_t)HASH_CHUNK * DD_PAGE_SIZE);
 		w->vbuf = malloc((size_t)MAX_MERGE * DD_PAGE_SIZE);
-		w->sbuf = malloc((size_t)SBUF_PAGES * DD_PAGE_SIZE);
 		w->mq = calloc(MAX_MERGE, sizeof(*w->mq));
 		w->mq_out = calloc(MAX_MERGE, sizeof(*w->mq_out));
 		w->b = calloc(2, sizeof(*w->b));
 	}
 	if (s->fault_wake < 0 || s->fault_ep < 0 || !s->stable ||
-	    !s->unstable || !s->workers || !workers_ok(s) ||
+	    !s->unstable || !s->workers || !workers_ok(s) || !s->warm_dom ||
 	    epoll_ctl(s->fault_ep, EPOLL_CTL_ADD, s->fault_wake, &ev) < 0) {
 		dd_scanner_free(s);
 		return NULL;
@@ -2933,9 +3042,17 @@ int dd_scanner_start(struct dd_scanner *s)
 
 	atomic_store(&s->stop, false);
 	clock_gettime(CLOCK_MONOTONIC, &s->pass_start);
-	r = pthread_create(&s->fault_thread, NULL, fault_main, s);
+	r = pthread_create(&s->warm_thread, NULL, warm_main, s);
 	if (r)
 		return -r;
+	pthread_setname_np(s->warm_thread, "dedupd-warm");
+	r = pthread_create(&s->fault_thread, NULL, fault_main, s);
+	if (r) {
+		atomic_store(&s->stop, true);
+		warm_kick(s);
+		pthread_join(s->warm_thread, NULL);
+		return -r;
+	}
 	pthread_setname_np(s->fault_thread, "dedupd-fault");
 	for (i = 0; i < s->nworkers; i++) {
 		char name[16];
@@ -2976,6 +3093,8 @@ void dd_scanner_stop(struct dd_scanner *s)
 	pthread_mutex_unlock(&s->pass_lock);
 	for (unsigned i = 0; i < s->nworkers; i++)
 		pthread_join(s->workers[i].thread, NULL);
+	warm_kick(s);
+	pthread_join(s->warm_thread, NULL); /* it gives the warm pages back */
 	/* The fault thread stops last: a scan thread may still be waiting for
 	 * an agent whose remap waits for its unmap event to be read, and the
 	 * writers it froze wait for the fault thread too. */
@@ -3018,11 +3137,11 @@ void dd_scanner_free(struct dd_scanner *s)
 	for (unsigned i = 0; s->workers && i < s->nworkers; i++) {
 		free(s->workers[i].buf);
 		free(s->workers[i].vbuf);
-		free(s->workers[i].sbuf);
 		free(s->workers[i].mq);
 		free(s->workers[i].mq_out);
 		free(s->workers[i].b);
 	}
+	free(s->warm_dom);
 	free(s->workers);
 	for (uint32_t i = 0; i < s->upool_chunks; i++)
 		munmap(s->upool[i], UPOOL_CHUNK_BYTES);
@@ -3084,6 +3203,7 @@ void dd_scanner_stats(struct dd_scanner *s, struct dd_scan_stats *o)
 		o->pages_sharing += ss.sharers - ss.slots_shared;
 		o->store_pages += ss.slots_used;
 		o->store_freed += ss.freed;
+		o->store_warm += ss.warm;
 		o->meta_bytes += ss.meta_bytes;
 	}
 	for (struct dd_sclient *c = s->clients; c; c = c->next) {
@@ -3132,13 +3252,15 @@ void dd_scanner_stats(struct dd_scanner *s, struct dd_scan_stats *o)
 			 dd_table_bucket_bytes(s->stable) + dd_table_bucket_bytes(s->unstable);
 	/* Charge what the daemon really holds: its resident anonymous memory
 	 * (records, tables, buffers, allocator slack) when that exceeds the
-	 * bookkeeping estimate; store pages without sharers; VMA slab. */
+	 * bookkeeping estimate; store pages without sharers, and warm ones; VMA
+	 * slab. */
 	o->daemon_anon_bytes = dd_self_rss_anon_bytes();
 	o->bytes_saved_net = (int64_t)((o->pages_sharing + o->zero_pages) * DD_PAGE_SIZE) -
 			     (int64_t)(o->daemon_anon_bytes > o->meta_bytes ? o->daemon_anon_bytes
 									: o->meta_bytes) -
 			     (int64_t)(o->vmas_added * VMA_SLAB_BYTES) -
-			     (int64_t)((o->store_pages - o->pages_shared) * DD_PAGE_SIZE);
+			     (int64_t)((o->store_pages - o->pages_shared + o->store_warm) *
+				       DD_PAGE_SIZE);
 }
 
 void dd_scanner_regions(struct dd_scanner *s, void (*fn)(const struct dd_region_info *, void *),

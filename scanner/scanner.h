@@ -88,6 +88,7 @@ struct dd_scan_stats {
 	uint64_t thp_skipped;     /* pages left alone because a THP holds them (last pass) */
 	uint64_t store_pages;     /* store slots held, with or without sharers */
 	uint64_t store_freed;
+	uint64_t store_warm;      /* free store slots allocated ahead of merges */
 	uint64_t vmas;            /* VMAs of all clients now */
 	uint64_t vmas_added;      /* VMAs that our remaps add, estimate */
 	uint64_t faults;          /* write-protect faults answered */

@@ -1107,6 +1107,65 @@ START_TEST(test_register_wakes_scanner)
 }
 END_TEST
 
+/* The daemon's store memfd (dedupd-store-0): its allocated 4 KiB pages, or -1. */
+static long store_file_pages(pid_t pid)
+{
+	for (int fd = 0; fd < 1024; fd++) {
+		char path[64], target[128];
+		struct stat sb;
+		ssize_t n;
+
+		snprintf(path, sizeof(path), "/proc/%d/fd/%d", (int)pid, fd);
+		n = readlink(path, target, sizeof(target) - 1);
+		if (n <= 0)
+			continue;
+		target[n] = '\0';
+		if (strstr(target, "dedupd-store-0") && stat(path, &sb) == 0)
+			return (long)(sb.st_blocks * 512 / 4096);
+	}
+	return -1;
+}
+
+/*
+ * Fresh store slots are allocated ahead of the merges that fill them (the
+ * warmer), and given back about a second after the last one: while merges
+ * take new slots, store_pages_warm counts pages the store file holds beyond
+ * store_pages; after, the file holds exactly store_pages again.
+ */
+START_TEST(test_store_warm_given_back)
+{
+	struct kid k[2];
+	int64_t warm = 0, peak = 0, file_extra = 0;
+	uint64_t t0;
+
+	H_SKIP_UNLESS_ROOT();
+	k[0] = kid_start(0);
+	ck_assert(h_wait_stat(sock, "pages_unshared", NPAGES - NZERO, false, 10000));
+	ck_assert_int_eq(h_stat(sock, "store_pages_warm"), 0); /* no demand yet */
+	k[1] = kid_start(1);
+	t0 = h_now_ms();
+	while (h_now_ms() - t0 < 3000 && peak == 0) {
+		warm = h_stat(sock, "store_pages_warm");
+		if (warm > 0) {
+			peak = warm;
+			file_extra = store_file_pages(daemon_pid) - h_stat(sock, "store_pages");
+		}
+		h_sleep_ms(20);
+	}
+	ck_assert_msg(peak > 0, "no store page was allocated ahead of the merges");
+	ck_assert_msg(file_extra > 0, "store_pages_warm %lld, but the store file holds %lld "
+		      "pages beyond store_pages", (long long)peak, (long long)file_extra);
+	ck_assert(h_wait_stat(sock, "pages_sharing", NDUP, false, 5000));
+	ck_assert_msg(h_wait_stat(sock, "store_pages_warm", 0, false, 4000),
+		      "store_pages_warm still %lld", (long long)h_stat(sock, "store_pages_warm"));
+	ck_assert_int_eq(store_file_pages(daemon_pid), h_stat(sock, "store_pages"));
+	for (unsigned i = 0; i < 2; i++) {
+		ck_assert_int_eq(kid_cmd(&k[i], 'v'), 0);
+		kid_stop(&k[i]);
+	}
+}
+END_TEST
+
 /*
  * The mmap() of an emptied run fails (as it would at vm.max_map_count; here
  * $DEDUP_TEST_REMAP_FAIL makes it): the agent puts the run's bytes back from
@@ -1852,6 +1911,7 @@ static Suite *merge_suite(void)
 	tcase_add_test(tc, test_preload_routes_madvise);
 	tcase_add_test(tc, test_preload_falls_back_without_daemon);
 	tcase_add_test(tc, test_register_wakes_scanner);
+	tcase_add_test(tc, test_store_warm_given_back);
 	suite_add_tcase(s, tc);
 	tc = tcase_create("window");
 	tcase_add_checked_fixture(tc, setup, teardown);

@@ -499,6 +499,7 @@ START_TEST(test_metrics_live)
 		{ "clients", "dedupd_clients" },
 		{ "regions", "dedupd_regions" },
 		{ "store_pages", "dedupd_store_pages" },
+		{ "store_pages_warm", "dedupd_store_pages_warm" },
 		{ "merges", "dedupd_merges_total" },
 		{ "cow_breaks", "dedupd_cow_breaks_total" },
 		{ "pages_unmapped", "dedupd_pages_unmapped_total" },

@@ -57,6 +57,7 @@ static struct json_object *stats_json(struct dd_scanner *s)
 	ADD_U64(o, "thp_pages_skipped", st.thp_skipped);
 	ADD_U64(o, "store_pages", st.store_pages);
 	ADD_U64(o, "store_pages_freed", st.store_freed);
+	ADD_U64(o, "store_pages_warm", st.store_warm);
 	ADD_U64(o, "vmas", st.vmas);
 	ADD_U64(o, "vmas_added", st.vmas_added);
 	ADD_U64(o, "wp_faults", st.faults);
