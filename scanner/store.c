@@ -435,9 +435,8 @@ int dd_store_warm(struct dd_store *st, uint32_t want)
 	int r;
 
 	pthread_mutex_lock(&st->lock);
-	/* Room ahead, as the next reservation would make it. */
-	if (st->nr_warm < want && st->nslots - st->cursor < want + STORE_WARM_CHUNK)
-		grow(st);
+	/* Only in the file as it is: the reservations grow it (a growth ahead
+	 * would add 16,384 slots of bookkeeping the store may never use). */
 	if (st->nr_warm < want) {
 		uint32_t i = st->cursor, lim = st->nslots;
 
