@@ -231,6 +231,7 @@ struct merge {
 	bool ref;    /* holds a region reference (queued from another scan) */
 	bool fresh;  /* slot reserved by this merge: the frozen page fills it */
 	bool filled; /* ... and it was filled */
+	bool agent_cmp; /* the agent compares it in place (DD_REMAP_VERIFY), not verify() */
 	uint32_t pidx;		/* fresh: the unstable partner's page, */
 	struct dd_region *pr; /* queued on its client once the slot is filled */
 };
@@ -1855,11 +1856,22 @@ static bool still_mergeable(const struct merge *m)
  * the zero page, or the store page, through the daemon's mapping of the
  * store (dd_store_page(): no syscall per run). A page for a fresh slot has
  * nothing to compare with: it becomes the slot's content (fill()).
+ * With an agent that compares (av), only the pages for fresh slots are
+ * read here: the agent compares the others in place, after it finds them
+ * frozen and before it touches them (DD_REMAP_VERIFY), so that they are
+ * not copied out of the client (~0.65 us a page here).
  */
-static void verify(struct dd_worker *w, struct dd_sclient *c, struct merge *q, size_t n)
+static void verify(struct dd_worker *w, struct dd_sclient *c, struct merge *q, size_t n, bool av)
 {
+	for (size_t i = 0; i < n; i++)
+		q[i].agent_cmp = av && !q[i].fresh;
 	for (size_t i = 0, k; i < n; i += k) {
-		k = run_len(q, n, i, false);
+		k = 1;
+		if (q[i].agent_cmp)
+			continue;
+		while (i + k < n && !q[i + k].agent_cmp && q[i + k].r == q[i].r &&
+		       q[i + k].idx == q[i + k - 1].idx + 1)
+			k++;
 		if (read_pages(c, mq_addr(&q[i]), w->vbuf + i * DD_PAGE_SIZE, k) < 0)
 			for (size_t j = i; j < i + k; j++)
 				q[j].res = q[j].res ? q[j].res : -EFAULT;
@@ -1872,10 +1884,10 @@ static void verify(struct dd_worker *w, struct dd_sclient *c, struct merge *q, s
 			continue;
 		if (!still_mergeable(&q[x]))
 			same = false;
+		else if (q[x].agent_cmp || q[x].fresh)
+			same = true; /* the agent's to compare, or the slot's content */
 		else if (q[x].slot < 0)
 			same = dd_page_is_zero(pg);
-		else if (q[x].fresh)
-			same = true;
 		else /* the slot is held: the merge's pending reference */
 			same = !memcmp(pg, dd_store_page(q[x].r->dom->store, (uint32_t)q[x].slot),
 				       DD_PAGE_SIZE);
@@ -1947,7 +1959,8 @@ static uint32_t remap_entries(struct dd_worker *w, struct dd_sclient *c, struct 
 			.addr = mq_addr(&q[i]),
 			.store_off = z ? 0 : (uint64_t)q[i].slot * DD_PAGE_SIZE,
 			.npages = (uint32_t)k & 0xffffff, /* k <= MAX_MERGE */
-			.flags = z ? DD_REMAP_ZAP : run_anon(&q[i], k) ? DD_REMAP_ANON : 0,
+			.flags = (z ? DD_REMAP_ZAP : run_anon(&q[i], k) ? DD_REMAP_ANON : 0) |
+				 (q[i].agent_cmp ? DD_REMAP_VERIFY : 0),
 			.domain = z ? 0 : q[i].r->dom->id,
 		};
 		*nzap += z;
@@ -2175,7 +2188,8 @@ static void flush(struct dd_worker *w, struct dd_sclient *c)
 	t[0] = now_ns();
 	freeze(c, w->mq, n);
 	t[1] = now_ns();
-	verify(w, c, w->mq, n);
+	verify(w, c, w->mq, n,
+	       c->agent && w->s->ops.agent_verifies && w->s->ops.agent_verifies(c->agent));
 	fill(w, w->mq, n);
 	t[2] = now_ns();
 	atomic_fetch_add(&w->s->merge_freeze_ns, t[1] - t[0]);

@@ -49,6 +49,9 @@ struct dd_scan_ops {
 	 * answer). */
 	int (*hash_recv)(void *agent, uint32_t npages, struct dd_hash_result *res,
 			 uint64_t *cpu_ns);
+	/* Does the agent compare the runs flagged DD_REMAP_VERIFY itself (then
+	 * the scan does not copy those pages out to compare them)? May be NULL. */
+	bool (*agent_verifies)(void *agent);
 };
 
 struct dd_scan_knobs {

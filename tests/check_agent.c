@@ -9,6 +9,7 @@
 #include "dedupd/common/proto.h"
 #include "dedupd/common/uffd.h"
 #include "dedupd/lib/agent.h"
+#include "hash/pagehash.h"
 
 #include <fcntl.h>
 #include <pthread.h>
@@ -135,6 +136,114 @@ START_TEST(test_agent_zaps_only_frozen_runs)
 }
 END_TEST
 
+/*
+ * DD_REMAP_VERIFY: the agent compares a run in place with its store pages
+ * (a remap) or checks that it is all zero (a zap) before it acts, and a run
+ * with one page that differs by one byte comes back -EAGAIN with its bytes
+ * intact. A run that passes is really mapped from the store: a later write
+ * to the store file shows through the (not yet copied) private mapping.
+ */
+START_TEST(test_agent_verifies_before_acting)
+{
+	struct uffdio_api api = { .api = UFFD_API, .features = UFFD_FEATURE_PAGEFAULT_FLAG_WP };
+	struct uffdio_register reg = { .mode = UFFDIO_REGISTER_MODE_WP };
+	struct uffdio_writeprotect wp = { .mode = UFFDIO_WRITEPROTECT_MODE_WP };
+	const struct {
+		uint32_t first, n, slot;
+		bool zap;
+		int want;
+	} runs[] = { { 0, 2, 0, true, 0 },	  /* zero */
+		     { 2, 2, 0, true, -EAGAIN },  /* page 3 has one byte set */
+		     { 4, 2, 0, false, 0 },	  /* the same as slots 0-1 */
+		     { 6, 2, 2, false, -EAGAIN } }; /* page 7 differs from slot 3 */
+	union {
+		char raw[DD_MSG_MAX];
+		struct dd_msg_batch b;
+		struct dd_msg_store st;
+		struct dd_msg_agent_reply r;
+	} m;
+	static uint8_t store_pages[4 * PAGE];
+	struct fake f = { .conn = -1 };
+	struct dd_agent *a = NULL;
+	char path[256];
+	pthread_t th;
+	uint8_t *mem, mark = 0x5c;
+	int uffd, memfd;
+
+	H_SKIP_UNLESS_ROOT(); /* a kernel uffd with write-protect */
+	for (unsigned i = 0; i < sizeof(store_pages); i++)
+		store_pages[i] = (uint8_t)(i * 7 + 3);
+	memfd = memfd_create("store", MFD_CLOEXEC);
+	ck_assert_int_ge(memfd, 0);
+	ck_assert_int_eq(pwrite(memfd, store_pages, sizeof(store_pages), 0),
+			 (ssize_t)sizeof(store_pages));
+	uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+	ck_assert_int_ge(uffd, 0);
+	ck_assert_int_eq(ioctl(uffd, UFFDIO_API, &api), 0);
+	mem = mmap(NULL, NPG * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ck_assert(mem != MAP_FAILED);
+	memset(mem, 0, 4 * PAGE);
+	mem[3 * PAGE + 4000] = 1;
+	memcpy(mem + 4 * PAGE, store_pages, 4 * PAGE); /* pages 4-7 = slots 0-3 */
+	mem[7 * PAGE + 17] ^= 0x80;
+	reg.range = (struct uffdio_range){ (uintptr_t)mem, NPG * PAGE };
+	ck_assert_int_eq(ioctl(uffd, UFFDIO_REGISTER, &reg), 0);
+	wp.range = reg.range; /* all frozen */
+	ck_assert_int_eq(ioctl(uffd, UFFDIO_WRITEPROTECT, &wp), 0);
+
+	h_sock_path(path, sizeof(path), "agentv");
+	f.listen_fd = fake_listen(path);
+	ck_assert_int_eq(pthread_create(&th, NULL, fake_accept, &f), 0);
+	ck_assert_int_eq(dd_agent_start(path, 1, 2, -1, NULL, &a), 0);
+	pthread_join(th, NULL);
+	ck_assert_int_ge(f.conn, 0);
+	dd_msg_init(&m.st.h, DD_MSG_STORE, sizeof(m.st), 6);
+	m.st.domain = 3;
+	m.st.pad = 0;
+	ck_assert_int_eq(dd_msg_send(f.conn, &m.st, sizeof(m.st), memfd), 0);
+
+	dd_msg_init(&m.b.h, DD_MSG_REMAP, sizeof(m.b) + 4 * sizeof(m.b.e[0]), 7);
+	m.b.n = 4;
+	m.b.pad = 0;
+	for (unsigned i = 0; i < 4; i++)
+		m.b.e[i] = (struct dd_remap_entry){
+			.addr = (uintptr_t)mem + runs[i].first * PAGE,
+			.store_off = (uint64_t)runs[i].slot * PAGE,
+			.npages = runs[i].n,
+			.flags = DD_REMAP_VERIFY | (runs[i].zap ? DD_REMAP_ZAP : 0),
+			.domain = runs[i].zap ? 0 : 3,
+		};
+	ck_assert_int_eq(dd_msg_send(f.conn, &m.b, m.b.h.len, -1), 0);
+	ck_assert_int_gt(dd_msg_recv(f.conn, m.raw, sizeof(m.raw), NULL, 5000), 0);
+	ck_assert_int_eq(m.r.h.type, DD_MSG_AGENT_REPLY);
+	ck_assert_uint_eq(m.r.h.seq, 7);
+	ck_assert_uint_eq(m.r.n, 4);
+	for (unsigned i = 0; i < 4; i++)
+		ck_assert_msg(m.r.res[i] == runs[i].want, "run %u (pages %u+%u): %d, want %d", i,
+			      runs[i].first, runs[i].n, m.r.res[i], runs[i].want);
+
+	/* Refused runs kept their bytes; the zapped run reads zeros. */
+	ck_assert_uint_eq(mem[3 * PAGE + 4000], 1);
+	ck_assert_mem_eq(mem + 6 * PAGE, store_pages + 2 * PAGE, PAGE);
+	ck_assert_uint_eq(mem[7 * PAGE + 17], store_pages[3 * PAGE + 17] ^ 0x80);
+	for (unsigned p = 0; p < 2; p++)
+		ck_assert(dd_page_is_zero(mem + (size_t)p * PAGE));
+	/* Pages 4-5 map slots 0-1 now; pages 6-7 are still our own. */
+	ck_assert_int_eq(pwrite(memfd, &mark, 1, 100), 1);
+	ck_assert_int_eq(pwrite(memfd, &mark, 1, 2 * PAGE + 100), 1);
+	ck_assert_uint_eq(mem[4 * PAGE + 100], mark);
+	ck_assert_uint_eq(mem[6 * PAGE + 100], store_pages[2 * PAGE + 100]);
+
+	dd_agent_stop(a);
+	close(f.conn);
+	close(f.listen_fd);
+	unlink(path);
+	close(uffd);
+	close(memfd);
+	munmap(mem, NPG * PAGE);
+}
+END_TEST
+
 static Suite *agent_suite(void)
 {
 	Suite *s = suite_create("agent");
@@ -142,6 +251,7 @@ static Suite *agent_suite(void)
 
 	tcase_set_timeout(tc, 30);
 	tcase_add_test(tc, test_agent_zaps_only_frozen_runs);
+	tcase_add_test(tc, test_agent_verifies_before_acting);
 	suite_add_tcase(s, tc);
 	return s;
 }

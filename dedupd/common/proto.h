@@ -80,6 +80,9 @@ enum dd_domain_policy {
 /* The agent holds a copy of the uffd and takes DD_REMAP_ANON (agent.c,
  * do_remaps(): one TLB flush for a batch of remaps). */
 #define DD_HELLO_AGENT_UNMAP 2u
+/* The agent byte-compares the runs flagged DD_REMAP_VERIFY itself (with
+ * DD_HELLO_AGENT_UNMAP only). */
+#define DD_HELLO_AGENT_VERIFY 4u
 
 struct dd_msg_hello { /* + SCM_RIGHTS: uffd */
 	struct dd_msg_hdr h;
@@ -146,6 +149,12 @@ struct dd_remap_entry {
  * ignored): one REMAP then carries a batch's remaps and zaps. */
 #define DD_REMAP_ANON 1u
 #define DD_REMAP_ZAP 2u
+/* VERIFY: before it acts on the run, and after it found the run frozen, the
+ * agent compares the run's pages in place with its store pages (a remap) or
+ * checks that they are all zero (a zap), and answers -EAGAIN if one differs
+ * (-EFAULT if one cannot be read, -EOPNOTSUPP if it cannot read in place
+ * any more). Only to agents that sent DD_HELLO_AGENT_VERIFY. */
+#define DD_REMAP_VERIFY 4u
 
 struct dd_msg_batch { /* REMAP and ZAP */
 	struct dd_msg_hdr h;

@@ -54,6 +54,7 @@ struct agent_chan {
 	int timeout_ms;
 	atomic_bool hash; /* the agent answers HASH (HELLO flag), until it says it cannot */
 	bool unmap;	  /* the agent takes DD_REMAP_ANON (HELLO flag) */
+	atomic_bool verify; /* ... and DD_REMAP_VERIFY (HELLO flag; off once it cannot) */
 	uint32_t seq;
 	pthread_mutex_t lock;
 	/* The scan thread that holds the client's lock may keep requests out:
@@ -467,6 +468,11 @@ static int agent_batch_recv(void *p, uint32_t n, int32_t *res)
 		r = -EINVAL;
 	} else if (a->batch_seq) {
 		r = agent_batch_reply(a, a->batch_seq, n, res);
+		/* The agent can no longer read its pages in place (the
+		 * application took over SIGSEGV): compare them here from now on. */
+		for (uint32_t i = 0; r == 0 && i < n; i++)
+			if (res[i] == -EOPNOTSUPP)
+				atomic_store(&a->verify, false);
 	} else {
 		r = a->batch_rc;
 		if (r == 0)
@@ -544,6 +550,13 @@ static int agent_hash_recv(void *p, uint32_t npages, struct dd_hash_result *res,
 		r = -EOPNOTSUPP;
 	}
 	return r;
+}
+
+static bool agent_verifies(void *p)
+{
+	struct agent_chan *a = p;
+
+	return atomic_load(&a->verify) && atomic_load(&a->hash);
 }
 
 /* On the reclaim thread: ask the agent to set the libdedup balloon. */
@@ -677,6 +690,7 @@ static int on_agent_hello(struct dd_server *srv, struct conn *c,
 	a->timeout_ms = (int)srv->o.conf->daemon.agent_timeout_millisecs;
 	atomic_store(&a->hash, (owner->hello_flags & DD_HELLO_AGENT_HASH) != 0);
 	a->unmap = (owner->hello_flags & DD_HELLO_AGENT_UNMAP) != 0;
+	atomic_store(&a->verify, a->unmap && (owner->hello_flags & DD_HELLO_AGENT_VERIFY));
 	if (dd_msg_send_result(c->fd, m->h.seq, 0, 0, NULL) < 0) {
 		pthread_mutex_destroy(&a->lock);
 		free(a);
@@ -974,7 +988,8 @@ struct dd_server *dd_server_new(const struct dd_server_opts *o)
 				   .batch_recv = agent_batch_recv,
 				   .send_store = agent_send_store,
 				   .hash_send = agent_hash_send,
-				   .hash_recv = agent_hash_recv };
+				   .hash_recv = agent_hash_recv,
+				   .agent_verifies = agent_verifies };
 	struct dd_reclaim_ops rops = { .balloon = agent_balloon };
 	struct epoll_event ev = { .events = EPOLLIN };
 	struct dd_server *srv = calloc(1, sizeof(*srv));

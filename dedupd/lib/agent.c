@@ -38,6 +38,7 @@
 #include <unistd.h>
 
 #define AGENT_STACK_BYTES (512 * 1024)
+#define AGENT_CMP_PAGES 16u /* store pages read per pread for DD_REMAP_VERIFY */
 #define AGENT_MAX_DOMAINS 64
 #define PAGE_SIZE_ 4096u
 
@@ -48,6 +49,7 @@ struct dd_agent {
 	int uffd;  /* our copy of the client's userfaultfd (do_remaps()); -1 if none */
 	pthread_t thread;
 	void *stack;
+	uint8_t *cmp; /* AGENT_CMP_PAGES, MAP_SHARED like the stack: never frozen */
 	atomic_bool alive;
 	atomic_bool stopping; /* dd_agent_stop(): no reconnect */
 	dd_agent_lost_fn lost;
@@ -155,6 +157,56 @@ static uint64_t batch_pagemap(struct dd_agent *a, const struct dd_remap_entry *e
 		  (off_t)(*lo / PAGE_SIZE_ * sizeof(uint64_t))) != (ssize_t)(span * sizeof(uint64_t)))
 		return 0;
 	return span;
+}
+
+static int guard_ready(void);
+static atomic_int guard_tid;
+static sigjmp_buf guard_jmp;
+
+/*
+ * DD_REMAP_VERIFY: the run's pages, read in place (frozen: the caller found
+ * them so), are all zero (a zap) or the same as its store pages, read with
+ * pread AGENT_CMP_PAGES at a time. The daemon then need not copy them out of
+ * this process to compare them. 0, -EAGAIN (a page differs), -EFAULT (one
+ * faulted: unmapped meanwhile), or -errno.
+ */
+static int verify_run(struct dd_agent *a, const struct dd_remap_entry *e, int fd)
+{
+	bool zap = e->flags & DD_REMAP_ZAP;
+	volatile int r = 0;
+	sigset_t faults;
+	int tid = (int)syscall(SYS_gettid);
+
+	if (guard_ready() < 0)
+		return -EOPNOTSUPP;
+	sigemptyset(&faults);
+	sigaddset(&faults, SIGSEGV);
+	sigaddset(&faults, SIGBUS);
+	if (sigsetjmp(guard_jmp, 0)) { /* a page faulted */
+		pthread_sigmask(SIG_UNBLOCK, &faults, NULL);
+		return -EFAULT;
+	}
+	for (uint32_t j = 0; j < e->npages && !r; j += AGENT_CMP_PAGES) {
+		uint32_t m = e->npages - j < AGENT_CMP_PAGES ? e->npages - j : AGENT_CMP_PAGES;
+		const uint8_t *pg = (const uint8_t *)(uintptr_t)(e->addr + (uint64_t)j * PAGE_SIZE_);
+		size_t len = (size_t)m * PAGE_SIZE_;
+
+		if (!zap) {
+			ssize_t got = pread(fd, a->cmp, len,
+					    (off_t)(e->store_off + (uint64_t)j * PAGE_SIZE_));
+
+			if (got != (ssize_t)len)
+				return got < 0 ? -errno : -EIO;
+		}
+		atomic_store(&guard_tid, tid);
+		for (uint32_t x = 0; x < m && !r; x++)
+			if (zap ? !dd_page_is_zero(pg + (size_t)x * PAGE_SIZE_)
+				: memcmp(pg + (size_t)x * PAGE_SIZE_, a->cmp + (size_t)x * PAGE_SIZE_,
+					 PAGE_SIZE_) != 0)
+				r = -EAGAIN;
+		atomic_store(&guard_tid, 0);
+	}
+	return r;
 }
 
 static int do_entry(struct dd_agent *a, const struct dd_remap_entry *e, int fd)
@@ -280,6 +332,8 @@ static void do_remaps(struct dd_agent *a, const struct dd_remap_entry *e, uint32
 		res[i] = check_entry(a, &e[i], span ? pm : NULL, lo, span);
 		if (!res[i] && !zap && fds[i] < 0)
 			res[i] = -EBADF;
+		if (!res[i] && (e[i].flags & DD_REMAP_VERIFY))
+			res[i] = verify_run(a, &e[i], fds[i]);
 		if (res[i] || (!zap && (!(e[i].flags & DD_REMAP_ANON) || a->uffd < 0 ||
 					a->pidfd < 0)))
 			continue;
@@ -347,7 +401,6 @@ static void do_remaps(struct dd_agent *a, const struct dd_remap_entry *e, uint32
 static pthread_mutex_t guard_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct sigaction prev_segv, prev_bus;
 static atomic_int guard_tid; /* the agent thread while it reads memory, else 0 */
-static sigjmp_buf guard_jmp;
 
 static void on_fault(int sig, siginfo_t *si, void *uc)
 {
@@ -599,6 +652,7 @@ int dd_agent_start(const char *sock_path, uint64_t client_id, uint64_t token, in
 	a->sock = a->pagemap = a->pidfd = -1;
 	a->uffd = uffd;
 	a->stack = MAP_FAILED;
+	a->cmp = MAP_FAILED;
 	a->lost = lost;
 	if (getenv("DEDUP_TEST_REMAP_DELAY_MS"))
 		a->remap_delay_ms = (unsigned)strtoul(getenv("DEDUP_TEST_REMAP_DELAY_MS"), NULL, 10);
@@ -623,6 +677,12 @@ int dd_agent_start(const char *sock_path, uint64_t client_id, uint64_t token, in
 	a->stack = mmap(NULL, AGENT_STACK_BYTES, PROT_READ | PROT_WRITE,
 			MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	if (a->stack == MAP_FAILED) {
+		r = -errno;
+		goto fail;
+	}
+	a->cmp = mmap(NULL, (size_t)AGENT_CMP_PAGES * PAGE_SIZE_, PROT_READ | PROT_WRITE,
+		      MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (a->cmp == MAP_FAILED) {
 		r = -errno;
 		goto fail;
 	}
@@ -673,6 +733,8 @@ void dd_agent_forget(struct dd_agent *a)
 	/* The stack of a thread that was not joined (after fork) must stay. */
 	if (a->stack != MAP_FAILED && !atomic_load(&a->alive))
 		munmap(a->stack, AGENT_STACK_BYTES);
+	if (a->cmp != MAP_FAILED && !atomic_load(&a->alive))
+		munmap(a->cmp, (size_t)AGENT_CMP_PAGES * PAGE_SIZE_);
 	free(a);
 }
 

@@ -212,6 +212,12 @@ static int connect_locked(void)
 	old = getenv("DEDUP_TEST_OLD_AGENT") && strcmp(getenv("DEDUP_TEST_OLD_AGENT"), "0");
 	if (!old)
 		hello.flags |= DD_HELLO_AGENT_UNMAP;
+	/* The agent compares the pages of a remap in place (it reads them
+	 * there for HASH already); DEDUP_NO_AGENT_VERIFY=1: the daemon copies
+	 * them out to compare, as before. */
+	noh = getenv("DEDUP_NO_AGENT_VERIFY");
+	if (!old && (hello.flags & DD_HELLO_AGENT_HASH) && (!noh || !*noh || !strcmp(noh, "0")))
+		hello.flags |= DD_HELLO_AGENT_VERIFY;
 
 	if (g.ctl >= 0 && dd_agent_alive(g.agent))
 		return 0;
