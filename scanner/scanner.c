@@ -343,6 +343,21 @@ static uint64_t now_ns(void)
 	return (uint64_t)t.tv_sec * 1000000000ULL + (uint64_t)t.tv_nsec;
 }
 
+/* CLOCK_MONOTONIC ms from now, for the condition variables (all on that clock). */
+static struct timespec deadline_in(uint32_t ms)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	ts.tv_sec += ms / 1000;
+	ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	return ts;
+}
+
 static uint64_t now_ms(void)
 {
 	return now_ns() / 1000000;
@@ -1698,14 +1713,8 @@ static void *warm_main(void *arg)
 			while (!s->warm_kicked && !atomic_load(&s->stop))
 				pthread_cond_wait(&s->warm_cv, &s->warm_mx);
 		} else if (!s->warm_kicked) {
-			struct timespec ts;
+			struct timespec ts = deadline_in(WARM_TICK_MS);
 
-			clock_gettime(CLOCK_MONOTONIC, &ts);
-			ts.tv_nsec += WARM_TICK_MS * 1000000L;
-			if (ts.tv_nsec >= 1000000000L) {
-				ts.tv_sec++;
-				ts.tv_nsec -= 1000000000L;
-			}
 			pthread_cond_timedwait(&s->warm_cv, &s->warm_mx, &ts);
 		}
 		s->warm_kicked = false;
@@ -2776,13 +2785,7 @@ static void nap(struct dd_scanner *s, uint32_t ms)
 
 	if (!ms)
 		return;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	ts.tv_sec += ms / 1000;
-	ts.tv_nsec += (long)(ms % 1000) * 1000000L;
-	if (ts.tv_nsec >= 1000000000L) {
-		ts.tv_sec++;
-		ts.tv_nsec -= 1000000000L;
-	}
+	ts = deadline_in(ms);
 	pthread_mutex_lock(&s->sleep_mx);
 	if (!atomic_load(&s->stop))
 		pthread_cond_timedwait(&s->sleep_cv, &s->sleep_mx, &ts);

@@ -59,6 +59,30 @@ static int fake_listen(const char *path)
 	return fd;
 }
 
+/* Start the agent against a fake daemon on a private socket (path[len]). */
+static struct dd_agent *agent_up(struct fake *f, char *path, size_t len, const char *name)
+{
+	struct dd_agent *a = NULL;
+	pthread_t th;
+
+	h_sock_path(path, len, name);
+	f->conn = -1;
+	f->listen_fd = fake_listen(path);
+	ck_assert_int_eq(pthread_create(&th, NULL, fake_accept, f), 0);
+	ck_assert_int_eq(dd_agent_start(path, 1, 2, -1, NULL, &a), 0);
+	pthread_join(th, NULL);
+	ck_assert_int_ge(f->conn, 0);
+	return a;
+}
+
+static void agent_down(struct dd_agent *a, struct fake *f, const char *path)
+{
+	dd_agent_stop(a);
+	close(f->conn);
+	close(f->listen_fd);
+	unlink(path);
+}
+
 /*
  * A REMAP whose zero runs are not all frozen: the agent zaps only a run
  * whose every page is present and write-protected by the uffd; a run with
@@ -80,10 +104,9 @@ START_TEST(test_agent_zaps_only_frozen_runs)
 		struct dd_msg_batch b;
 		struct dd_msg_agent_reply r;
 	} m;
-	struct fake f = { .conn = -1 };
-	struct dd_agent *a = NULL;
+	struct fake f;
+	struct dd_agent *a;
 	char path[256];
-	pthread_t th;
 	uint8_t *mem;
 	int uffd;
 
@@ -100,12 +123,7 @@ START_TEST(test_agent_zaps_only_frozen_runs)
 	wp.range = (struct uffdio_range){ (uintptr_t)mem, 3 * PAGE };
 	ck_assert_int_eq(ioctl(uffd, UFFDIO_WRITEPROTECT, &wp), 0);
 
-	h_sock_path(path, sizeof(path), "agent");
-	f.listen_fd = fake_listen(path);
-	ck_assert_int_eq(pthread_create(&th, NULL, fake_accept, &f), 0);
-	ck_assert_int_eq(dd_agent_start(path, 1, 2, -1, NULL, &a), 0);
-	pthread_join(th, NULL);
-	ck_assert_int_ge(f.conn, 0);
+	a = agent_up(&f, path, sizeof(path), "agent");
 
 	dd_msg_init(&m.b.h, DD_MSG_REMAP, sizeof(m.b) + 3 * sizeof(m.b.e[0]), 7);
 	m.b.n = 3;
@@ -127,10 +145,7 @@ START_TEST(test_agent_zaps_only_frozen_runs)
 		ck_assert_msg(mem[(size_t)p * PAGE + 100] == (p < 2 ? 0 : 0xab),
 			      "page %u reads %#x", p, mem[(size_t)p * PAGE + 100]);
 
-	dd_agent_stop(a);
-	close(f.conn);
-	close(f.listen_fd);
-	unlink(path);
+	agent_down(a, &f, path);
 	close(uffd);
 	munmap(mem, NPG * PAGE);
 }
@@ -163,10 +178,9 @@ START_TEST(test_agent_verifies_before_acting)
 		struct dd_msg_agent_reply r;
 	} m;
 	static uint8_t store_pages[4 * PAGE];
-	struct fake f = { .conn = -1 };
-	struct dd_agent *a = NULL;
+	struct fake f;
+	struct dd_agent *a;
 	char path[256];
-	pthread_t th;
 	uint8_t *mem, mark = 0x5c;
 	int uffd, memfd;
 
@@ -191,12 +205,7 @@ START_TEST(test_agent_verifies_before_acting)
 	wp.range = reg.range; /* all frozen */
 	ck_assert_int_eq(ioctl(uffd, UFFDIO_WRITEPROTECT, &wp), 0);
 
-	h_sock_path(path, sizeof(path), "agentv");
-	f.listen_fd = fake_listen(path);
-	ck_assert_int_eq(pthread_create(&th, NULL, fake_accept, &f), 0);
-	ck_assert_int_eq(dd_agent_start(path, 1, 2, -1, NULL, &a), 0);
-	pthread_join(th, NULL);
-	ck_assert_int_ge(f.conn, 0);
+	a = agent_up(&f, path, sizeof(path), "agentv");
 	dd_msg_init(&m.st.h, DD_MSG_STORE, sizeof(m.st), 6);
 	m.st.domain = 3;
 	m.st.pad = 0;
@@ -234,10 +243,7 @@ START_TEST(test_agent_verifies_before_acting)
 	ck_assert_uint_eq(mem[4 * PAGE + 100], mark);
 	ck_assert_uint_eq(mem[6 * PAGE + 100], store_pages[2 * PAGE + 100]);
 
-	dd_agent_stop(a);
-	close(f.conn);
-	close(f.listen_fd);
-	unlink(path);
+	agent_down(a, &f, path);
 	close(uffd);
 	close(memfd);
 	munmap(mem, NPG * PAGE);
