@@ -1875,13 +1875,20 @@ static void verify(struct dd_worker *w, struct dd_sclient *c, struct merge *q, s
 	for (size_t i = 0; i < n; i++)
 		q[i].agent_cmp = av && !q[i].fresh;
 	for (size_t i = 0, k; i < n; i += k) {
+		bool fresh = q[i].fresh;
+		void *dst;
+
 		k = 1;
 		if (q[i].agent_cmp)
 			continue;
 		while (i + k < n && !q[i + k].agent_cmp && q[i + k].r == q[i].r &&
-		       q[i + k].idx == q[i + k - 1].idx + 1)
+		       q[i + k].idx == q[i + k - 1].idx + 1 && q[i + k].fresh == fresh &&
+		       (!fresh || q[i + k].slot == q[i + k - 1].slot + 1))
 			k++;
-		if (read_pages(c, mq_addr(&q[i]), w->vbuf + i * DD_PAGE_SIZE, k) < 0)
+		/* A page for a fresh slot is read straight into the slot. */
+		dst = fresh ? dd_store_slot_mem(q[i].r->dom->store, (uint32_t)q[i].slot)
+			    : w->vbuf + i * DD_PAGE_SIZE;
+		if (read_pages(c, mq_addr(&q[i]), dst, k) < 0)
 			for (size_t j = i; j < i + k; j++)
 				q[j].res = q[j].res ? q[j].res : -EFAULT;
 	}
@@ -1905,25 +1912,21 @@ static void verify(struct dd_worker *w, struct dd_sclient *c, struct merge *q, s
 	}
 }
 
-/* Write the frozen pages that passed into their fresh slots, a run at a time. */
-static void fill(struct dd_worker *w, struct merge *q, size_t n)
+/* Publish the fresh slots whose frozen page passed (verify() read each page
+ * straight into its slot), a run at a time. */
+static void fill(struct merge *q, size_t n)
 {
 	rcu_read_lock();
 	for (size_t i = 0, k; i < n; i += k) {
-		int rc;
-
 		k = 1;
 		if (!q[i].fresh || q[i].res)
 			continue;
 		while (i + k < n && q[i + k].fresh && !q[i + k].res &&
 		       q[i + k].r->dom == q[i].r->dom && q[i + k].slot == q[i].slot + (int64_t)k)
 			k++;
-		rc = dd_store_fill(q[i].r->dom->store, (uint32_t)q[i].slot,
-				   w->vbuf + i * DD_PAGE_SIZE, (uint32_t)k);
-		for (size_t j = i; j < i + k; j++) {
-			q[j].filled = rc == 0;
-			q[j].res = rc;
-		}
+		dd_store_publish(q[i].r->dom->store, (uint32_t)q[i].slot, (uint32_t)k);
+		for (size_t j = i; j < i + k; j++)
+			q[j].filled = true;
 	}
 	rcu_read_unlock();
 }
@@ -2199,7 +2202,7 @@ static void flush(struct dd_worker *w, struct dd_sclient *c)
 	t[1] = now_ns();
 	verify(w, c, w->mq, n,
 	       c->agent && w->s->ops.agent_verifies && w->s->ops.agent_verifies(c->agent));
-	fill(w, w->mq, n);
+	fill(w->mq, n);
 	t[2] = now_ns();
 	atomic_fetch_add(&w->s->merge_freeze_ns, t[1] - t[0]);
 	atomic_fetch_add(&w->s->merge_verify_ns, t[2] - t[1]);

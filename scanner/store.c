@@ -386,6 +386,11 @@ int64_t dd_store_reserve(struct dd_store *st, int64_t hint, uint32_t pending)
 	return slot;
 }
 
+void *dd_store_slot_mem(struct dd_store *st, uint32_t slot)
+{
+	return st->base + (size_t)slot * DD_PAGE_SIZE;
+}
+
 int dd_store_fill(struct dd_store *st, uint32_t slot, const void *pages, uint32_t n)
 {
 	size_t len = (size_t)n * DD_PAGE_SIZE;
@@ -393,8 +398,14 @@ int dd_store_fill(struct dd_store *st, uint32_t slot, const void *pages, uint32_
 
 	if (w != (ssize_t)len)
 		return w < 0 ? -errno : -EIO;
+	dd_store_publish(st, slot, n);
+	return 0;
+}
+
+void dd_store_publish(struct dd_store *st, uint32_t slot, uint32_t n)
+{
 	for (uint32_t i = 0; i < n; i++) {
-		uint64_t h = dd_page_hash((const uint8_t *)pages + (size_t)i * DD_PAGE_SIZE);
+		uint64_t h = dd_page_hash(dd_store_page(st, slot + i));
 		struct dd_stable *node;
 
 		/* Only the slot array needs the lock (grow() may move it); the
@@ -405,7 +416,6 @@ int dd_store_fill(struct dd_store *st, uint32_t slot, const void *pages, uint32_
 		node->listed = true;
 		dd_table_add(st->stable, &node->tn, st->domain, h);
 	}
-	return 0;
 }
 
 void dd_store_unreserve(struct dd_store *st, uint32_t slot)

@@ -59,21 +59,30 @@ int dd_store_client_fd(const struct dd_store *st);
  * here costs ~5x the memcmp). Only for a slot held (reserved or pending). */
 const void *dd_store_page(const struct dd_store *st, uint32_t slot);
 
-
 /*
  * Reserve a slot for a page not read yet, with `pending` merges pending on it,
  * preferring the slot after `hint` (so runs of duplicates get consecutive
  * slots and the kernel can merge their VMAs). -ENOSPC/-errno on failure. It
- * is found by nobody until
- * dd_store_fill() writes it; dd_store_unreserve() gives it back unwritten.
- * The merge path reads the page once, frozen, and writes it here: no copy of
- * its own, and one pwrite per run of slots.
+ * is found by nobody until it is written and published (dd_store_fill(), or
+ * dd_store_slot_mem() then dd_store_publish()); dd_store_unreserve() gives it
+ * back unwritten.
  */
 int64_t dd_store_reserve(struct dd_store *st, int64_t hint, uint32_t pending);
 
-/* Write n pages into reserved slots [slot, slot+n) with one pwrite and put
- * them in the stable table. 0 or -errno (nothing listed). Caller holds
- * rcu_read_lock(). */
+/*
+ * A reserved slot's page in the daemon's mapping, to be written: the merge
+ * path has the kernel copy the frozen page straight into it
+ * (process_vm_readv(); a fault there is an error from the call, not a
+ * signal), one copy instead of a copy out and a pwrite in.
+ */
+void *dd_store_slot_mem(struct dd_store *st, uint32_t slot);
+
+/* Put reserved slots [slot, slot+n), written through dd_store_slot_mem(),
+ * in the stable table. Caller holds rcu_read_lock(). */
+void dd_store_publish(struct dd_store *st, uint32_t slot, uint32_t n);
+
+/* Write n pages into reserved slots [slot, slot+n) with one pwrite and
+ * publish them. 0 or -errno (nothing listed). Caller holds rcu_read_lock(). */
 int dd_store_fill(struct dd_store *st, uint32_t slot, const void *pages, uint32_t n);
 
 /* Give back a reserved slot that was never filled (its pending merges dropped). */

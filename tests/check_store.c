@@ -773,6 +773,30 @@ START_TEST(test_warm_ahead_fill_cool)
 }
 END_TEST
 
+/* A slot written through its mapping (as the kernel's copy of a frozen page
+ * does) is found by nobody until published, and then by its content. */
+START_TEST(test_slot_mem_publish)
+{
+	static char page[2 * PG];
+	int64_t a, b;
+
+	fill(page, 811);
+	fill(page + PG, 812);
+	a = dd_store_reserve(st, -1, 1);
+	b = dd_store_reserve(st, a, 1);
+	ck_assert_int_eq(b, a + 1);
+	memcpy(dd_store_slot_mem(st, (uint32_t)a), page, 2 * PG);
+	rcu_read_lock();
+	ck_assert_ptr_null(find_node(page));
+	dd_store_publish(st, (uint32_t)a, 2);
+	ck_assert_ptr_nonnull(find_node(page));
+	ck_assert_uint_eq(find_node(page + PG)->slot, (uint32_t)b);
+	rcu_read_unlock();
+	assert_slot_holds((uint32_t)a, page);
+	assert_slot_holds((uint32_t)b, page + PG);
+}
+END_TEST
+
 Suite *store_suite(void)
 {
 	Suite *s = suite_create("store");
@@ -786,6 +810,7 @@ Suite *store_suite(void)
 	tcase_add_test(tc, test_free_empty_and_null);
 	tcase_add_test(tc, test_client_fd_read_only);
 	tcase_add_test(tc, test_warm_ahead_fill_cool);
+	tcase_add_test(tc, test_slot_mem_publish);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("bookkeeping");
