@@ -684,10 +684,14 @@ static size_t store_vmas(const char *maps_path, uint64_t addr, uint64_t len,
 	while (f && fgets(line, sizeof(line), f)) {
 		unsigned long long a, b, off;
 		unsigned long ino;
+		char perms[8];
 		int pos = 0;
 
-		if (sscanf(line, "%llx-%llx %*s %llx %*x:%*x %lu %n", &a, &b, &off, &ino, &pos) < 4 ||
-		    !strstr(line + pos, "/memfd:dedupd-store-") || b <= addr || a >= addr + len)
+		/* Shared: an agent's view of the store, not a merge (private). */
+		if (sscanf(line, "%llx-%llx %7s %llx %*x:%*x %lu %n", &a, &b, perms, &off, &ino,
+			   &pos) < 5 ||
+		    perms[3] == 's' || !strstr(line + pos, "/memfd:dedupd-store-") || b <= addr ||
+		    a >= addr + len)
 			continue;
 		if (n == cap) {
 			struct store_vma *nv = realloc(v, (cap = cap ? cap * 2 : 64) * sizeof(*v));

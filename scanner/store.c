@@ -575,9 +575,12 @@ static void cover_from_maps(struct dd_store *st, const char *maps_path, uint64_t
 	while (fgets(line, sizeof(line), f)) {
 		unsigned long long lo, hi, pgoff, ino;
 		unsigned int maj, min;
+		char perms[8];
 
-		if (sscanf(line, "%llx-%llx %*s %llx %x:%x %llu", &lo, &hi, &pgoff, &maj, &min,
-			   &ino) != 6 || ino != st->ino)
+		/* A shared mapping is an agent's read-only view of the whole store
+		 * (its compares): it holds no merge, a merge maps its slots private. */
+		if (sscanf(line, "%llx-%llx %7s %llx %x:%x %llu", &lo, &hi, perms, &pgoff, &maj,
+			   &min, &ino) != 7 || ino != st->ino || perms[3] == 's')
 			continue;
 		for (uint64_t s = pgoff / DD_PAGE_SIZE, n = (hi - lo) / DD_PAGE_SIZE; n; s++, n--)
 			if (s < st->nslots)

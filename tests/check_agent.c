@@ -83,6 +83,21 @@ static void agent_down(struct dd_agent *a, struct fake *f, const char *path)
 	unlink(path);
 }
 
+/* Does this process map the memfd called name shared (an agent's store view)? */
+static bool maps_shared(const char *name)
+{
+	char line[512];
+	bool found = false;
+	FILE *f = fopen("/proc/self/maps", "re");
+
+	ck_assert_ptr_nonnull(f);
+	while (fgets(line, sizeof(line), f))
+		if (strstr(line, name) && strstr(line, " r--s "))
+			found = true;
+	fclose(f);
+	return found;
+}
+
 /*
  * A REMAP whose zero runs are not all frozen: the agent zaps only a run
  * whose every page is present and write-protected by the uffd; a run with
@@ -157,6 +172,7 @@ END_TEST
  * with one page that differs by one byte comes back -EAGAIN with its bytes
  * intact. A run that passes is really mapped from the store: a later write
  * to the store file shows through the (not yet copied) private mapping.
+ * Twice: against the agent's view of the store, and with pread (no view).
  */
 START_TEST(test_agent_verifies_before_acting)
 {
@@ -205,7 +221,10 @@ START_TEST(test_agent_verifies_before_acting)
 	wp.range = reg.range; /* all frozen */
 	ck_assert_int_eq(ioctl(uffd, UFFDIO_WRITEPROTECT, &wp), 0);
 
+	if (_i)
+		setenv("DEDUP_TEST_NO_STORE_VIEW", "1", 1);
 	a = agent_up(&f, path, sizeof(path), "agentv");
+	unsetenv("DEDUP_TEST_NO_STORE_VIEW");
 	dd_msg_init(&m.st.h, DD_MSG_STORE, sizeof(m.st), 6);
 	m.st.domain = 3;
 	m.st.pad = 0;
@@ -231,6 +250,8 @@ START_TEST(test_agent_verifies_before_acting)
 		ck_assert_msg(m.r.res[i] == runs[i].want, "run %u (pages %u+%u): %d, want %d", i,
 			      runs[i].first, runs[i].n, m.r.res[i], runs[i].want);
 
+	ck_assert_msg(maps_shared("memfd:store") == !_i, "store view: %d, want %d",
+		      maps_shared("memfd:store"), !_i);
 	/* Refused runs kept their bytes; the zapped run reads zeros. */
 	ck_assert_uint_eq(mem[3 * PAGE + 4000], 1);
 	ck_assert_mem_eq(mem + 6 * PAGE, store_pages + 2 * PAGE, PAGE);
@@ -257,7 +278,7 @@ static Suite *agent_suite(void)
 
 	tcase_set_timeout(tc, 30);
 	tcase_add_test(tc, test_agent_zaps_only_frozen_runs);
-	tcase_add_test(tc, test_agent_verifies_before_acting);
+	tcase_add_loop_test(tc, test_agent_verifies_before_acting, 0, 2);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -39,6 +39,9 @@
 
 #define AGENT_STACK_BYTES (512 * 1024)
 #define AGENT_CMP_PAGES 16u /* store pages read per pread for DD_REMAP_VERIFY */
+/* A read-only view of a whole store (the most store.c grows one to), for
+ * DD_REMAP_VERIFY compares without a copy. */
+#define AGENT_VIEW_BYTES (64ULL << 30)
 #define AGENT_MAX_DOMAINS 64
 #define PAGE_SIZE_ 4096u
 
@@ -57,6 +60,7 @@ struct dd_agent {
 	unsigned empty_delay_ms; /* tests: $DEDUP_TEST_EMPTY_DELAY_MS, runs left empty */
 	bool old_proto;		 /* tests: $DEDUP_TEST_OLD_AGENT, no DD_REMAP_* flags */
 	bool remap_fail;	 /* tests: $DEDUP_TEST_REMAP_FAIL, mmap() of emptied runs fails */
+	bool no_view;		 /* tests: $DEDUP_TEST_NO_STORE_VIEW, compares use pread */
 };
 
 static _Atomic(dd_agent_balloon_fn) balloon_hook;
@@ -78,14 +82,39 @@ static int do_balloon(const struct dd_msg_balloon *m)
 struct store_fd {
 	uint32_t domain;
 	int fd;
+	const uint8_t *view; /* MAP_SHARED, read-only, AGENT_VIEW_BYTES; NULL if none */
 };
 
-static int store_lookup(const struct store_fd *t, int n, uint32_t domain)
+static const struct store_fd *store_find(const struct store_fd *t, int n, uint32_t domain)
 {
 	for (int i = 0; i < n; i++)
 		if (t[i].domain == domain)
-			return t[i].fd;
-	return -1;
+			return &t[i];
+	return NULL;
+}
+
+/*
+ * The store as the agent gets it: its descriptor, and a read-only view of it
+ * to compare against in place. The view is shared (the daemon's GC tells it
+ * from a merge, which is private) and not inherited by a fork; without one,
+ * compares read the store with pread.
+ */
+static struct store_fd store_open(const struct dd_agent *a, uint32_t domain, int fd)
+{
+	void *v = a->no_view ? MAP_FAILED
+			     : mmap(NULL, AGENT_VIEW_BYTES, PROT_READ, MAP_SHARED | MAP_NORESERVE,
+				    fd, 0);
+
+	if (v != MAP_FAILED)
+		madvise(v, AGENT_VIEW_BYTES, MADV_DONTFORK);
+	return (struct store_fd){ domain, fd, v == MAP_FAILED ? NULL : v };
+}
+
+static void store_close(const struct store_fd *sf)
+{
+	if (sf->view)
+		munmap((void *)sf->view, AGENT_VIEW_BYTES);
+	close(sf->fd);
 }
 
 static bool frozen_entries(const uint64_t *pm, uint32_t n)
@@ -165,12 +194,14 @@ static sigjmp_buf guard_jmp;
 
 /*
  * DD_REMAP_VERIFY: the run's pages, read in place (frozen: the caller found
- * them so), are all zero (a zap) or the same as its store pages, read with
- * pread AGENT_CMP_PAGES at a time. The daemon then need not copy them out of
- * this process to compare them. 0, -EAGAIN (a page differs), -EFAULT (one
- * faulted: unmapped meanwhile), or -errno.
+ * them so), are all zero (a zap) or the same as its store pages (sf: read
+ * in the store's view, or with pread AGENT_CMP_PAGES at a time without
+ * one). The daemon then need not copy them out of this process to compare
+ * them. 0, -EAGAIN (a page differs), -EFAULT (one faulted: unmapped
+ * meanwhile, or past the end of the store), or -errno.
  */
-static int verify_run(struct dd_agent *a, const struct dd_remap_entry *e, int fd)
+static int verify_run(struct dd_agent *a, const struct dd_remap_entry *e,
+		      const struct store_fd *sf)
 {
 	bool zap = e->flags & DD_REMAP_ZAP;
 	volatile int r = 0;
@@ -191,9 +222,13 @@ static int verify_run(struct dd_agent *a, const struct dd_remap_entry *e, int fd
 		const uint8_t *pg = (const uint8_t *)(uintptr_t)(e->addr + (uint64_t)j * PAGE_SIZE_);
 		size_t len = (size_t)m * PAGE_SIZE_;
 
-		if (!zap) {
-			ssize_t got = pread(fd, a->cmp, len,
-					    (off_t)(e->store_off + (uint64_t)j * PAGE_SIZE_));
+		uint64_t off = e->store_off + (uint64_t)j * PAGE_SIZE_;
+		const uint8_t *ref = a->cmp;
+
+		if (!zap && sf->view && off < AGENT_VIEW_BYTES && len <= AGENT_VIEW_BYTES - off) {
+			ref = sf->view + off;
+		} else if (!zap) {
+			ssize_t got = pread(sf->fd, a->cmp, len, (off_t)off);
 
 			if (got != (ssize_t)len)
 				return got < 0 ? -errno : -EIO;
@@ -201,7 +236,7 @@ static int verify_run(struct dd_agent *a, const struct dd_remap_entry *e, int fd
 		atomic_store(&guard_tid, tid);
 		for (uint32_t x = 0; x < m && !r; x++)
 			if (zap ? !dd_page_is_zero(pg + (size_t)x * PAGE_SIZE_)
-				: memcmp(pg + (size_t)x * PAGE_SIZE_, a->cmp + (size_t)x * PAGE_SIZE_,
+				: memcmp(pg + (size_t)x * PAGE_SIZE_, ref + (size_t)x * PAGE_SIZE_,
 					 PAGE_SIZE_) != 0)
 				r = -EAGAIN;
 		atomic_store(&guard_tid, 0);
@@ -320,6 +355,7 @@ static void do_remaps(struct dd_agent *a, const struct dd_remap_entry *e, uint32
 	struct iovec iov[DD_BATCH_MAX];
 	uint32_t at[DD_BATCH_MAX], k = 0;
 	bool emptied[DD_BATCH_MAX];
+	const struct store_fd *sf[DD_BATCH_MAX];
 	int fds[DD_BATCH_MAX];
 	uint64_t pm[PM_SPAN], lo, span = batch_pagemap(a, e, n, pm, &lo);
 	ssize_t done = -1;
@@ -328,12 +364,13 @@ static void do_remaps(struct dd_agent *a, const struct dd_remap_entry *e, uint32
 		bool zap = e[i].flags & DD_REMAP_ZAP;
 
 		emptied[i] = false;
-		fds[i] = zap ? -1 : store_lookup(stores, nstores, e[i].domain);
+		sf[i] = zap ? NULL : store_find(stores, nstores, e[i].domain);
+		fds[i] = sf[i] ? sf[i]->fd : -1;
 		res[i] = check_entry(a, &e[i], span ? pm : NULL, lo, span);
 		if (!res[i] && !zap && fds[i] < 0)
 			res[i] = -EBADF;
 		if (!res[i] && (e[i].flags & DD_REMAP_VERIFY))
-			res[i] = verify_run(a, &e[i], fds[i]);
+			res[i] = verify_run(a, &e[i], sf[i]);
 		if (res[i] || (!zap && (!(e[i].flags & DD_REMAP_ANON) || a->uffd < 0 ||
 					a->pidfd < 0)))
 			continue;
@@ -560,7 +597,7 @@ static void *agent_main(void *arg)
 			break; /* daemon gone or spoke nonsense: stop serving */
 		if (in.h.type == DD_MSG_STORE) {
 			if (fd >= 0 && nstores < AGENT_MAX_DOMAINS)
-				stores[nstores++] = (struct store_fd){ in.store.domain, fd };
+				stores[nstores++] = store_open(a, in.store.domain, fd);
 			else if (fd >= 0)
 				close(fd);
 			continue;
@@ -606,7 +643,7 @@ static void *agent_main(void *arg)
 			break;
 	}
 	for (int i = 0; i < nstores; i++)
-		close(stores[i].fd);
+		store_close(&stores[i]);
 	/* Ours was the last copy of the uffd if the daemon is gone: closing it
 	 * releases every frozen page and wakes every waiter. */
 	uffd_close(a->uffd);
@@ -658,6 +695,8 @@ int dd_agent_start(const char *sock_path, uint64_t client_id, uint64_t token, in
 		a->remap_delay_ms = (unsigned)strtoul(getenv("DEDUP_TEST_REMAP_DELAY_MS"), NULL, 10);
 	a->old_proto = getenv("DEDUP_TEST_OLD_AGENT") && strcmp(getenv("DEDUP_TEST_OLD_AGENT"), "0");
 	a->remap_fail = getenv("DEDUP_TEST_REMAP_FAIL") && strcmp(getenv("DEDUP_TEST_REMAP_FAIL"), "0");
+	a->no_view = getenv("DEDUP_TEST_NO_STORE_VIEW") &&
+		     strcmp(getenv("DEDUP_TEST_NO_STORE_VIEW"), "0");
 	if (getenv("DEDUP_TEST_EMPTY_DELAY_MS"))
 		a->empty_delay_ms = (unsigned)strtoul(getenv("DEDUP_TEST_EMPTY_DELAY_MS"), NULL, 10);
 	r = dd_sock_connect(sock_path);
