@@ -83,6 +83,28 @@ static void agent_down(struct dd_agent *a, struct fake *f, const char *path)
 	unlink(path);
 }
 
+/* Send a REMAP of e[0..n) to the agent and take its answer into res[]. */
+static void remap_roundtrip(const struct fake *f, const struct dd_remap_entry *e, uint32_t n,
+			    int32_t *res)
+{
+	union {
+		char raw[DD_MSG_MAX];
+		struct dd_msg_batch b;
+		struct dd_msg_agent_reply r;
+	} m;
+
+	dd_msg_init(&m.b.h, DD_MSG_REMAP, sizeof(m.b) + n * sizeof(m.b.e[0]), 7);
+	m.b.n = n;
+	m.b.pad = 0;
+	memcpy(m.b.e, e, n * sizeof(*e));
+	ck_assert_int_eq(dd_msg_send(f->conn, &m.b, m.b.h.len, -1), 0);
+	ck_assert_int_gt(dd_msg_recv(f->conn, m.raw, sizeof(m.raw), NULL, 5000), 0);
+	ck_assert_int_eq(m.r.h.type, DD_MSG_AGENT_REPLY);
+	ck_assert_uint_eq(m.r.h.seq, 7);
+	ck_assert_uint_eq(m.r.n, n);
+	memcpy(res, m.r.res, n * sizeof(*res));
+}
+
 /* Does this process map the memfd called name shared (an agent's store view)? */
 static bool maps_shared(const char *name)
 {
@@ -114,11 +136,8 @@ START_TEST(test_agent_zaps_only_frozen_runs)
 		uint32_t first, n;
 		int want;
 	} runs[] = { { 0, 2, 0 }, { 2, 2, -ESTALE }, { 5, 2, -ESTALE } };
-	union {
-		char raw[DD_MSG_MAX];
-		struct dd_msg_batch b;
-		struct dd_msg_agent_reply r;
-	} m;
+	struct dd_remap_entry e[3];
+	int32_t res[3];
 	struct fake f;
 	struct dd_agent *a;
 	char path[256];
@@ -140,21 +159,14 @@ START_TEST(test_agent_zaps_only_frozen_runs)
 
 	a = agent_up(&f, path, sizeof(path), "agent");
 
-	dd_msg_init(&m.b.h, DD_MSG_REMAP, sizeof(m.b) + 3 * sizeof(m.b.e[0]), 7);
-	m.b.n = 3;
-	m.b.pad = 0;
 	for (unsigned i = 0; i < 3; i++)
-		m.b.e[i] = (struct dd_remap_entry){ .addr = (uintptr_t)mem + runs[i].first * PAGE,
-						     .npages = runs[i].n,
-						     .flags = DD_REMAP_ZAP };
-	ck_assert_int_eq(dd_msg_send(f.conn, &m.b, m.b.h.len, -1), 0);
-	ck_assert_int_gt(dd_msg_recv(f.conn, m.raw, sizeof(m.raw), NULL, 5000), 0);
-	ck_assert_int_eq(m.r.h.type, DD_MSG_AGENT_REPLY);
-	ck_assert_uint_eq(m.r.h.seq, 7);
-	ck_assert_uint_eq(m.r.n, 3);
+		e[i] = (struct dd_remap_entry){ .addr = (uintptr_t)mem + runs[i].first * PAGE,
+						 .npages = runs[i].n,
+						 .flags = DD_REMAP_ZAP };
+	remap_roundtrip(&f, e, 3, res);
 	for (unsigned i = 0; i < 3; i++)
-		ck_assert_msg(m.r.res[i] == runs[i].want, "run %u (pages %u+%u): %d, want %d", i,
-			      runs[i].first, runs[i].n, m.r.res[i], runs[i].want);
+		ck_assert_msg(res[i] == runs[i].want, "run %u (pages %u+%u): %d, want %d", i,
+			      runs[i].first, runs[i].n, res[i], runs[i].want);
 	/* The zapped run reads zeros; every other page kept its bytes. */
 	for (unsigned p = 0; p < NPG; p++)
 		ck_assert_msg(mem[(size_t)p * PAGE + 100] == (p < 2 ? 0 : 0xab),
@@ -187,12 +199,9 @@ START_TEST(test_agent_verifies_before_acting)
 		     { 2, 2, 0, true, -EAGAIN },  /* page 3 has one byte set */
 		     { 4, 2, 0, false, 0 },	  /* the same as slots 0-1 */
 		     { 6, 2, 2, false, -EAGAIN } }; /* page 7 differs from slot 3 */
-	union {
-		char raw[DD_MSG_MAX];
-		struct dd_msg_batch b;
-		struct dd_msg_store st;
-		struct dd_msg_agent_reply r;
-	} m;
+	struct dd_msg_store m;
+	struct dd_remap_entry e[4];
+	int32_t res[4];
 	static uint8_t store_pages[4 * PAGE];
 	struct fake f;
 	struct dd_agent *a;
@@ -225,30 +234,23 @@ START_TEST(test_agent_verifies_before_acting)
 		setenv("DEDUP_TEST_NO_STORE_VIEW", "1", 1);
 	a = agent_up(&f, path, sizeof(path), "agentv");
 	unsetenv("DEDUP_TEST_NO_STORE_VIEW");
-	dd_msg_init(&m.st.h, DD_MSG_STORE, sizeof(m.st), 6);
-	m.st.domain = 3;
-	m.st.pad = 0;
-	ck_assert_int_eq(dd_msg_send(f.conn, &m.st, sizeof(m.st), memfd), 0);
+	dd_msg_init(&m.h, DD_MSG_STORE, sizeof(m), 6);
+	m.domain = 3;
+	m.pad = 0;
+	ck_assert_int_eq(dd_msg_send(f.conn, &m, sizeof(m), memfd), 0);
 
-	dd_msg_init(&m.b.h, DD_MSG_REMAP, sizeof(m.b) + 4 * sizeof(m.b.e[0]), 7);
-	m.b.n = 4;
-	m.b.pad = 0;
 	for (unsigned i = 0; i < 4; i++)
-		m.b.e[i] = (struct dd_remap_entry){
+		e[i] = (struct dd_remap_entry){
 			.addr = (uintptr_t)mem + runs[i].first * PAGE,
 			.store_off = (uint64_t)runs[i].slot * PAGE,
 			.npages = runs[i].n,
 			.flags = DD_REMAP_VERIFY | (runs[i].zap ? DD_REMAP_ZAP : 0),
 			.domain = runs[i].zap ? 0 : 3,
 		};
-	ck_assert_int_eq(dd_msg_send(f.conn, &m.b, m.b.h.len, -1), 0);
-	ck_assert_int_gt(dd_msg_recv(f.conn, m.raw, sizeof(m.raw), NULL, 5000), 0);
-	ck_assert_int_eq(m.r.h.type, DD_MSG_AGENT_REPLY);
-	ck_assert_uint_eq(m.r.h.seq, 7);
-	ck_assert_uint_eq(m.r.n, 4);
+	remap_roundtrip(&f, e, 4, res);
 	for (unsigned i = 0; i < 4; i++)
-		ck_assert_msg(m.r.res[i] == runs[i].want, "run %u (pages %u+%u): %d, want %d", i,
-			      runs[i].first, runs[i].n, m.r.res[i], runs[i].want);
+		ck_assert_msg(res[i] == runs[i].want, "run %u (pages %u+%u): %d, want %d", i,
+			      runs[i].first, runs[i].n, res[i], runs[i].want);
 
 	ck_assert_msg(maps_shared("memfd:store") == !_i, "store view: %d, want %d",
 		      maps_shared("memfd:store"), !_i);
