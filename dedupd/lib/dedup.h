@@ -15,6 +15,9 @@
  * its own faults and passes every other signal on to the handler installed
  * before it; a handler the program installs afterwards turns this off, and so
  * does DEDUP_NO_AGENT_HASH=1 in the environment (dedupd then copies pages).
+ * With the same handler the agent byte-compares the pages dedupd is about to
+ * merge, against a read-only view of dedupd's store that it maps (one
+ * mapping); DEDUP_NO_AGENT_VERIFY=1 leaves that compare to dedupd.
  * Creating the userfaultfd needs root or CAP_SYS_PTRACE, or read-write access to
  * /dev/userfaultfd; see README "Unprivileged clients". The agent keeps a copy of
  * it (closed if dedupd goes away), and fork() waits for the agent while pages
