@@ -372,12 +372,26 @@ static int agent_call(struct agent_chan *a, struct dd_msg_hdr *msg, size_t len, 
 	return r < 0 ? r : agent_batch_reply(a, a->seq, n, res);
 }
 
+/* The answer to REMAP or ZAP request seq (agent_batch_reply()). An entry
+ * the agent could not compare because it can no longer read its pages in
+ * place (the application took over SIGSEGV) turns its compares off: the
+ * daemon compares them from now on. */
+static int agent_remap_reply(struct agent_chan *a, uint32_t seq, uint32_t n, int32_t *res)
+{
+	int r = agent_batch_reply(a, seq, n, res);
+
+	for (uint32_t i = 0; r == 0 && i < n; i++)
+		if (res[i] == -EOPNOTSUPP)
+			atomic_store(&a->verify, false);
+	return r;
+}
+
 static int agent_batch_msg(struct agent_chan *a, uint16_t type, const struct dd_remap_entry *e,
 			   uint32_t n, int32_t *res)
 {
 	int r = agent_batch_send_msg(a, type, e, n);
 
-	return r < 0 ? r : agent_batch_reply(a, a->seq, n, res);
+	return r < 0 ? r : agent_remap_reply(a, a->seq, n, res);
 }
 
 /*
@@ -467,12 +481,7 @@ static int agent_batch_recv(void *p, uint32_t n, int32_t *res)
 	if (n != a->batch_n) {
 		r = -EINVAL;
 	} else if (a->batch_seq) {
-		r = agent_batch_reply(a, a->batch_seq, n, res);
-		/* The agent can no longer read its pages in place (the
-		 * application took over SIGSEGV): compare them here from now on. */
-		for (uint32_t i = 0; r == 0 && i < n; i++)
-			if (res[i] == -EOPNOTSUPP)
-				atomic_store(&a->verify, false);
+		r = agent_remap_reply(a, a->batch_seq, n, res);
 	} else {
 		r = a->batch_rc;
 		if (r == 0)
