@@ -58,6 +58,7 @@ _Static_assert(READ_BATCH <= DD_HASH_MAX, "one HASH request per batch");
 #define MAX_MERGE 1024    /* merges per flush */
 #define TLB_FLUSH_CEILING 33 /* the kernel's tlb_single_page_flush_ceiling (x86 default) */
 #define SPAN_GAP_MAX 64      /* pages between two runs that one freeze may bridge */
+#define SPAN_MAX_PAGES 4096u /* pages one span may cover (agent.c has the same) */
  /* Store slots allocated ahead of the fills (warm_main()): */
 #define WARM_MAX 4096u       /* at most this many per store (16 MiB)... */
 #define WARM_MIN 256u        /* ...at least this many while slots are being taken... */
@@ -165,6 +166,7 @@ struct dd_sclient {
 	uint64_t next_region_id;
 	uint32_t stores_sent[MAX_DOMAINS / 32];
 	long vmas, vmas_base, vma_budget, vma_limit;
+	uint64_t runs_queued; /* runs of anonymous pages queued to merge, ever */
 	uint64_t vmas_counted_ms; /* when vmas was read from maps */
 	uint64_t reconciled_ms;	  /* when its records were last held against its maps */
 	bool reconcile_due;	  /* a merged page was seen unmapped */
@@ -234,6 +236,13 @@ struct merge {
 	bool agent_cmp; /* the agent compares it in place (DD_REMAP_VERIFY), not verify() */
 	uint32_t pidx;		/* fresh: the unstable partner's page, */
 	struct dd_region *pr; /* queued on its client once the slot is filled */
+	/* Spans (plan_spans()): on a span's first entry, its length in pages
+	 * (0: none starts here); inspan on each of its entries. */
+	uint32_t span;
+	bool inspan;
+	bool held;	/* span: its store slots held (dd_store_hold_holes()) */
+	bool span_ok;	/* in a span the agent mapped */
+	int span_res;	/* span: the agent's answer */
 };
 
 /*
@@ -269,6 +278,8 @@ struct dd_worker {
 	struct dd_sclient *out_rc; /* NULL: no REMAP out */
 	uint32_t out_ne, out_nzap;
 	int64_t hint; /* last store slot allocated: the next goes after it */
+	struct dd_region *hint_r; /* ... for this page (spans: the next fresh */
+	uint32_t hint_idx;        /* slot as far after it as its page is) */
 	struct dd_remap_entry e[DD_BATCH_MAX];
 	size_t first[DD_BATCH_MAX], len[DD_BATCH_MAX];
 	int32_t res[DD_BATCH_MAX];
@@ -330,7 +341,7 @@ struct dd_scanner {
 		pages_adopted, scan_cpu_ns, registered, nregions, thp_split, thp_skipped, pass_thp_skipped,
 		agent_hash_pages, agent_cpu_ns, agent_unreadable, agent_hash_wait_ns, agent_timeouts,
 		merge_batches, remap_runs, zap_runs, merge_freeze_ns, merge_verify_ns,
-		merge_agent_ns, merge_settle_ns, pages_unmapped;
+		merge_agent_ns, merge_settle_ns, pages_unmapped, span_maps;
 	atomic_bool no_pagemap_scan; /* the kernel refused PAGEMAP_SCAN */
 	int kpageflags;              /* /proc/kpageflags, or -1 */
 };
@@ -411,6 +422,21 @@ static void unode_flush_retired(struct dd_scanner *s);
 static bool vma_room(const struct dd_sclient *c)
 {
 	return c->vmas - c->vmas_base + 2 <= c->vma_budget && c->vmas + 2 <= c->vma_limit;
+}
+
+/*
+ * Does c merge by spans now (see plan_spans())? If its agent maps spans,
+ * once its remaps have used half its VMA budget, or once the runs queued
+ * for it would take three quarters of it if each were mapped on its own
+ * (the first pass reserves the store slots of scattered duplicates before
+ * any is mapped; spans need them placed for spans, stride_hint()). Until
+ * then each run is mapped on its own: no page is copied.
+ */
+static bool span_mode(const struct dd_scanner *s, const struct dd_sclient *c)
+{
+	return c->agent && s->ops.agent_spans && s->ops.agent_spans(c->agent) &&
+	       (2 * (c->vmas - c->vmas_base) >= c->vma_budget ||
+		8 * (long)c->runs_queued >= 3 * c->vma_budget);
 }
 
 static void client_put(struct dd_sclient *c);
@@ -1336,6 +1362,11 @@ static void reconcile_if_due(struct dd_scanner *s, struct dd_sclient *c)
 
 static void mq_add(struct dd_worker *w, struct dd_region *r, uint32_t idx, int64_t slot)
 {
+	const struct merge *p = w->nmq ? &w->mq[w->nmq - 1] : NULL;
+
+	/* Runs in anonymous memory: each would split a VMA (span_mode()). */
+	if (!(p && p->r == r && p->idx + 1 == idx) && !(r->pages[idx].flags & PGF_REMAPPED))
+		r->c->runs_queued++;
 	w->mq[w->nmq++] = (struct merge){ .r = r, .idx = idx, .slot = slot };
 }
 
@@ -1609,6 +1640,21 @@ static struct dd_unstable *unstable_of(struct dd_scanner *s, struct dd_region *r
  * content, or NULL if only its checksum is known (the agent hashed it): then
  * it is read here only if a new store page must be made of it.
  */
+/*
+ * Where the fresh slot for page idx of r should go (dd_store_reserve()'s
+ * hint: the slot after it). Runs of duplicates get consecutive slots. For a
+ * client that merges by spans, the slot goes as far after the last one as
+ * its page is after the last page (up to SPAN_GAP_MAX): then every process
+ * with these pages at the same offsets maps them with one span.
+ */
+static int64_t stride_hint(struct dd_worker *w, struct dd_region *r, uint32_t idx)
+{
+	if (w->hint >= 0 && w->hint_r == r && idx > w->hint_idx &&
+	    idx - w->hint_idx <= SPAN_GAP_MAX + 1 && span_mode(w->s, r->c))
+		return w->hint + (idx - w->hint_idx) - 1;
+	return w->hint;
+}
+
 static void match_page(struct dd_worker *w, struct dd_region *r, uint32_t idx, uint64_t csum,
 		       const void *page, bool insert)
 {
@@ -1635,10 +1681,12 @@ static void match_page(struct dd_worker *w, struct dd_region *r, uint32_t idx, u
 		 * The slot is filled with this page as it is read under freeze
 		 * (fill()), and only then is the other page queued on its client
 		 * (settle()): no copy here, one pwrite per run. */
-		slot = dd_store_reserve(r->dom->store, w->hint, 2);
+		slot = dd_store_reserve(r->dom->store, stride_hint(w, r, idx), 2);
 		if (slot < 0)
 			return; /* the other page waits in its record for the next pass */
 		w->hint = slot;
+		w->hint_r = r;
+		w->hint_idx = idx;
 		if (atomic_load_explicit(&s->warm_idle, memory_order_relaxed))
 			warm_kick(s);
 		atomic_fetch_add(&qr->refs, 1);
@@ -1782,7 +1830,8 @@ static size_t run_len(const struct merge *q, size_t n, size_t i, bool slots)
 {
 	size_t j = i + 1;
 
-	while (j < n && q[j].r == q[i].r && q[j].idx == q[j - 1].idx + 1 &&
+	while (j < n && q[j].r == q[i].r && q[j].idx == q[j - 1].idx + 1 && !q[j].span &&
+	       q[j].inspan == q[i].inspan &&
 	       (!slots || ((q[j].slot < 0) == (q[i].slot < 0) && q[j].fresh == q[i].fresh &&
 			   (q[i].slot < 0 || q[j].slot == q[j - 1].slot + 1))) &&
 	       (!slots || (q[j].res == 0) == (q[i].res == 0)))
@@ -1817,6 +1866,78 @@ static bool bridgeable(const struct dd_region *r, uint32_t a, uint32_t b)
 	return true;
 }
 
+static bool run_anon(const struct merge *m, size_t k);
+
+/* May pages [a, b) of r lie between two runs of a span (the agent copies
+ * them into the span's mapping)? Bridgeable, and in anonymous memory. */
+static bool keepable(const struct dd_region *r, uint32_t a, uint32_t b)
+{
+	if (!bridgeable(r, a, b))
+		return false;
+	for (uint32_t k = a; k < b; k++)
+		if (r->pages[k].flags & PGF_REMAPPED)
+			return false;
+	return true;
+}
+
+/* The end of the span that starts at queue entry i (its entries). */
+static size_t span_end(const struct merge *q, size_t n, size_t i)
+{
+	size_t j = i + 1;
+
+	while (j < n && q[j].inspan && !q[j].span && q[j].r == q[i].r &&
+	       q[j].idx < q[i].idx + q[i].span)
+		j++;
+	return j;
+}
+
+/*
+ * Spans (DD_REMAP_SPAN), for a client that merges by them (span_mode()):
+ * runs of q on one "diagonal" (each run's store slots are as far apart as
+ * its pages) with short gaps of pages of the process's own between them
+ * are mapped as one VMA: one mapping of the slots from the first run's to
+ * the last run's, in which the agent puts copies of the gap pages. Two VMAs
+ * for a whole span instead of two for each run: scattered duplicates (a
+ * shared page between two of the process's own) no longer run a process
+ * out of VMAs. The gap pages cost a copy each.
+ */
+static void plan_spans(struct dd_scanner *s, struct dd_sclient *c, struct merge *q, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		q[i].span = 0;
+		q[i].inspan = q[i].held = q[i].span_ok = false;
+		q[i].span_res = 0;
+	}
+	if (!span_mode(s, c))
+		return;
+	for (size_t i = 0, k; i < n; i += k) {
+		size_t j, runs = 1;
+		int64_t diag;
+
+		k = run_len(q, n, i, true);
+		if (q[i].res || q[i].slot < 0 || !run_anon(&q[i], k))
+			continue;
+		diag = q[i].slot - (int64_t)q[i].idx;
+		for (j = i + k; j < n;) {
+			size_t k2 = run_len(q, n, j, true);
+
+			if (q[j].r != q[i].r || q[j].res || q[j].slot < 0 ||
+			    q[j].slot - (int64_t)q[j].idx != diag || !run_anon(&q[j], k2) ||
+			    q[j].idx + k2 - q[i].idx > SPAN_MAX_PAGES ||
+			    !keepable(q[i].r, q[j - 1].idx + 1, q[j].idx))
+				break;
+			j += k2;
+			runs++;
+		}
+		if (runs < 2)
+			continue;
+		q[i].span = q[j - 1].idx + 1 - q[i].idx;
+		for (size_t x = i; x < j; x++)
+			q[x].inspan = true;
+		k = j - i;
+	}
+}
+
 /*
  * Write-protect the queued pages. A range of at most TLB_FLUSH_CEILING pages
  * is flushed from the TLB page by page, each an exit to the hypervisor on
@@ -1826,16 +1947,33 @@ static bool bridgeable(const struct dd_region *r, uint32_t a, uint32_t b)
  */
 static void freeze(struct dd_sclient *c, struct merge *q, size_t n)
 {
+	/* A span is frozen whole, its gaps too: the agent copies them. */
 	pthread_mutex_lock(&c->fault_lock);
-	for (size_t i = 0; i < n; i += run_len(q, n, i, false))
-		add_range(&c->inflight, &c->ninflight, mq_addr(&q[i]),
-			  mq_addr(&q[i]) + run_len(q, n, i, false) * DD_PAGE_SIZE);
+	for (size_t i = 0, k; i < n; i += k) {
+		uint64_t len;
+
+		k = q[i].span ? span_end(q, n, i) - i : run_len(q, n, i, false);
+		len = q[i].span ? (uint64_t)q[i].span * DD_PAGE_SIZE : k * DD_PAGE_SIZE;
+		add_range(&c->inflight, &c->ninflight, mq_addr(&q[i]), mq_addr(&q[i]) + len);
+	}
 	pthread_mutex_unlock(&c->fault_lock);
 	for (size_t i = 0, j; i < n; i = j) {
 		uint64_t start = mq_addr(&q[i]), len;
 
+		if (q[i].span) {
+			int e;
+
+			j = span_end(q, n, i);
+			e = wp_range(c->uffd, start, (uint64_t)q[i].span * DD_PAGE_SIZE);
+			for (size_t y = i; y < j && e < 0; y++)
+				q[y].res = e;
+			if (e == -ENOENT)
+				q[i].r->rearm = true;
+			continue;
+		}
 		j = i + run_len(q, n, i, false);
-		while (j < n && q[j].r == q[i].r && bridgeable(q[i].r, q[j - 1].idx + 1, q[j].idx))
+		while (j < n && !q[j].span && q[j].r == q[i].r &&
+		       bridgeable(q[i].r, q[j - 1].idx + 1, q[j].idx))
 			j += run_len(q, n, j, false);
 		len = mq_addr(&q[j - 1]) + DD_PAGE_SIZE - start;
 		if (len / DD_PAGE_SIZE > TLB_FLUSH_CEILING &&
@@ -1946,6 +2084,59 @@ static bool run_anon(const struct merge *m, size_t k)
 }
 
 /*
+ * The entries of the span q[i..end) from w->e[ne] on: the span, then its
+ * runs that passed (the others' pages are kept, like the gaps). Returns the
+ * new count. The span's slots are held meanwhile (its free ones as holes).
+ */
+static uint32_t span_entries(struct dd_worker *w, struct dd_sclient *c, struct merge *q, size_t i,
+			     size_t end, uint32_t ne)
+{
+	struct dd_remap_entry *e = w->e;
+	uint32_t runs = 0;
+
+	q[i].span_res = -EAGAIN; /* not mapped unless the agent says so */
+	for (size_t x = i, k; x < end; x += k) {
+		k = run_len(q, end, x, true);
+		runs += !q[x].res;
+	}
+	if (!runs)
+		return ne;
+	if (!vma_room(c) || ne + 1 + runs > DD_BATCH_MAX) {
+		for (size_t x = i; x < end; x++)
+			q[x].res = q[x].res ? q[x].res : vma_room(c) ? -EAGAIN : -ENOSPC;
+		return ne;
+	}
+	__atomic_fetch_add(&c->vmas, 2, __ATOMIC_RELAXED); /* splits one VMA in three */
+	dd_store_hold_holes(q[i].r->dom->store, (uint32_t)q[i].slot, q[i].span);
+	q[i].held = true;
+	e[ne] = (struct dd_remap_entry){
+		.addr = mq_addr(&q[i]),
+		.store_off = (uint64_t)q[i].slot * DD_PAGE_SIZE,
+		.npages = q[i].span,
+		.flags = DD_REMAP_SPAN,
+		.domain = q[i].r->dom->id,
+	};
+	w->first[ne] = i;
+	w->len[ne++] = 0; /* its result goes to its runs through theirs */
+	for (size_t x = i, k; x < end; x += k) {
+		k = run_len(q, end, x, true);
+		if (q[x].res)
+			continue;
+		e[ne] = (struct dd_remap_entry){
+			.addr = mq_addr(&q[x]),
+			.store_off = (uint64_t)q[x].slot * DD_PAGE_SIZE,
+			.npages = (uint32_t)k & 0xffffff,
+			.flags = DD_REMAP_INSPAN | DD_REMAP_ANON |
+				 (q[x].agent_cmp ? DD_REMAP_VERIFY : 0),
+			.domain = q[x].r->dom->id,
+		};
+		w->first[ne] = x;
+		w->len[ne++] = k;
+	}
+	return ne;
+}
+
+/*
  * The verified entries of q coalesced into runs, remaps and zaps, in w->e
  * (first/len: their queue entries), announced to the fault thread as
  * expected. Returns how many; *nzap of them zaps.
@@ -1960,6 +2151,11 @@ static uint32_t remap_entries(struct dd_worker *w, struct dd_sclient *c, struct 
 	for (size_t i = 0, k; i < n; i += k) {
 		bool z;
 
+		if (q[i].span) {
+			k = span_end(q, n, i) - i;
+			ne = span_entries(w, c, q, i, i + k, ne);
+			continue;
+		}
 		k = run_len(q, n, i, true);
 		if (q[i].res)
 			continue;
@@ -1993,14 +2189,28 @@ static uint32_t remap_entries(struct dd_worker *w, struct dd_sclient *c, struct 
 	return ne;
 }
 
-/* The agent's answer rc (res[] per entry) to the ne entries built from q. */
-static void remap_results(struct dd_worker *w, struct dd_sclient *c, struct merge *q, uint32_t ne,
-			  uint32_t nzap, int rc)
+/* The agent's answer rc (res[] per entry) to the ne entries built from the
+ * n entries of q. */
+static void remap_results(struct dd_worker *w, struct dd_sclient *c, struct merge *q, size_t n,
+			  uint32_t ne, uint32_t nzap, int rc)
 {
 	struct dd_scanner *s = w->s;
+	uint32_t nspan = 0;
 
+	for (uint32_t i = 0; i < ne; i++) {
+		size_t f = w->first[i];
+		int v = rc == -ETIMEDOUT ? 0 : rc < 0 ? rc : w->res[i];
+
+		if (!(w->e[i].flags & DD_REMAP_SPAN))
+			continue;
+		nspan++;
+		q[f].span_res = v;
+		for (size_t x = f, end = span_end(q, n, f); x < end && !v; x++)
+			q[x].span_ok = true;
+	}
 	atomic_fetch_add(&s->zap_runs, nzap);
-	atomic_fetch_add(&s->remap_runs, ne - nzap);
+	atomic_fetch_add(&s->remap_runs, ne - nzap - nspan);
+	atomic_fetch_add(&s->span_maps, nspan);
 	if (rc == -ETIMEDOUT) {
 		c->agent_doubt = true;
 		atomic_fetch_add(&s->agent_timeouts, 1);
@@ -2043,7 +2253,7 @@ static bool replace(struct dd_worker *w, struct dd_sclient *c, struct merge *q, 
 		rc = s->ops.batch(c->agent, w->e, ne, w->res);
 		atomic_fetch_add(&s->merge_agent_ns, now_ns() - t0);
 	}
-	remap_results(w, c, q, ne, nzap, rc);
+	remap_results(w, c, q, n, ne, nzap, rc);
 	return false;
 }
 
@@ -2056,8 +2266,8 @@ static void settle_partner(struct merge *m)
 {
 	if (m->filled)
 		pend_add(m->pr->c, m->pr, m->pidx, (uint32_t)m->slot);
-	else
-		dd_store_unreserve(m->r->dom->store, (uint32_t)m->slot);
+	else /* under a span the agent mapped, it becomes a hole */
+		dd_store_unreserve(m->r->dom->store, (uint32_t)m->slot, m->span_ok);
 	region_put(m->pr);
 	m->pr = NULL;
 }
@@ -2065,6 +2275,11 @@ static void settle_partner(struct merge *m)
 /* Record the outcome, re-arm remapped ranges, unfreeze and wake (c->lock). */
 static void settle(struct dd_scanner *s, struct dd_sclient *c, struct merge *q, size_t n)
 {
+	/* A span the agent mapped covers its holes from now on (the GC keeps
+	 * them); one it did not leaves them to the GC. */
+	for (size_t i = 0; i < n; i++)
+		if (q[i].held)
+			dd_store_release_holes(q[i].r->dom->store, (uint32_t)q[i].slot, q[i].span);
 	for (size_t i = 0, k; i < n; i += k) {
 		struct uffdio_range rg;
 
@@ -2105,6 +2320,21 @@ static void settle(struct dd_scanner *s, struct dd_sclient *c, struct merge *q, 
 		 * consecutive store offsets merge into one VMA, and a register ioctl
 		 * per run costs as much as the remap. It is registered again when one
 		 * of its pages breaks COW (rearm()), before it is frozen next time. */
+		ioctl(c->uffd, UFFDIO_WAKE, &rg);
+	}
+	/* A span's gap pages were frozen with it: now in its VMA (copies),
+	 * or still where they were and write-protected. */
+	for (size_t i = 0; i < n; i++) {
+		struct uffdio_range rg = { mq_addr(&q[i]), (uint64_t)q[i].span * DD_PAGE_SIZE };
+
+		if (!q[i].span)
+			continue;
+		if (q[i].span_res) {
+			wp_off(c->uffd, rg.start, rg.len);
+			continue;
+		}
+		for (uint32_t x = q[i].idx; x < q[i].idx + q[i].span; x++)
+			q[i].r->pages[x].flags |= PGF_REMAPPED;
 		ioctl(c->uffd, UFFDIO_WAKE, &rg);
 	}
 	/* The unmap events of our own remaps were all raised by now (the agent's
@@ -2164,7 +2394,7 @@ static void remap_collect(struct dd_worker *w)
 	t0 = now_ns();
 	rc = s->ops.batch_recv(c->agent, w->out_ne, w->res);
 	atomic_fetch_add(&s->merge_agent_ns, now_ns() - t0);
-	remap_results(w, c, w->mq_out, w->out_ne, w->out_nzap, rc);
+	remap_results(w, c, w->mq_out, w->nout, w->out_ne, w->out_nzap, rc);
 	settle_timed(w, c, w->mq_out, w->nout);
 	w->nout = 0;
 }
@@ -2197,6 +2427,7 @@ static void flush(struct dd_worker *w, struct dd_sclient *c)
 		if (w->mq[i].r->rearm && !w->mq[i].r->dead)
 			rearm(c, w->mq[i].r);
 	qsort(w->mq, n, sizeof(w->mq[0]), cmp_merge);
+	plan_spans(w->s, c, w->mq, n);
 	/* The agent hashed the next batch meanwhile: take its answer before the
 	 * freeze (a freeze while the client's agent runs on the other CPU costs
 	 * twice as much: the TLB flush interrupts it). */
@@ -3228,6 +3459,7 @@ void dd_scanner_stats(struct dd_scanner *s, struct dd_scan_stats *o)
 		o->store_pages += ss.slots_used;
 		o->store_freed += ss.freed;
 		o->store_warm += ss.warm;
+		o->store_holes += ss.holes;
 		o->meta_bytes += ss.meta_bytes;
 	}
 	for (struct dd_sclient *c = s->clients; c; c = c->next) {
@@ -3266,6 +3498,7 @@ void dd_scanner_stats(struct dd_scanner *s, struct dd_scan_stats *o)
 	o->merge_batches = atomic_load(&s->merge_batches);
 	o->remap_runs = atomic_load(&s->remap_runs);
 	o->zap_runs = atomic_load(&s->zap_runs);
+	o->remap_spans = atomic_load(&s->span_maps);
 	o->merge_freeze_ns = atomic_load(&s->merge_freeze_ns);
 	o->merge_verify_ns = atomic_load(&s->merge_verify_ns);
 	o->merge_agent_ns = atomic_load(&s->merge_agent_ns);

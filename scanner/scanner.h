@@ -52,6 +52,8 @@ struct dd_scan_ops {
 	/* Does the agent compare the runs flagged DD_REMAP_VERIFY itself (then
 	 * the scan does not copy those pages out to compare them)? May be NULL. */
 	bool (*agent_verifies)(void *agent);
+	/* Does the agent map spans (DD_REMAP_SPAN)? May be NULL. */
+	bool (*agent_spans)(void *agent);
 };
 
 struct dd_scan_knobs {
@@ -92,6 +94,7 @@ struct dd_scan_stats {
 	uint64_t store_pages;     /* store slots held, with or without sharers */
 	uint64_t store_freed;
 	uint64_t store_warm;      /* free store slots allocated ahead of merges */
+	uint64_t store_holes;     /* store slots under spans, taken and empty */
 	uint64_t vmas;            /* VMAs of all clients now */
 	uint64_t vmas_added;      /* VMAs that our remaps add, estimate */
 	uint64_t faults;          /* write-protect faults answered */
@@ -108,6 +111,7 @@ struct dd_scan_stats {
 	uint64_t merge_batches;   /* merge queues carried out (freeze to wake) */
 	uint64_t remap_runs;      /* runs sent to agents to be remapped (one mmap each) */
 	uint64_t zap_runs;        /* runs of zero pages sent to agents to be zapped */
+	uint64_t remap_spans;     /* spans agents mapped (one mmap each, over several runs) */
 	uint64_t merge_freeze_ns; /* write-protecting the batches' runs */
 	uint64_t merge_verify_ns; /* reading and comparing frozen pages, filling new slots */
 	uint64_t merge_agent_ns;  /* waiting for the agents' REMAP and ZAP answers */

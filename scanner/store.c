@@ -54,6 +54,7 @@ struct dd_store {
 	uint32_t nslots;   /* file size in slots */
 	uint32_t cursor;
 	uint64_t nr_used, nr_shared, nr_sharers, nr_freed, nr_candidates;
+	uint64_t nr_holes; /* slots taken with no content (is_hole()) */
 	uint64_t nr_warm, reserved; /* warm slots now; slots reserved, ever */
 };
 
@@ -418,7 +419,7 @@ void dd_store_publish(struct dd_store *st, uint32_t slot, uint32_t n)
 	}
 }
 
-void dd_store_unreserve(struct dd_store *st, uint32_t slot)
+void dd_store_unreserve(struct dd_store *st, uint32_t slot, bool hole)
 {
 	pthread_mutex_lock(&st->lock);
 	free(st->slots[slot].node); /* never listed: no reader can hold it */
@@ -426,8 +427,57 @@ void dd_store_unreserve(struct dd_store *st, uint32_t slot)
 	/* A pwrite that failed part-way may have left data: punch it. */
 	fallocate(st->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
 		  (off_t)slot * DD_PAGE_SIZE, DD_PAGE_SIZE);
-	st->used[slot / 64] &= ~(1ULL << (slot % 64));
 	st->nr_used--;
+	if (hole) { /* a span maps over it: it stays taken, empty */
+		st->nr_holes++;
+		st->nr_candidates++;
+	} else {
+		st->used[slot / 64] &= ~(1ULL << (slot % 64));
+	}
+	pthread_mutex_unlock(&st->lock);
+}
+
+/*
+ * A hole: a slot taken with no content and no node (found by nobody). A
+ * span's mapping covers the slots between its runs, where the process has
+ * pages of its own (anonymous, in the span's VMA). If it discards one of
+ * those, its next read reads the store there: that must stay zeros, so no
+ * content may go into such a slot while any mapping covers it. The GC frees
+ * a hole once none does.
+ */
+static bool is_hole(const struct dd_store *st, uint32_t i)
+{
+	return is_used(st, i) && !st->slots[i].node;
+}
+
+void dd_store_hold_holes(struct dd_store *st, uint32_t slot, uint32_t n)
+{
+	pthread_mutex_lock(&st->lock);
+	for (uint32_t i = slot; i < slot + n && i < st->nslots; i++) {
+		if (is_used(st, i)) {
+			st->slots[i].pending++;
+			continue;
+		}
+		if (is_warm(st, i))
+			set_warm(st, i, false);
+		st->used[i / 64] |= 1ULL << (i % 64);
+		st->slots[i] = (struct slot){ .pending = 1 };
+		st->nr_holes++;
+	}
+	pthread_mutex_unlock(&st->lock);
+}
+
+void dd_store_release_holes(struct dd_store *st, uint32_t slot, uint32_t n)
+{
+	pthread_mutex_lock(&st->lock);
+	for (uint32_t i = slot; i < slot + n && i < st->nslots; i++) {
+		struct slot *s = &st->slots[i];
+
+		if (!is_used(st, i) || !s->pending)
+			continue;
+		if (--s->pending == 0 && !s->sharers)
+			st->nr_candidates++;
+	}
 	pthread_mutex_unlock(&st->lock);
 }
 
@@ -634,6 +684,14 @@ int dd_store_gc(struct dd_store *st)
 			st->nr_candidates++; /* look again next time */
 			continue;
 		}
+		if (is_hole(st, i)) {
+			/* A read of the hole may have put a page of zeros there. */
+			fallocate(st->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+				  (off_t)i * DD_PAGE_SIZE, DD_PAGE_SIZE);
+			st->used[i / 64] &= ~(1ULL << (i % 64));
+			st->nr_holes--;
+			continue;
+		}
 		s->node->dead = true;
 		if (dd_table_del(st->stable, &s->node->tn) == 0)
 			b->nodes[b->n++] = s->node;
@@ -659,6 +717,7 @@ void dd_store_stats(struct dd_store *st, struct dd_store_stats *out)
 	out->sharers = st->nr_sharers;
 	out->freed = st->nr_freed;
 	out->warm = st->nr_warm;
+	out->holes = st->nr_holes;
 	out->meta_bytes = sizeof(*st) + (uint64_t)st->nslots * (sizeof(struct slot) + 2.0 / 8) +
 			  st->nr_used * sizeof(struct dd_stable);
 	pthread_mutex_unlock(&st->lock);

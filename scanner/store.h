@@ -85,8 +85,22 @@ void dd_store_publish(struct dd_store *st, uint32_t slot, uint32_t n);
  * publish them. 0 or -errno (nothing listed). Caller holds rcu_read_lock(). */
 int dd_store_fill(struct dd_store *st, uint32_t slot, const void *pages, uint32_t n);
 
-/* Give back a reserved slot that was never filled (its pending merges dropped). */
-void dd_store_unreserve(struct dd_store *st, uint32_t slot);
+/* Give back a reserved slot that was never filled (its pending merges
+ * dropped); hole: a span maps over it, so it becomes a hole (see below). */
+void dd_store_unreserve(struct dd_store *st, uint32_t slot, bool hole);
+
+/*
+ * Spans (scanner.c): one mapping of consecutive store slots over a stretch
+ * of a process where only some pages are shared; the process keeps its own
+ * pages at the others. A free slot under a span becomes a hole: taken,
+ * empty, found by nobody, so that a page the process discards there reads
+ * zeros, and freed by dd_store_gc() once no mapping covers it.
+ * dd_store_hold_holes() makes the free slots of [slot, slot+n) holes and
+ * takes a pending reference on every slot there; dd_store_release_holes()
+ * drops them.
+ */
+void dd_store_hold_holes(struct dd_store *st, uint32_t slot, uint32_t n);
+void dd_store_release_holes(struct dd_store *st, uint32_t slot, uint32_t n);
 
 /*
  * Allocate the pages of up to STORE_WARM_CHUNK free slots from the
@@ -124,6 +138,7 @@ struct dd_store_stats {
 	uint64_t meta_bytes;    /* our bookkeeping for this store */
 	uint64_t freed;         /* slots freed so far */
 	uint64_t warm;          /* free slots allocated ahead (dd_store_warm()) */
+	uint64_t holes;         /* slots under spans, taken and empty */
 };
 void dd_store_stats(struct dd_store *st, struct dd_store_stats *out);
 

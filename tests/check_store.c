@@ -233,7 +233,7 @@ START_TEST(test_reserve_fill_unreserve)
 	d = dd_store_reserve(st, c, 2);
 	ck_assert_int_eq(d, a + 3);
 	ck_assert_uint_eq(stats().slots_used, 4);
-	dd_store_unreserve(st, (uint32_t)d);
+	dd_store_unreserve(st, (uint32_t)d, false);
 	s = stats();
 	ck_assert_uint_eq(s.slots_used, 3);
 	ck_assert_uint_eq(s.slots_shared, 0);

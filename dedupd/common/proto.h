@@ -83,6 +83,8 @@ enum dd_domain_policy {
 /* The agent byte-compares the runs flagged DD_REMAP_VERIFY itself (with
  * DD_HELLO_AGENT_UNMAP only). */
 #define DD_HELLO_AGENT_VERIFY 4u
+/* The agent maps spans (DD_REMAP_SPAN; with DD_HELLO_AGENT_UNMAP only). */
+#define DD_HELLO_AGENT_SPAN 8u
 
 struct dd_msg_hello { /* + SCM_RIGHTS: uffd */
 	struct dd_msg_hdr h;
@@ -155,6 +157,20 @@ struct dd_remap_entry {
  * (-EFAULT if one cannot be read, -EOPNOTSUPP if it cannot read in place
  * any more). Only to agents that sent DD_HELLO_AGENT_VERIFY. */
 #define DD_REMAP_VERIFY 4u
+/*
+ * SPAN: one mapping of consecutive store pages (store_off on) over the
+ * whole entry, while the process keeps its own pages between the runs to
+ * share. The runs follow it, as entries flagged INSPAN (each ANON, maybe
+ * VERIFY), in address order, each where the span's mapping puts its store
+ * pages (store_off - span's store_off = addr - span's addr). Every page of
+ * the span must be frozen; the agent copies the pages it keeps into the new
+ * mapping (anonymous pages there, not store pages), then moves the mapping
+ * over the span in one step. All or nothing: the span and its runs get the
+ * same result. A span costs two VMAs however many runs it holds. Only to
+ * agents that sent DD_HELLO_AGENT_SPAN.
+ */
+#define DD_REMAP_SPAN 8u
+#define DD_REMAP_INSPAN 16u
 
 struct dd_msg_batch { /* REMAP and ZAP */
 	struct dd_msg_hdr h;

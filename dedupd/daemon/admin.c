@@ -58,6 +58,7 @@ static struct json_object *stats_json(struct dd_scanner *s)
 	ADD_U64(o, "store_pages", st.store_pages);
 	ADD_U64(o, "store_pages_freed", st.store_freed);
 	ADD_U64(o, "store_pages_warm", st.store_warm);
+	ADD_U64(o, "store_holes", st.store_holes);
 	ADD_U64(o, "vmas", st.vmas);
 	ADD_U64(o, "vmas_added", st.vmas_added);
 	ADD_U64(o, "wp_faults", st.faults);
@@ -73,6 +74,7 @@ static struct json_object *stats_json(struct dd_scanner *s)
 	ADD_U64(o, "agent_timeouts", st.agent_timeouts);
 	ADD_U64(o, "merge_batches", st.merge_batches);
 	ADD_U64(o, "remap_runs", st.remap_runs);
+	ADD_U64(o, "remap_spans", st.remap_spans);
 	ADD_U64(o, "zap_runs", st.zap_runs);
 	ADD_U64(o, "merge_freeze_ns", st.merge_freeze_ns);
 	ADD_U64(o, "merge_verify_ns", st.merge_verify_ns);

@@ -193,6 +193,9 @@ static const struct {
 	{ "dedupd_store_pages_warm", "gauge",
 	  "Free store pages allocated ahead of the merges that will fill them.",
 	  STAT(store_warm) },
+	{ "dedupd_store_holes", "gauge",
+	  "Store slots under spans: taken so that nothing else goes there, and empty.",
+	  STAT(store_holes) },
 	{ "dedupd_vmas", "gauge", "Memory mappings (VMAs) of all client processes.", STAT(vmas) },
 	{ "dedupd_vmas_added", "gauge", "Client VMAs that dedupd's remaps added (estimate).",
 	  STAT(vmas_added) },
@@ -232,10 +235,12 @@ static void format_scan(FILE *f, const struct dd_scan_stats *st, const struct dd
 	counter(f, "dedupd_merge_batches_total",
 		"Merge batches carried out (freeze, verify, remap, wake).", st->merge_batches);
 	family(f, "dedupd_agent_runs_total", "counter",
-	       "Runs of pages sent to the agents: remap (one mmap of the store each) or "
-	       "zap (zero pages).");
+	       "Runs of pages sent to the agents: remap (one mmap of the store each), "
+	       "zap (zero pages), or span (one mmap over several remap runs and the "
+	       "pages between them).");
 	fprintf(f, "dedupd_agent_runs_total{op=\"remap\"} %" PRIu64 "\n", st->remap_runs);
 	fprintf(f, "dedupd_agent_runs_total{op=\"zap\"} %" PRIu64 "\n", st->zap_runs);
+	fprintf(f, "dedupd_agent_runs_total{op=\"span\"} %" PRIu64 "\n", st->remap_spans);
 	family(f, "dedupd_merge_step_seconds_total", "counter",
 	       "Wall time of the merge batches by step: freeze (write-protect), verify (read, "
 	       "compare, fill new store pages), agent (waiting for the remaps and zaps), "

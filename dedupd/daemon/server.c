@@ -55,6 +55,7 @@ struct agent_chan {
 	atomic_bool hash; /* the agent answers HASH (HELLO flag), until it says it cannot */
 	bool unmap;	  /* the agent takes DD_REMAP_ANON (HELLO flag) */
 	atomic_bool verify; /* ... and DD_REMAP_VERIFY (HELLO flag; off once it cannot) */
+	atomic_bool span;   /* ... and DD_REMAP_SPAN (HELLO flag; off once it cannot) */
 	uint32_t seq;
 	pthread_mutex_t lock;
 	/* The scan thread that holds the client's lock may keep requests out:
@@ -375,14 +376,18 @@ static int agent_call(struct agent_chan *a, struct dd_msg_hdr *msg, size_t len, 
 /* The answer to REMAP or ZAP request seq (agent_batch_reply()). An entry
  * the agent could not compare because it can no longer read its pages in
  * place (the application took over SIGSEGV) turns its compares off: the
- * daemon compares them from now on. */
+ * daemon compares them from now on. A span it cannot map (-ENODEV: no uffd
+ * of its own, or a kernel that will not) turns spans off. */
 static int agent_remap_reply(struct agent_chan *a, uint32_t seq, uint32_t n, int32_t *res)
 {
 	int r = agent_batch_reply(a, seq, n, res);
 
-	for (uint32_t i = 0; r == 0 && i < n; i++)
+	for (uint32_t i = 0; r == 0 && i < n; i++) {
 		if (res[i] == -EOPNOTSUPP)
 			atomic_store(&a->verify, false);
+		if (res[i] == -ENODEV)
+			atomic_store(&a->span, false);
+	}
 	return r;
 }
 
@@ -568,6 +573,13 @@ static bool agent_verifies(void *p)
 	return atomic_load(&a->verify) && atomic_load(&a->hash);
 }
 
+static bool agent_spans(void *p)
+{
+	struct agent_chan *a = p;
+
+	return atomic_load(&a->span);
+}
+
 /* On the reclaim thread: ask the agent to set the libdedup balloon. */
 static int agent_balloon(void *p, uint64_t bytes)
 {
@@ -700,6 +712,7 @@ static int on_agent_hello(struct dd_server *srv, struct conn *c,
 	atomic_store(&a->hash, (owner->hello_flags & DD_HELLO_AGENT_HASH) != 0);
 	a->unmap = (owner->hello_flags & DD_HELLO_AGENT_UNMAP) != 0;
 	atomic_store(&a->verify, a->unmap && (owner->hello_flags & DD_HELLO_AGENT_VERIFY));
+	atomic_store(&a->span, a->unmap && (owner->hello_flags & DD_HELLO_AGENT_SPAN));
 	if (dd_msg_send_result(c->fd, m->h.seq, 0, 0, NULL) < 0) {
 		pthread_mutex_destroy(&a->lock);
 		free(a);
@@ -998,7 +1011,8 @@ struct dd_server *dd_server_new(const struct dd_server_opts *o)
 				   .send_store = agent_send_store,
 				   .hash_send = agent_hash_send,
 				   .hash_recv = agent_hash_recv,
-				   .agent_verifies = agent_verifies };
+				   .agent_verifies = agent_verifies,
+				   .agent_spans = agent_spans };
 	struct dd_reclaim_ops rops = { .balloon = agent_balloon };
 	struct epoll_event ev = { .events = EPOLLIN };
 	struct dd_server *srv = calloc(1, sizeof(*srv));

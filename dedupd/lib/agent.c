@@ -260,6 +260,119 @@ static int uffd_register(int uffd, uint64_t addr, uint64_t len, uint64_t mode)
 	return ioctl(uffd, UFFDIO_REGISTER, &reg) < 0 ? -errno : 0;
 }
 
+/* ---- spans (DD_REMAP_SPAN) ---------------------------------------------- */
+
+#define SPAN_MAX_PAGES 4096u
+
+/* How many INSPAN runs follow the span entry e[0] (of n entries). */
+static uint32_t span_runs(const struct dd_remap_entry *e, uint32_t n)
+{
+	uint32_t m = 0;
+
+	while (1 + m < n && (e[1 + m].flags & DD_REMAP_INSPAN))
+		m++;
+	return m;
+}
+
+/* Do the m runs lie inside the span, in order, each where the span's
+ * mapping puts its store pages? */
+static bool span_sane(const struct dd_remap_entry *e, uint32_t m)
+{
+	uint64_t at = e->addr, end = e->addr + (uint64_t)e->npages * PAGE_SIZE_;
+
+	if (!entry_sane(e) || e->npages > SPAN_MAX_PAGES || (e->store_off % PAGE_SIZE_) || !m)
+		return false;
+	for (uint32_t i = 1; i <= m; i++) {
+		const struct dd_remap_entry *r = &e[i];
+
+		if (!entry_sane(r) || r->addr < at ||
+		    r->addr + (uint64_t)r->npages * PAGE_SIZE_ > end || r->domain != e->domain ||
+		    r->store_off < e->store_off || r->store_off - e->store_off != r->addr - e->addr)
+			return false;
+		at = r->addr + (uint64_t)r->npages * PAGE_SIZE_;
+	}
+	return true;
+}
+
+/* Copy [src, src+len) of ours into the span's new mapping at dst (registered
+ * for missing-page faults): UFFDIO_COPY puts anonymous pages there without
+ * reading the store (a write would fault the store page in first). */
+static int span_copy(int uffd, uint64_t dst, uint64_t src, uint64_t len)
+{
+	while (len) {
+		struct uffdio_copy cp = { .dst = dst, .src = src, .len = len,
+					  .mode = UFFDIO_COPY_MODE_DONTWAKE };
+
+		if (ioctl(uffd, UFFDIO_COPY, &cp) == 0)
+			return 0;
+		if (cp.copy > 0) {
+			dst += (uint64_t)cp.copy;
+			src += (uint64_t)cp.copy;
+			len -= (uint64_t)cp.copy;
+			continue;
+		}
+		if (errno != EAGAIN && errno != EINTR)
+			return -errno;
+	}
+	return 0;
+}
+
+/*
+ * A span e[0] with its m runs e[1..m] (see DD_REMAP_SPAN): the new mapping
+ * of the store is made aside, the pages we keep (all but the runs') are
+ * copied into it, and mremap() moves it over the span, which replaces the
+ * old pages in one step: another thread reads the old page or the new one,
+ * never a hole, and its writes wait in the write-protect fault until the
+ * daemon wakes the span. Nothing is changed if any step fails.
+ */
+static int do_span(struct dd_agent *a, const struct dd_remap_entry *e, uint32_t m,
+		   const uint64_t *pm, uint64_t lo, uint64_t span, const struct store_fd *sf)
+{
+	uint64_t len = (uint64_t)e->npages * PAGE_SIZE_, at = e->addr;
+	struct uffdio_range rg;
+	uint8_t *tmp;
+	int r;
+
+	if (!span_sane(e, m))
+		return -EINVAL;
+	if ((r = check_entry(a, e, pm, lo, span)) < 0)
+		return r;
+	if (!sf)
+		return -EBADF;
+	if (a->uffd < 0)
+		return -ENODEV; /* no spans from us (the daemon stops sending them) */
+	for (uint32_t i = 1; i <= m; i++)
+		if ((e[i].flags & DD_REMAP_VERIFY) && (r = verify_run(a, &e[i], sf)) < 0)
+			return r;
+	tmp = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE, sf->fd, (off_t)e->store_off);
+	if (tmp == MAP_FAILED)
+		return -errno;
+	rg = (struct uffdio_range){ (uintptr_t)tmp, len };
+	r = uffd_register(a->uffd, rg.start, len, UFFDIO_REGISTER_MODE_MISSING);
+	if (r == -EINVAL || r == -EPERM)
+		r = -ENODEV; /* a kernel that will not: never again */
+	for (uint32_t i = 1; i <= m + 1 && !r; i++) {
+		uint64_t stop = i <= m ? e[i].addr : e->addr + len;
+
+		if (stop > at)
+			r = span_copy(a->uffd, rg.start + (at - e->addr), at, stop - at);
+		if (i <= m)
+			at = e[i].addr + (uint64_t)e[i].npages * PAGE_SIZE_;
+	}
+	/* Unregistered before the move: a registered VMA that moves raises a
+	 * REMAP event, and mremap() would wait for the daemon to read it. */
+	if (ioctl(a->uffd, UFFDIO_UNREGISTER, &rg) < 0 && !r)
+		r = -errno;
+	if (!r && a->remap_fail)
+		r = -ENOMEM;
+	if (!r && mremap(tmp, len, len, MREMAP_MAYMOVE | MREMAP_FIXED,
+			 (void *)(uintptr_t)e->addr) == MAP_FAILED)
+		r = -errno;
+	if (r)
+		munmap(tmp, len);
+	return r;
+}
+
 /*
  * The mmap() of a run emptied by do_remaps() failed: put its pages back
  * from the store (the daemon compared them with it under freeze, so they
@@ -359,11 +472,35 @@ static void do_remaps(struct dd_agent *a, const struct dd_remap_entry *e, uint32
 	int fds[DD_BATCH_MAX];
 	uint64_t pm[PM_SPAN], lo, span = batch_pagemap(a, e, n, pm, &lo);
 	ssize_t done = -1;
+	bool spanned[DD_BATCH_MAX];
 
+	/* Spans first, each in one step with its runs. */
+	for (uint32_t i = 0; i < n; i++) {
+		uint32_t m;
+
+		spanned[i] = (e[i].flags & (DD_REMAP_SPAN | DD_REMAP_INSPAN)) != 0;
+		if (!(e[i].flags & DD_REMAP_SPAN)) {
+			if (e[i].flags & DD_REMAP_INSPAN)
+				res[i] = -EINVAL; /* a run with no span before it */
+			continue;
+		}
+		m = span_runs(&e[i], n - i);
+		pthread_mutex_lock(&window_lock);
+		res[i] = do_span(a, &e[i], m, span ? pm : NULL, lo, span,
+				 store_find(stores, nstores, e[i].domain));
+		pthread_mutex_unlock(&window_lock);
+		for (uint32_t j = 1; j <= m; j++) {
+			res[i + j] = res[i];
+			spanned[i + j] = true;
+		}
+		i += m;
+	}
 	for (uint32_t i = 0; i < n; i++) {
 		bool zap = e[i].flags & DD_REMAP_ZAP;
 
 		emptied[i] = false;
+		if (spanned[i])
+			continue;
 		sf[i] = zap ? NULL : store_find(stores, nstores, e[i].domain);
 		fds[i] = sf[i] ? sf[i]->fd : -1;
 		res[i] = check_entry(a, &e[i], span ? pm : NULL, lo, span);
@@ -406,7 +543,7 @@ static void do_remaps(struct dd_agent *a, const struct dd_remap_entry *e, uint32
 	for (uint32_t i = 0; i < n; i++) {
 		struct uffdio_range rg = { e[i].addr, (uint64_t)e[i].npages * PAGE_SIZE_ };
 
-		if (res[i] || (e[i].flags & DD_REMAP_ZAP))
+		if (res[i] || (e[i].flags & DD_REMAP_ZAP) || spanned[i])
 			continue;
 		if (emptied[i] && !still_ours(a->uffd, rg.start, rg.len)) {
 			res[i] = -ESTALE; /* never map over what the application put there */

@@ -211,7 +211,7 @@ static int connect_locked(void)
 	/* Tests: act as a libdedup from before DD_HELLO_AGENT_UNMAP. */
 	old = getenv("DEDUP_TEST_OLD_AGENT") && strcmp(getenv("DEDUP_TEST_OLD_AGENT"), "0");
 	if (!old)
-		hello.flags |= DD_HELLO_AGENT_UNMAP;
+		hello.flags |= DD_HELLO_AGENT_UNMAP | DD_HELLO_AGENT_SPAN;
 	/* The agent compares the pages of a remap in place (it reads them
 	 * there for HASH already); DEDUP_NO_AGENT_VERIFY=1: the daemon copies
 	 * them out to compare, as before. */
