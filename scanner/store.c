@@ -452,18 +452,31 @@ static bool is_hole(const struct dd_store *st, uint32_t i)
 
 void dd_store_hold_holes(struct dd_store *st, uint32_t slot, uint32_t n)
 {
+	uint32_t punch = 0, np = 0; /* a stretch of warm pages to give back */
+
 	pthread_mutex_lock(&st->lock);
 	for (uint32_t i = slot; i < slot + n && i < st->nslots; i++) {
 		if (is_used(st, i)) {
 			st->slots[i].pending++;
 			continue;
 		}
-		if (is_warm(st, i))
+		if (is_warm(st, i)) { /* its page is there: a hole holds none */
 			set_warm(st, i, false);
+			if (np && punch + np != i) {
+				fallocate(st->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+					  (off_t)punch * DD_PAGE_SIZE, (off_t)np * DD_PAGE_SIZE);
+				np = 0;
+			}
+			punch = np ? punch : i;
+			np++;
+		}
 		st->used[i / 64] |= 1ULL << (i % 64);
 		st->slots[i] = (struct slot){ .pending = 1 };
 		st->nr_holes++;
 	}
+	if (np)
+		fallocate(st->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+			  (off_t)punch * DD_PAGE_SIZE, (off_t)np * DD_PAGE_SIZE);
 	pthread_mutex_unlock(&st->lock);
 }
 
