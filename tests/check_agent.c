@@ -273,6 +273,206 @@ START_TEST(test_agent_verifies_before_acting)
 }
 END_TEST
 
+/* Is page p of this process present and a page of a file (pagemap bit 61)? */
+static bool page_is_file(const void *p)
+{
+	uint64_t pm = 0;
+	int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(pread(fd, &pm, sizeof(pm), (off_t)((uintptr_t)p / PAGE * 8)),
+			 (ssize_t)sizeof(pm));
+	close(fd);
+	return (pm >> 63) & (pm >> 61) & 1;
+}
+
+/* The VMA of this process that holds addr: its bounds and whether it maps
+ * a file whose name has name in it. */
+static bool vma_of(const void *addr, uint64_t *lo, uint64_t *hi, const char *name)
+{
+	char line[512];
+	unsigned long long a, b;
+	bool named = false;
+	FILE *f = fopen("/proc/self/maps", "re");
+
+	ck_assert_ptr_nonnull(f);
+	*lo = *hi = 0;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "%llx-%llx", &a, &b) == 2 && a <= (uintptr_t)addr &&
+		    (uintptr_t)addr < b) {
+			*lo = a;
+			*hi = b;
+			named = strstr(line, name) != NULL;
+		}
+	fclose(f);
+	return named;
+}
+
+/*
+ * DD_REMAP_SPAN: one mapping of store slots 0-6 over pages 0-6, where the
+ * runs (pages 0, 2-3 and 6, the same as slots 0, 2-3 and 6) come from the
+ * store and the pages between them (1, 4 and 5; 5 all zero) stay the
+ * process's own: copied in as anonymous pages, and the store file, which
+ * has holes at slots 1, 4 and 5, gets no page there. The span is one VMA.
+ * A span whose run differs from its store page by one bit (-EAGAIN), one
+ * with a page that is not frozen (-ESTALE), and one whose run lies off the
+ * span's mapping (-EINVAL) change nothing.
+ */
+START_TEST(test_agent_maps_spans)
+{
+	struct uffdio_api api = { .api = UFFD_API, .features = UFFD_FEATURE_PAGEFAULT_FLAG_WP };
+	struct uffdio_register reg = { .mode = UFFDIO_REGISTER_MODE_WP };
+	struct uffdio_writeprotect wp = { .mode = UFFDIO_WRITEPROTECT_MODE_WP };
+	enum { N = 24 };
+	static const bool run[N] = { [0] = 1, [2] = 1, [3] = 1, [6] = 1,     /* span A */
+				     [8] = 1, [10] = 1,			      /* span B */
+				     [12] = 1, [14] = 1,		      /* span C */
+				     [16] = 1, [18] = 1 };		      /* span D */
+	struct dd_msg_store m;
+	struct dd_remap_entry e[16];
+	int32_t res[16];
+	static uint8_t want[N * PAGE], slot[8 * PAGE];
+	struct stat before, after;
+	struct fake f;
+	struct dd_agent *a;
+	char path[256];
+	uint8_t *mem, mark = 0x6d;
+	uint64_t lo, hi;
+	int uffd, memfd;
+	uint32_t ne = 0;
+
+	H_SKIP_UNLESS_ROOT(); /* a kernel uffd with write-protect */
+	for (unsigned i = 0; i < sizeof(slot); i++)
+		slot[i] = (uint8_t)(i * 13 + 1);
+	memfd = memfd_create("spanstore", MFD_CLOEXEC);
+	ck_assert_int_ge(memfd, 0);
+	ck_assert_int_eq(ftruncate(memfd, 8 * PAGE), 0);
+	for (unsigned k = 0; k < 8; k++) /* holes at 1, 4, 5 */
+		if (k != 1 && k != 4 && k != 5)
+			ck_assert_int_eq(pwrite(memfd, slot + k * PAGE, PAGE, (off_t)k * PAGE), PAGE);
+	uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+	ck_assert_int_ge(uffd, 0);
+	ck_assert_int_eq(ioctl(uffd, UFFDIO_API, &api), 0);
+	mem = mmap(NULL, N * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ck_assert(mem != MAP_FAILED);
+	madvise(mem, N * PAGE, MADV_NOHUGEPAGE);
+	/* Runs hold their slot's bytes (page p: slot p % 8); the rest, bytes
+	 * of their own (page 5 zeros). Page 10 differs from slot 2 by a bit. */
+	for (unsigned p = 0; p < N; p++) {
+		uint8_t *w = want + (size_t)p * PAGE;
+
+		if (run[p])
+			memcpy(w, slot + (size_t)(p % 8) * PAGE, PAGE);
+		else if (p != 5)
+			memset(w, 0xa0 + (int)p, PAGE);
+	}
+	want[10 * PAGE + 9] ^= 1;
+	memcpy(mem, want, sizeof(want));
+	reg.range = (struct uffdio_range){ (uintptr_t)mem, N * PAGE };
+	ck_assert_int_eq(ioctl(uffd, UFFDIO_REGISTER, &reg), 0);
+	/* All frozen but page 17 (a page between span D's runs). */
+	wp.range = (struct uffdio_range){ (uintptr_t)mem, 17 * PAGE };
+	ck_assert_int_eq(ioctl(uffd, UFFDIO_WRITEPROTECT, &wp), 0);
+	wp.range = (struct uffdio_range){ (uintptr_t)mem + 18 * PAGE, (N - 18) * PAGE };
+	ck_assert_int_eq(ioctl(uffd, UFFDIO_WRITEPROTECT, &wp), 0);
+	ck_assert_int_eq(fstat(memfd, &before), 0);
+
+	a = NULL;
+	{
+		pthread_t th;
+
+		h_sock_path(path, sizeof(path), "agents");
+		f.conn = -1;
+		f.listen_fd = fake_listen(path);
+		ck_assert_int_eq(pthread_create(&th, NULL, fake_accept, &f), 0);
+		ck_assert_int_eq(dd_agent_start(path, 1, 2, dup(uffd), NULL, &a), 0);
+		pthread_join(th, NULL);
+		ck_assert_int_ge(f.conn, 0);
+	}
+	dd_msg_init(&m.h, DD_MSG_STORE, sizeof(m), 6);
+	m.domain = 3;
+	m.pad = 0;
+	ck_assert_int_eq(dd_msg_send(f.conn, &m, sizeof(m), memfd), 0);
+
+	/* Page p lies over slot p % 8 in each span's mapping; C's second run
+	 * claims slot 7, off that line. */
+	{
+		static const struct {
+			unsigned first, n, runs[3][2]; /* runs: page, pages */
+			int off;		       /* C: the bad run's shift */
+		} sp[4] = { { 0, 7, { { 0, 1 }, { 2, 2 }, { 6, 1 } }, 0 },
+			    { 8, 3, { { 8, 1 }, { 10, 1 } }, 0 },
+			    { 12, 3, { { 12, 1 }, { 14, 1 } }, 1 },
+			    { 16, 3, { { 16, 1 }, { 18, 1 } }, 0 } };
+
+		for (unsigned k = 0; k < 4; k++) {
+			e[ne++] = (struct dd_remap_entry){
+				.addr = (uintptr_t)mem + sp[k].first * PAGE,
+				.store_off = (uint64_t)(sp[k].first % 8) * PAGE,
+				.npages = sp[k].n,
+				.flags = DD_REMAP_SPAN,
+				.domain = 3 };
+			for (unsigned r = 0; r < 3 && sp[k].runs[r][1]; r++) {
+				unsigned pg = sp[k].runs[r][0];
+
+				e[ne++] = (struct dd_remap_entry){
+					.addr = (uintptr_t)mem + pg * PAGE,
+					.store_off = (uint64_t)(pg % 8 + (r ? sp[k].off : 0)) * PAGE,
+					.npages = sp[k].runs[r][1],
+					.flags = DD_REMAP_INSPAN | DD_REMAP_ANON | DD_REMAP_VERIFY,
+					.domain = 3 };
+			}
+		}
+	}
+	ck_assert_uint_eq(ne, 4 + 3 + 3 * 2); /* A: 3 runs; B, C, D: 2 each */
+	remap_roundtrip(&f, e, ne, res);
+	/* A mapped; B: page 10 differs; C: its run at 14 lies off the span's
+	 * mapping; D: page 17 is not frozen. A span and its runs answer alike. */
+	{
+		static const int span_res[4] = { 0, -EAGAIN, -EINVAL, -ESTALE };
+
+		for (uint32_t i = 0, sp = 0; i < ne; i++) {
+			sp += (e[i].flags & DD_REMAP_SPAN) && i ? 1 : 0;
+			ck_assert_msg(res[i] == span_res[sp], "entry %u (span %u): %d, want %d", i,
+				      sp, res[i], span_res[sp]);
+		}
+	}
+	/* Every page reads what it held. */
+	for (unsigned p = 0; p < N; p++)
+		ck_assert_msg(!memcmp(mem + (size_t)p * PAGE, want + (size_t)p * PAGE, PAGE),
+			      "page %u changed", p);
+	/* Span A is one VMA of the store; its runs are the store's pages, the
+	 * pages between them anonymous copies, and no store page was made at
+	 * the holes. The other spans are still anonymous memory. */
+	ck_assert(vma_of(mem, &lo, &hi, "memfd:spanstore"));
+	ck_assert_uint_eq(lo, (uintptr_t)mem);
+	ck_assert_uint_eq(hi, (uintptr_t)mem + 7 * PAGE);
+	for (unsigned p = 0; p < 7; p++)
+		ck_assert_msg(page_is_file(mem + (size_t)p * PAGE) == run[p], "page %u: file %d", p,
+			      page_is_file(mem + (size_t)p * PAGE));
+	ck_assert_int_eq(fstat(memfd, &after), 0);
+	ck_assert_int_eq(after.st_blocks, before.st_blocks);
+	for (unsigned p = 8; p < N; p++)
+		ck_assert_msg(!vma_of(mem + (size_t)p * PAGE, &lo, &hi, "memfd:spanstore") &&
+				      !page_is_file(mem + (size_t)p * PAGE),
+			      "page %u was mapped", p);
+	/* Runs read the store through (a write to the file shows); the pages
+	 * kept do not. */
+	ck_assert_int_eq(pwrite(memfd, &mark, 1, 2 * PAGE + 50), 1);
+	ck_assert_int_eq(pwrite(memfd, &mark, 1, 1 * PAGE + 50), 1);
+	ck_assert_uint_eq(mem[2 * PAGE + 50], mark);
+	ck_assert_uint_eq(mem[1 * PAGE + 50], want[1 * PAGE + 50]);
+	/* A write to a kept page stays private. */
+	mem[4 * PAGE] = 1;
+	ck_assert_uint_eq(mem[4 * PAGE], 1);
+
+	agent_down(a, &f, path);
+	close(uffd);
+	close(memfd);
+	munmap(mem, N * PAGE);
+}
+END_TEST
+
 static Suite *agent_suite(void)
 {
 	Suite *s = suite_create("agent");
@@ -281,6 +481,7 @@ static Suite *agent_suite(void)
 	tcase_set_timeout(tc, 30);
 	tcase_add_test(tc, test_agent_zaps_only_frozen_runs);
 	tcase_add_loop_test(tc, test_agent_verifies_before_acting, 0, 2);
+	tcase_add_test(tc, test_agent_maps_spans);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -720,6 +720,65 @@ END_TEST
  * a populate over a slot with data leaves its bytes (what makes warming
  * safe against a reservation between marking and populating).
  */
+/*
+ * Holes: the free slots under a span (dd_store_hold_holes()) are taken, so
+ * that nothing else goes where the span's process may read zeros; a warm
+ * one gives its page back; they are not store pages. The GC frees them once
+ * no process maps over them, as it frees slots: here a child maps the span
+ * MAP_PRIVATE, as a client does. A fresh slot given back under a span
+ * (dd_store_unreserve(..., true)) becomes one too.
+ */
+START_TEST(test_holes_under_span)
+{
+	static char a[PG], c[PG];
+	long per = PG / 512, blocks;
+	int64_t sa, sc, x, y;
+	pid_t pid;
+	int go;
+
+	fill(a, 71);
+	fill(c, 72);
+	sa = alloc(a, -1, 1);
+	ck_assert_int_eq(dd_store_warm(st, 8), 8); /* sa+1 .. sa+8 */
+	sc = alloc(c, sa + 2, 1);		     /* two slots between, as a stride */
+	ck_assert_int_eq(sc, sa + 3);
+	ck_assert_uint_eq(stats().warm, 7);
+	blocks = store_blocks();
+
+	dd_store_hold_holes(st, (uint32_t)sa, 4);
+	ck_assert_uint_eq(stats().holes, 2);
+	ck_assert_uint_eq(stats().warm, 5);
+	ck_assert_uint_eq(stats().slots_used, 2);
+	ck_assert_int_eq(store_blocks(), blocks - 2 * per); /* their pages given back */
+	x = dd_store_reserve(st, sa, 1);		     /* wants sa+1: a hole */
+	ck_assert_int_ge(x, 0);
+	ck_assert(x != sa + 1 && x != sa + 2);
+	dd_store_unreserve(st, (uint32_t)x, false);
+
+	pid = fork_mapper((uint32_t)sa, 4, a, &go);
+	dd_store_release_holes(st, (uint32_t)sa, 4);
+	dd_store_pend_done(st, (uint32_t)sa, false);
+	dd_store_pend_done(st, (uint32_t)sc, false);
+	ck_assert_int_eq(gc(), 0); /* all four under the child's mapping */
+	ck_assert_uint_eq(stats().holes, 2);
+	assert_slot_holds((uint32_t)sc, c);
+	end_mapper(pid, go);
+	ck_assert_int_eq(gc(), 2); /* sa, sc; the holes go too, uncounted */
+	ck_assert_uint_eq(stats().holes, 0);
+	ck_assert_uint_eq(stats().slots_used, 0);
+	ck_assert_int_eq(dd_store_reserve(st, sa, 1), sa + 1);
+
+	/* A reserved slot given back under a span the agent mapped. */
+	y = dd_store_reserve(st, sa + 1, 1);
+	ck_assert_int_eq(y, sa + 2);
+	dd_store_unreserve(st, (uint32_t)y, true);
+	ck_assert_uint_eq(stats().holes, 1);
+	ck_assert_int_ne(dd_store_reserve(st, sa + 1, 1), sa + 2);
+	gc();
+	ck_assert_uint_eq(stats().holes, 0);
+}
+END_TEST
+
 START_TEST(test_warm_ahead_fill_cool)
 {
 	static char a_page[PG], b_page[PG];
@@ -825,6 +884,7 @@ Suite *store_suite(void)
 	tcase_add_test(tc, test_gc_frees_and_punches);
 	tcase_add_test(tc, test_gc_keeps_slot_another_process_maps);
 	tcase_add_test(tc, test_gc_mapping_of_another_slot_does_not_protect);
+	tcase_add_test(tc, test_holes_under_span);
 	suite_add_tcase(s, tc);
 	return s;
 }
