@@ -167,6 +167,7 @@ struct dd_sclient {
 	uint32_t stores_sent[MAX_DOMAINS / 32];
 	long vmas, vmas_base, vma_budget, vma_limit;
 	uint64_t runs_queued; /* runs of anonymous pages queued to merge, ever */
+	uint32_t runs_batch;  /* ... of them in the batch being queued */
 	uint64_t vmas_counted_ms; /* when vmas was read from maps */
 	uint64_t reconciled_ms;	  /* when its records were last held against its maps */
 	bool reconcile_due;	  /* a merged page was seen unmapped */
@@ -426,17 +427,21 @@ static bool vma_room(const struct dd_sclient *c)
 
 /*
  * Does c merge by spans now (see plan_spans())? If its agent maps spans,
- * once its remaps have used half its VMA budget, or once the runs queued
- * for it would take three quarters of it if each were mapped on its own
- * (the first pass reserves the store slots of scattered duplicates before
- * any is mapped; spans need them placed for spans, stride_hint()). Until
- * then each run is mapped on its own: no page is copied.
+ * once its remaps have used half its VMA budget, once the runs queued for
+ * it would take three quarters of it if each were mapped on its own, or
+ * once the runs of the batch being queued would take half of what is left
+ * of it (the first pass reserves the store slots of scattered duplicates
+ * before any is mapped, and spans need them placed for spans:
+ * stride_hint()). Until then each run is mapped on its own: no page is
+ * copied.
  */
 static bool span_mode(const struct dd_scanner *s, const struct dd_sclient *c)
 {
+	long used = c->vmas - c->vmas_base;
+
 	return c->agent && s->ops.agent_spans && s->ops.agent_spans(c->agent) &&
-	       (2 * (c->vmas - c->vmas_base) >= c->vma_budget ||
-		8 * (long)c->runs_queued >= 3 * c->vma_budget);
+	       (2 * used >= c->vma_budget || 8 * (long)c->runs_queued >= 3 * c->vma_budget ||
+		4 * (long)c->runs_batch >= c->vma_budget - used);
 }
 
 static void client_put(struct dd_sclient *c);
@@ -1365,8 +1370,9 @@ static void mq_add(struct dd_worker *w, struct dd_region *r, uint32_t idx, int64
 	const struct merge *p = w->nmq ? &w->mq[w->nmq - 1] : NULL;
 
 	/* Runs in anonymous memory: each would split a VMA (span_mode()). */
-	if (!(p && p->r == r && p->idx + 1 == idx) && !(r->pages[idx].flags & PGF_REMAPPED))
-		r->c->runs_queued++;
+	if (slot >= 0 && !(p && p->r == r && p->idx + 1 == idx) &&
+	    !(r->pages[idx].flags & PGF_REMAPPED))
+		r->c->runs_queued++, r->c->runs_batch++;
 	w->mq[w->nmq++] = (struct merge){ .r = r, .idx = idx, .slot = slot };
 }
 
@@ -2428,6 +2434,7 @@ static void flush(struct dd_worker *w, struct dd_sclient *c)
 			rearm(c, w->mq[i].r);
 	qsort(w->mq, n, sizeof(w->mq[0]), cmp_merge);
 	plan_spans(w->s, c, w->mq, n);
+	c->runs_batch = 0;
 	/* The agent hashed the next batch meanwhile: take its answer before the
 	 * freeze (a freeze while the client's agent runs on the other CPU costs
 	 * twice as much: the TLB flush interrupts it). */

@@ -55,6 +55,8 @@ struct dd_store {
 	uint32_t cursor;
 	uint64_t nr_used, nr_shared, nr_sharers, nr_freed, nr_candidates;
 	uint64_t nr_holes; /* slots taken with no content (is_hole()) */
+	uint32_t gc_epoch; /* GC runs begun: a hole's sharers field holds the one
+			    * current when it was last let go (holes have no sharers) */
 	uint64_t nr_warm, reserved; /* warm slots now; slots reserved, ever */
 };
 
@@ -429,6 +431,7 @@ void dd_store_unreserve(struct dd_store *st, uint32_t slot, bool hole)
 		  (off_t)slot * DD_PAGE_SIZE, DD_PAGE_SIZE);
 	st->nr_used--;
 	if (hole) { /* a span maps over it: it stays taken, empty */
+		st->slots[slot].sharers = st->gc_epoch;
 		st->nr_holes++;
 		st->nr_candidates++;
 	} else {
@@ -488,8 +491,12 @@ void dd_store_release_holes(struct dd_store *st, uint32_t slot, uint32_t n)
 
 		if (!is_used(st, i) || !s->pending)
 			continue;
-		if (--s->pending == 0 && !s->sharers)
+		if (is_hole(st, i) && --s->pending == 0) {
+			s->sharers = st->gc_epoch;
 			st->nr_candidates++;
+		} else if (!is_hole(st, i) && --s->pending == 0 && !s->sharers) {
+			st->nr_candidates++;
+		}
 	}
 	pthread_mutex_unlock(&st->lock);
 }
@@ -658,7 +665,7 @@ int dd_store_gc(struct dd_store *st)
 	uint64_t *covered;
 	struct dirent *de;
 	char path[300];
-	uint32_t nslots;
+	uint32_t nslots, epoch;
 	DIR *d;
 	int freed = 0;
 
@@ -669,6 +676,7 @@ int dd_store_gc(struct dd_store *st)
 		return 0;
 	}
 	st->nr_candidates = 0;
+	epoch = ++st->gc_epoch;
 	pthread_mutex_unlock(&st->lock);
 
 	covered = calloc(nslots / 64 + 1, sizeof(uint64_t));
@@ -691,8 +699,15 @@ int dd_store_gc(struct dd_store *st)
 	for (uint32_t i = 0; i < nslots; i++) {
 		struct slot *s = &st->slots[i];
 
-		if (!is_used(st, i) || s->sharers || s->pending)
+		if (!is_used(st, i) || s->pending)
 			continue;
+		/* A hole let go after this run read the maps may be under a
+		 * span those maps did not show yet: next time. */
+		if (is_hole(st, i) ? s->sharers >= epoch : s->sharers != 0) {
+			if (is_hole(st, i))
+				st->nr_candidates++;
+			continue;
+		}
 		if ((covered[i / 64] & (1ULL << (i % 64))) || !batch_room(&b)) {
 			st->nr_candidates++; /* look again next time */
 			continue;
@@ -702,6 +717,7 @@ int dd_store_gc(struct dd_store *st)
 			fallocate(st->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
 				  (off_t)i * DD_PAGE_SIZE, DD_PAGE_SIZE);
 			st->used[i / 64] &= ~(1ULL << (i % 64));
+			*s = (struct slot){ 0 };
 			st->nr_holes--;
 			continue;
 		}

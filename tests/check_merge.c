@@ -634,12 +634,17 @@ struct race {
 	atomic_bool stop;
 	atomic_ulong lost;
 	unsigned seed;
+	bool scatter; /* test_race_spans_no_lost_writes: base_word() is per page */
 };
 
-static uint64_t base_word(unsigned page, unsigned w)
+static uint64_t base_word(const struct race *r, unsigned page, unsigned w)
 {
-	(void)page;
-	return 0x1111111111111111ULL * (w % 15 + 1);
+	unsigned i = page % (RACE_PAGES / 2);
+
+	if (!r->scatter)
+		return 0x1111111111111111ULL * (w % 15 + 1);
+	/* Two halves alike in their even pages, each page of its own. */
+	return (i % 2 ? page * 0x9e3779b97f4a7c15ULL : i * 0xc2b2ae3d27d4eb4fULL) + w + 1;
 }
 
 static void *writer(void *arg)
@@ -647,6 +652,7 @@ static void *writer(void *arg)
 	struct race *r = arg;
 	unsigned t = __atomic_fetch_add(&r->seed, 1, __ATOMIC_RELAXED);
 	uint64_t x = t * 2654435761u + 1, n = 0;
+	unsigned last_page = 0, last_w = 0;
 
 	while (!atomic_load(&r->stop)) {
 		unsigned page, w;
@@ -659,19 +665,31 @@ static void *writer(void *arg)
 		p = (volatile uint64_t *)(r->mem + (size_t)page * PAGE) + w;
 		/* Half the writes restore the base value, so pages keep becoming
 		 * identical again and keep being merged under the writers. */
-		v = (x & 1) ? base_word(page, w) : (x | 1);
+		v = (x & 1) ? base_word(r, page, w) : (x | 1);
+		if (r->scatter) { /* a word set, then put back: pages keep coming back */
+			if (n & 1) {
+				page = last_page;
+				w = last_w;
+				p = (volatile uint64_t *)(r->mem + (size_t)page * PAGE) + w;
+				v = base_word(r, page, w);
+			} else {
+				v = x | 1;
+				last_page = page;
+				last_w = w;
+			}
+		}
 		*p = v;
 		r->shadow[page * 512 + w] = v;
 		if (*p != v)
 			atomic_fetch_add(&r->lost, 1);
 		atomic_fetch_add(r->progress, 1);
-		if ((++n & 255) == 0)
+		if ((++n & (r->scatter ? 31 : 255)) == 0)
 			h_sleep_ms(1);
 	}
 	return NULL;
 }
 
-static struct race *race_new(void)
+static struct race *race_new(bool scatter)
 {
 	struct race *r = mmap(NULL, sizeof(*r), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
 			      -1, 0);
@@ -681,9 +699,11 @@ static struct race *race_new(void)
 	r->shadow = mmap(NULL, RACE_PAGES * PAGE, PROT_READ | PROT_WRITE,
 			 MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	r->progress = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	r->scatter = scatter;
 	for (unsigned p = 0; p < RACE_PAGES; p++)
 		for (unsigned w = 0; w < 512; w++)
-			((uint64_t *)r->mem)[p * 512 + w] = r->shadow[p * 512 + w] = base_word(p, w);
+			((uint64_t *)r->mem)[p * 512 + w] = r->shadow[p * 512 + w] =
+				base_word(r, p, w);
 	return r;
 }
 
@@ -718,7 +738,7 @@ START_TEST(test_race_no_lost_writes)
 	int st;
 
 	H_SKIP_UNLESS_ROOT();
-	r = race_new();
+	r = race_new(false);
 	m0 = h_stat(sock, "merges");
 	pid = fork();
 	if (pid == 0)
@@ -735,11 +755,48 @@ START_TEST(test_race_no_lost_writes)
 }
 END_TEST
 
+/*
+ * The race above through spans: a daemon that may add 64 VMAs to the
+ * client (its threads take ~20) merges by spans almost at once, and the
+ * writers hit the pages between the runs (which the agent copies into the
+ * span) as much as the runs. Every write must be there at the end.
+ */
+START_TEST(test_race_spans_no_lost_writes)
+{
+	static const char *const args[] = { "--pages-to-scan", "100000", "--sleep-millisecs", "5",
+					    "--set", "scan.max_vmas_per_client=64", NULL };
+	struct race *r;
+	pid_t pid;
+	int st;
+
+	H_SKIP_UNLESS_ROOT();
+	h_daemon_stop(daemon_pid, SIGTERM);
+	daemon_pid = h_daemon_start(sock, args);
+	r = race_new(true);
+	pid = fork();
+	if (pid == 0)
+		_exit(race_child(r, 8000, true));
+	waitpid(pid, &st, 0);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "lost writes (status %d)", st);
+	fprintf(stderr, "race spans: %lu writes, %lld merges, %lld spans, %lld cow breaks\n",
+		(unsigned long)*r->progress, (long long)h_stat(sock, "merges"),
+		(long long)h_stat(sock, "remap_spans"), (long long)h_stat(sock, "cow_breaks"));
+	ck_assert_msg(*r->progress > 100000, "writers made only %lu writes",
+		      (unsigned long)*r->progress);
+	/* The first pass maps the duplicates by spans under the writers; a
+	 * page written since goes back on its own (a VMA each) while the
+	 * budget lasts. */
+	ck_assert_int_ge(h_stat(sock, "remap_spans"), 1);
+	ck_assert_int_ge(h_stat(sock, "merges"), 100);
+	ck_assert_int_gt(h_stat(sock, "cow_breaks"), 50);
+}
+END_TEST
+
 START_TEST(test_daemon_killed_mid_merge)
 {
 	H_SKIP_UNLESS_ROOT();
 	for (int round = 0; round < 3; round++) {
-		struct race *r = race_new();
+		struct race *r = race_new(false);
 		unsigned long p0;
 		pid_t pid;
 		int st;
@@ -1898,6 +1955,7 @@ static Suite *merge_suite(void)
 	tcase_add_test(tc, test_agent_hash_chains_signals);
 	tcase_add_test(tc, test_cow_write_is_private);
 	tcase_add_test(tc, test_race_no_lost_writes);
+	tcase_add_test(tc, test_race_spans_no_lost_writes);
 	tcase_add_test(tc, test_daemon_killed_mid_merge);
 	tcase_add_test(tc, test_client_killed_mid_merge);
 	tcase_add_test(tc, test_late_remap_keeps_store_pages);

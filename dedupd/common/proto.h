@@ -165,9 +165,11 @@ struct dd_remap_entry {
  * pages (store_off - span's store_off = addr - span's addr). Every page of
  * the span must be frozen; the agent copies the pages it keeps into the new
  * mapping (anonymous pages there, not store pages), then moves the mapping
- * over the span in one step. All or nothing: the span and its runs get the
- * same result. A span costs two VMAs however many runs it holds. Only to
- * agents that sent DD_HELLO_AGENT_SPAN.
+ * over the span in one step. A run that differs from its store pages (VERIFY)
+ * is kept like the pages between the runs and answers -EAGAIN; anything else
+ * that fails leaves the whole span as it was, and the span and its runs all
+ * answer the error. A span costs two VMAs however many runs it holds. Only
+ * to agents that sent DD_HELLO_AGENT_SPAN.
  */
 #define DD_REMAP_SPAN 8u
 #define DD_REMAP_INSPAN 16u

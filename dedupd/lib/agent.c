@@ -323,13 +323,17 @@ static int span_copy(int uffd, uint64_t dst, uint64_t src, uint64_t len)
  * copied into it, and mremap() moves it over the span, which replaces the
  * old pages in one step: another thread reads the old page or the new one,
  * never a hole, and its writes wait in the write-protect fault until the
- * daemon wakes the span. Nothing is changed if any step fails.
+ * daemon wakes the span. Nothing is changed if any step fails. A run that
+ * differs from its store pages is kept like the gaps (its answer -EAGAIN,
+ * in res[1..m]), unless all do. Returns the span's answer.
  */
 static int do_span(struct dd_agent *a, const struct dd_remap_entry *e, uint32_t m,
-		   const uint64_t *pm, uint64_t lo, uint64_t span, const struct store_fd *sf)
+		   const uint64_t *pm, uint64_t lo, uint64_t span, const struct store_fd *sf,
+		   int32_t *res)
 {
 	uint64_t len = (uint64_t)e->npages * PAGE_SIZE_, at = e->addr;
 	struct uffdio_range rg;
+	uint32_t same = 0;
 	uint8_t *tmp;
 	int r;
 
@@ -341,9 +345,14 @@ static int do_span(struct dd_agent *a, const struct dd_remap_entry *e, uint32_t 
 		return -EBADF;
 	if (a->uffd < 0)
 		return -ENODEV; /* no spans from us (the daemon stops sending them) */
-	for (uint32_t i = 1; i <= m; i++)
-		if ((e[i].flags & DD_REMAP_VERIFY) && (r = verify_run(a, &e[i], sf)) < 0)
-			return r;
+	for (uint32_t i = 1; i <= m; i++) {
+		res[i] = (e[i].flags & DD_REMAP_VERIFY) ? verify_run(a, &e[i], sf) : 0;
+		if (res[i] && res[i] != -EAGAIN)
+			return res[i];
+		same += !res[i];
+	}
+	if (!same)
+		return -EAGAIN;
 	tmp = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE, sf->fd, (off_t)e->store_off);
 	if (tmp == MAP_FAILED)
 		return -errno;
@@ -354,6 +363,8 @@ static int do_span(struct dd_agent *a, const struct dd_remap_entry *e, uint32_t 
 	for (uint32_t i = 1; i <= m + 1 && !r; i++) {
 		uint64_t stop = i <= m ? e[i].addr : e->addr + len;
 
+		if (i <= m && res[i])
+			continue; /* kept with the gap after it */
 		if (stop > at)
 			r = span_copy(a->uffd, rg.start + (at - e->addr), at, stop - at);
 		if (i <= m)
@@ -485,12 +496,14 @@ static void do_remaps(struct dd_agent *a, const struct dd_remap_entry *e, uint32
 			continue;
 		}
 		m = span_runs(&e[i], n - i);
+		for (uint32_t j = 1; j <= m; j++)
+			res[i + j] = 0;
 		pthread_mutex_lock(&window_lock);
 		res[i] = do_span(a, &e[i], m, span ? pm : NULL, lo, span,
-				 store_find(stores, nstores, e[i].domain));
+				 store_find(stores, nstores, e[i].domain), &res[i]);
 		pthread_mutex_unlock(&window_lock);
 		for (uint32_t j = 1; j <= m; j++) {
-			res[i + j] = res[i];
+			res[i + j] = res[i] ? res[i] : res[i + j];
 			spanned[i + j] = true;
 		}
 		i += m;
