@@ -59,8 +59,10 @@ static int fake_listen(const char *path)
 	return fd;
 }
 
-/* Start the agent against a fake daemon on a private socket (path[len]). */
-static struct dd_agent *agent_up(struct fake *f, char *path, size_t len, const char *name)
+/* Start the agent against a fake daemon on a private socket (path[len]),
+ * with uffd as its own copy of the uffd (-1: none). */
+static struct dd_agent *agent_up(struct fake *f, char *path, size_t len, const char *name,
+				 int uffd)
 {
 	struct dd_agent *a = NULL;
 	pthread_t th;
@@ -69,7 +71,7 @@ static struct dd_agent *agent_up(struct fake *f, char *path, size_t len, const c
 	f->conn = -1;
 	f->listen_fd = fake_listen(path);
 	ck_assert_int_eq(pthread_create(&th, NULL, fake_accept, f), 0);
-	ck_assert_int_eq(dd_agent_start(path, 1, 2, -1, NULL, &a), 0);
+	ck_assert_int_eq(dd_agent_start(path, 1, 2, uffd, NULL, &a), 0);
 	pthread_join(th, NULL);
 	ck_assert_int_ge(f->conn, 0);
 	return a;
@@ -157,7 +159,7 @@ START_TEST(test_agent_zaps_only_frozen_runs)
 	wp.range = (struct uffdio_range){ (uintptr_t)mem, 3 * PAGE };
 	ck_assert_int_eq(ioctl(uffd, UFFDIO_WRITEPROTECT, &wp), 0);
 
-	a = agent_up(&f, path, sizeof(path), "agent");
+	a = agent_up(&f, path, sizeof(path), "agent", -1);
 
 	for (unsigned i = 0; i < 3; i++)
 		e[i] = (struct dd_remap_entry){ .addr = (uintptr_t)mem + runs[i].first * PAGE,
@@ -232,7 +234,7 @@ START_TEST(test_agent_verifies_before_acting)
 
 	if (_i)
 		setenv("DEDUP_TEST_NO_STORE_VIEW", "1", 1);
-	a = agent_up(&f, path, sizeof(path), "agentv");
+	a = agent_up(&f, path, sizeof(path), "agentv", -1);
 	unsetenv("DEDUP_TEST_NO_STORE_VIEW");
 	dd_msg_init(&m.h, DD_MSG_STORE, sizeof(m), 6);
 	m.domain = 3;
@@ -378,18 +380,7 @@ START_TEST(test_agent_maps_spans)
 	ck_assert_int_eq(ioctl(uffd, UFFDIO_WRITEPROTECT, &wp), 0);
 	ck_assert_int_eq(fstat(memfd, &before), 0);
 
-	a = NULL;
-	{
-		pthread_t th;
-
-		h_sock_path(path, sizeof(path), "agents");
-		f.conn = -1;
-		f.listen_fd = fake_listen(path);
-		ck_assert_int_eq(pthread_create(&th, NULL, fake_accept, &f), 0);
-		ck_assert_int_eq(dd_agent_start(path, 1, 2, dup(uffd), NULL, &a), 0);
-		pthread_join(th, NULL);
-		ck_assert_int_ge(f.conn, 0);
-	}
+	a = agent_up(&f, path, sizeof(path), "agents", dup(uffd)); /* spans need one */
 	dd_msg_init(&m.h, DD_MSG_STORE, sizeof(m), 6);
 	m.domain = 3;
 	m.pad = 0;
