@@ -766,6 +766,14 @@ static uint64_t adopt_pages(struct dd_sclient *c, struct dd_region *r, const str
 
 		if (!dd_store_is_file(r->dom->store, v[k].ino))
 			continue;
+		/* A span of the earlier daemon's: its free slots are holes
+		 * (see dd_store_hold_holes()), kept while it covers them. */
+		if (a < b && (v[k].pgoff + (a - v[k].start)) / DD_PAGE_SIZE < UINT32_MAX) {
+			uint32_t s0 = (uint32_t)((v[k].pgoff + (a - v[k].start)) / DD_PAGE_SIZE);
+
+			dd_store_hold_holes(r->dom->store, s0, (uint32_t)((b - a) / DD_PAGE_SIZE));
+			dd_store_release_holes(r->dom->store, s0, (uint32_t)((b - a) / DD_PAGE_SIZE));
+		}
 		for (; a < b; a += DD_PAGE_SIZE) {
 			uint64_t pm = 0, slot = (v[k].pgoff + (a - v[k].start)) / DD_PAGE_SIZE;
 			struct dd_page *p = &r->pages[(a - r->start) / DD_PAGE_SIZE];

@@ -756,15 +756,16 @@ START_TEST(test_race_no_lost_writes)
 END_TEST
 
 /*
- * The race above through spans: a daemon that may add 64 VMAs to the
- * client (its threads take ~20) merges by spans almost at once, and the
+ * The race above through spans: a daemon that may add 400 VMAs to the
+ * client (its threads take ~20, more under ASan) turns to spans within the
+ * first pass, once a batch's runs would take half of what is left, and the
  * writers hit the pages between the runs (which the agent copies into the
  * span) as much as the runs. Every write must be there at the end.
  */
 START_TEST(test_race_spans_no_lost_writes)
 {
 	static const char *const args[] = { "--pages-to-scan", "100000", "--sleep-millisecs", "5",
-					    "--set", "scan.max_vmas_per_client=64", NULL };
+					    "--set", "scan.max_vmas_per_client=400", NULL };
 	struct race *r;
 	pid_t pid;
 	int st;
