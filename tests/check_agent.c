@@ -173,6 +173,16 @@ START_TEST(test_agent_zaps_only_frozen_runs)
 	for (unsigned p = 0; p < NPG; p++)
 		ck_assert_msg(mem[(size_t)p * PAGE + 100] == (p < 2 ? 0 : 0xab),
 			      "page %u reads %#x", p, mem[(size_t)p * PAGE + 100]);
+	/* This agent has no uffd of its own: a span (here over pages 2-4)
+	 * comes back -ENODEV, which tells the daemon to send no more. */
+	e[0] = (struct dd_remap_entry){ .addr = (uintptr_t)mem + 2 * PAGE, .npages = 3,
+					.flags = DD_REMAP_SPAN, .domain = 1 };
+	e[1] = (struct dd_remap_entry){ .addr = (uintptr_t)mem + 2 * PAGE, .npages = 1,
+					.flags = DD_REMAP_INSPAN | DD_REMAP_ANON, .domain = 1 };
+	remap_roundtrip(&f, e, 2, res);
+	ck_assert_int_eq(res[0], -ENODEV);
+	ck_assert_int_eq(res[1], -ENODEV);
+	ck_assert_uint_eq(mem[2 * PAGE + 100], 0xab);
 
 	agent_down(a, &f, path);
 	close(uffd);

@@ -337,14 +337,14 @@ static int do_span(struct dd_agent *a, const struct dd_remap_entry *e, uint32_t 
 	uint8_t *tmp;
 	int r;
 
+	if (a->uffd < 0)
+		return -ENODEV; /* no spans from us (the daemon stops sending them) */
 	if (!span_sane(e, m))
 		return -EINVAL;
 	if ((r = check_entry(a, e, pm, lo, span)) < 0)
 		return r;
 	if (!sf)
 		return -EBADF;
-	if (a->uffd < 0)
-		return -ENODEV; /* no spans from us (the daemon stops sending them) */
 	for (uint32_t i = 1; i <= m; i++) {
 		res[i] = (e[i].flags & DD_REMAP_VERIFY) ? verify_run(a, &e[i], sf) : 0;
 		if (res[i] && res[i] != -EAGAIN)
