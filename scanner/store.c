@@ -489,14 +489,12 @@ void dd_store_release_holes(struct dd_store *st, uint32_t slot, uint32_t n)
 	for (uint32_t i = slot; i < slot + n && i < st->nslots; i++) {
 		struct slot *s = &st->slots[i];
 
-		if (!is_used(st, i) || !s->pending)
+		if (!is_used(st, i) || !s->pending || --s->pending)
 			continue;
-		if (is_hole(st, i) && --s->pending == 0) {
-			s->sharers = st->gc_epoch;
+		if (is_hole(st, i))
+			s->sharers = st->gc_epoch; /* when it was let go (dd_store_gc()) */
+		if (is_hole(st, i) || !s->sharers)
 			st->nr_candidates++;
-		} else if (!is_hole(st, i) && --s->pending == 0 && !s->sharers) {
-			st->nr_candidates++;
-		}
 	}
 	pthread_mutex_unlock(&st->lock);
 }
